@@ -1,0 +1,235 @@
+// Command warren consumes a RabbitMQ queue and hands each message to a
+// handler, with at-least-once guarantees. Run "warren help" for its
+// commands and variables.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/config"
+	"github.com/warren-mq/warren/health"
+	"github.com/warren-mq/warren/worker"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK     = 0
+	exitFatal  = 1
+	exitConfig = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "run":
+		return runWorker(stderr)
+	case "publish":
+		return runPublish(args, stdin, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, version)
+		return exitOK
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "warren: unknown command %q\n\n", cmd)
+	usage(stderr)
+	return exitConfig
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `warren consumes a RabbitMQ queue and hands each message to a handler.
+
+Usage:
+  warren [run]                  run the worker (the default)
+  warren publish [flags] [body ...]
+                                publish each body, or each line of stdin, to
+                                WARREN_QUEUE (persistent, confirmed)
+  warren version                print the version
+  warren help                   print this help
+
+Exit codes: 0 clean stop, 1 fatal error, 2 invalid configuration.
+Endpoints on WARREN_HEALTH_ADDR: /livez, /readyz, /metrics.
+
+Environment:
+`)
+	if err := config.Usage(w); err != nil {
+		fmt.Fprintln(w, err)
+	}
+}
+
+// load reads the configuration and builds the logger; on failure it says
+// why on stderr and returns the exit code.
+func load(stderr io.Writer) (*config.Config, *zap.Logger, int) {
+	cfg, err := config.Load()
+	if err != nil {
+		fmt.Fprintln(stderr, "warren:", err)
+		return nil, nil, exitConfig
+	}
+	logger, err := newLogger(cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		fmt.Fprintln(stderr, "warren:", err)
+		return nil, nil, exitConfig
+	}
+	for _, name := range config.Unknown(os.Environ()) {
+		logger.Warn("unknown variable ignored", zap.String("variable", name))
+	}
+	return cfg, logger, exitOK
+}
+
+func runWorker(stderr io.Writer) int {
+	cfg, logger, code := load(stderr)
+	if code != exitOK {
+		return code
+	}
+	defer logger.Sync() //nolint:errcheck // nothing to do if stderr is gone
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "warren_build_info",
+			Help:        "Always 1; the version label says which warren runs.",
+			ConstLabels: prometheus.Labels{"version": version},
+		}, func() float64 { return 1 }),
+	)
+	name := connectionName(cfg)
+	w, err := worker.New(worker.Config{
+		Dialer:          dialer(cfg, name),
+		Topology:        cfg.Topology(),
+		Handler:         newHandler(cfg, logger),
+		Logger:          logger.Named("worker"),
+		Registerer:      reg,
+		Prefetch:        cfg.Prefetch,
+		Concurrency:     cfg.Concurrency,
+		HandlerTimeout:  cfg.HandlerTimeout,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		ConsumerTag:     "warren-" + name,
+	})
+	if err != nil {
+		logger.Error("create worker", zap.Error(err))
+		return exitFatal
+	}
+	hs := health.New(health.Config{
+		Addr:     cfg.HealthAddr,
+		Live:     w.Alive,
+		Ready:    w.Ready,
+		Gatherer: reg,
+		Logger:   logger,
+	})
+	if err := hs.Listen(); err != nil {
+		logger.Error("start health server", zap.Error(err))
+		return exitFatal
+	}
+	logger.Info("starting", zap.String("version", version), zap.String("queue", cfg.Queue),
+		zap.String("handler", cfg.Handler), zap.Stringer("health_addr", hs.Addr()))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	// After the first signal, a second one kills the process at once: the
+	// broker requeues whatever was unacked.
+	context.AfterFunc(ctx, func() {
+		stop()
+		logger.Info("shutting down; a second signal stops at once")
+	})
+
+	// The health server outlives the worker's drain, so that probes and
+	// metrics answer until the end; either failing stops both.
+	wctx, stopWorker := context.WithCancel(ctx)
+	defer stopWorker()
+	hctx, stopHealth := context.WithCancel(context.Background())
+	defer stopHealth()
+	herr := make(chan error, 1)
+	go func() {
+		err := hs.Serve(hctx)
+		stopWorker()
+		herr <- err
+	}()
+	werr := w.Run(wctx)
+	stopHealth()
+	code = exitOK
+	if err := <-herr; err != nil {
+		logger.Error("health server", zap.Error(err))
+		code = exitFatal
+	}
+	if werr != nil {
+		logger.Error("worker", zap.Error(werr))
+		code = exitFatal
+	}
+	return code
+}
+
+func newLogger(level, format string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Encoding = format
+	zc.Sampling = nil // a test or an operator counting lines must see them all
+	zc.DisableStacktrace = true
+	zc.EncoderConfig.TimeKey = "ts"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	if format == "console" {
+		zc.EncoderConfig.EncodeLevel = zapcore.CapitalLevelEncoder
+	}
+	l, err := zc.Build()
+	if err != nil {
+		return nil, fmt.Errorf("build logger: %w", err)
+	}
+	return l, nil
+}
+
+func connectionName(cfg *config.Config) string {
+	if cfg.ConnectionName != "" {
+		return cfg.ConnectionName
+	}
+	if h, err := os.Hostname(); err == nil {
+		return h
+	}
+	return "warren"
+}
+
+func dialer(cfg *config.Config, name string) *broker.Dialer {
+	return &broker.Dialer{URLs: cfg.URLs, TLS: cfg.TLSConfig, Heartbeat: cfg.Heartbeat, Name: name}
+}
+
+func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
+	switch cfg.Handler {
+	case config.HandlerNoop:
+		return worker.Noop()
+	case config.HandlerExec:
+		return &worker.Exec{
+			Command:       cfg.Exec.Command,
+			DeadExitCodes: cfg.Exec.DeadExitCodes,
+			Env:           worker.ExecEnv(os.Environ()),
+			Logger:        logger.Named("exec"),
+		}
+	case config.HandlerHTTP:
+		return worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency, logger.Named("http"))
+	}
+	return worker.LogHandler(logger.Named("message"))
+}

@@ -1,0 +1,342 @@
+// Package config reads warren's configuration from WARREN_* environment
+// variables and validates it before anything connects.
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/warren-mq/warren/broker"
+)
+
+// Prefix starts the name of every variable warren reads.
+const Prefix = "WARREN"
+
+// Handler kinds.
+const (
+	HandlerLog  = "log"
+	HandlerNoop = "noop"
+	HandlerHTTP = "http"
+	HandlerExec = "exec"
+)
+
+// Config is warren's whole configuration. Field tags name the variables;
+// nested structs add their name to the prefix (AMQP.URL is WARREN_AMQP_URL).
+type Config struct {
+	AMQP struct {
+		URL     string `default:"amqp://guest:guest@localhost:5672/" desc:"broker URL, amqp:// or amqps://; several, comma-separated, are the nodes of one cluster"`
+		URLFile string `split_words:"true" desc:"file holding the broker URL (a mounted Secret); wins over WARREN_AMQP_URL"`
+	}
+	Queue          string        `desc:"queue to consume (required)"`
+	QueueType      string        `split_words:"true" default:"classic" desc:"classic or quorum"`
+	Declare        bool          `default:"true" desc:"declare the queue and exchange (true) or only check that they exist (false)"`
+	Exchange       string        `desc:"exchange to bind the queue to; empty for none"`
+	ExchangeType   string        `split_words:"true" default:"direct" desc:"direct, fanout, topic or headers"`
+	BindingKeys    []string      `split_words:"true" desc:"routing keys of the bindings, comma-separated; default the queue name; headers exchange: name=value pairs, all must match"`
+	Prefetch       int           `default:"16" desc:"QoS prefetch count: most unacked messages held at once"`
+	Concurrency    int           `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH)"`
+	Handler        string        `default:"log" desc:"log, noop, http or exec"`
+	HandlerTimeout time.Duration `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
+	HTTP           struct {
+		URL string `desc:"http handler: the URL messages are POSTed to"`
+	}
+	Exec struct {
+		Command       string `desc:"exec handler: command run with /bin/sh -c per message, body on stdin"`
+		DeadExitCodes []int  `split_words:"true" desc:"exec handler: exit codes that mean dead, not retry"`
+	}
+	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages"`
+	Heartbeat       time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
+	ConnectionName  string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
+	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics"`
+	Log             struct {
+		Level  string `default:"info" desc:"debug, info, warn or error"`
+		Format string `default:"json" desc:"json or console"`
+	}
+	TLS struct {
+		CAFile   string `split_words:"true" desc:"PEM file of the CA that signs the broker's certificate"`
+		CertFile string `split_words:"true" desc:"PEM client certificate, for mutual TLS"`
+		KeyFile  string `split_words:"true" desc:"PEM client key, for mutual TLS"`
+	}
+
+	// URLs are the broker URLs, from the file or the variable, split.
+	URLs []string `ignored:"true"`
+	// TLSConfig is the TLS client configuration built from the TLS files.
+	TLSConfig *tls.Config `ignored:"true"`
+}
+
+// Error is a configuration error: it names the variable, the value given
+// (without any password) and what is expected.
+type Error struct {
+	Var   string
+	Value string
+	Unset bool
+	Want  string
+}
+
+func (e *Error) Error() string {
+	if e.Unset {
+		return fmt.Sprintf("%s is not set: want %s", e.Var, e.Want)
+	}
+	return fmt.Sprintf("%s=%q: want %s", e.Var, e.Value, e.Want)
+}
+
+// wants says what each variable expects, for both parse and validation
+// errors.
+var wants = map[string]string{
+	"WARREN_AMQP_URL":             "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
+	"WARREN_AMQP_URL_FILE":        "a readable file holding the broker URL",
+	"WARREN_QUEUE":                "the name of the queue to consume",
+	"WARREN_QUEUE_TYPE":           "classic or quorum",
+	"WARREN_DECLARE":              "true or false",
+	"WARREN_EXCHANGE_TYPE":        "direct, fanout, topic or headers",
+	"WARREN_BINDING_KEYS":         "name=value pairs for a headers exchange",
+	"WARREN_PREFETCH":             "an integer from 1 to 65535",
+	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH",
+	"WARREN_HANDLER":              "one of log, noop, http, exec",
+	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
+	"WARREN_HTTP_URL":             "an http:// or https:// URL",
+	"WARREN_EXEC_COMMAND":         "a shell command",
+	"WARREN_EXEC_DEAD_EXIT_CODES": "exit codes from 1 to 255, comma-separated",
+	"WARREN_SHUTDOWN_TIMEOUT":     "a duration of 0s or more, such as 25s",
+	"WARREN_HEARTBEAT":            "a duration from 1s to 10m, such as 10s",
+	"WARREN_HEALTH_ADDR":          "a listen address such as :8080 or 127.0.0.1:8080",
+	"WARREN_LOG_LEVEL":            "one of debug, info, warn, error",
+	"WARREN_LOG_FORMAT":           "json or console",
+	"WARREN_TLS_CA_FILE":          "a readable PEM file of CA certificates",
+	"WARREN_TLS_CERT_FILE":        "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
+	"WARREN_TLS_KEY_FILE":         "a readable PEM key, with WARREN_TLS_CERT_FILE",
+}
+
+func bad(name, value string) *Error {
+	return &Error{Var: name, Value: value, Want: wants[name]}
+}
+
+// Load reads the environment into a Config and validates it. The error is
+// an *Error naming the variable at fault.
+func Load() (*Config, error) {
+	var c Config
+	if err := envconfig.Process(Prefix, &c); err != nil {
+		var perr *envconfig.ParseError
+		if errors.As(err, &perr) {
+			return nil, bad(perr.KeyName, perr.Value)
+		}
+		return nil, fmt.Errorf("read configuration: %w", err)
+	}
+	if err := c.resolve(); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// resolve reads the files the configuration points to.
+func (c *Config) resolve() error {
+	raw := c.AMQP.URL
+	if c.AMQP.URLFile != "" {
+		b, err := os.ReadFile(c.AMQP.URLFile)
+		if err != nil {
+			e := bad("WARREN_AMQP_URL_FILE", c.AMQP.URLFile)
+			e.Want += fmt.Sprintf(" (%v)", errors.Unwrap(err))
+			return e
+		}
+		raw = strings.TrimSpace(string(b))
+	}
+	c.URLs = nil
+	for _, u := range strings.Split(raw, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			c.URLs = append(c.URLs, u)
+		}
+	}
+	tlsConfig, err := c.loadTLS()
+	if err != nil {
+		return err
+	}
+	c.TLSConfig = tlsConfig
+	return nil
+}
+
+// Validate checks every value and returns the first error found.
+func (c *Config) Validate() error {
+	urlVar := "WARREN_AMQP_URL"
+	if c.AMQP.URLFile != "" {
+		urlVar = "WARREN_AMQP_URL_FILE"
+	}
+	if len(c.URLs) == 0 {
+		return &Error{Var: urlVar, Unset: true, Want: wants["WARREN_AMQP_URL"]}
+	}
+	for _, u := range c.URLs {
+		if _, err := amqp.ParseURI(u); err != nil {
+			return &Error{Var: urlVar, Value: broker.Redact(u), Want: wants["WARREN_AMQP_URL"]}
+		}
+	}
+	switch {
+	case strings.TrimSpace(c.Queue) == "":
+		return &Error{Var: "WARREN_QUEUE", Unset: true, Want: wants["WARREN_QUEUE"]}
+	case len(c.Queue) > 255:
+		return &Error{Var: "WARREN_QUEUE", Value: c.Queue, Want: "a queue name of at most 255 bytes"}
+	case !slices.Contains([]string{broker.Classic, broker.Quorum}, c.QueueType):
+		return bad("WARREN_QUEUE_TYPE", c.QueueType)
+	case c.Exchange != "" && !slices.Contains([]string{amqp.ExchangeDirect, amqp.ExchangeFanout, amqp.ExchangeTopic, amqp.ExchangeHeaders}, c.ExchangeType):
+		return bad("WARREN_EXCHANGE_TYPE", c.ExchangeType)
+	case c.Prefetch < 1 || c.Prefetch > 65535:
+		return bad("WARREN_PREFETCH", strconv.Itoa(c.Prefetch))
+	case c.Concurrency < 1 || c.Concurrency > c.Prefetch:
+		e := bad("WARREN_CONCURRENCY", strconv.Itoa(c.Concurrency))
+		e.Want = fmt.Sprintf("an integer from 1 to WARREN_PREFETCH (%d)", c.Prefetch)
+		return e
+	case c.HandlerTimeout <= 0:
+		return bad("WARREN_HANDLER_TIMEOUT", c.HandlerTimeout.String())
+	case c.ShutdownTimeout < 0:
+		return bad("WARREN_SHUTDOWN_TIMEOUT", c.ShutdownTimeout.String())
+	case c.Heartbeat < time.Second || c.Heartbeat > 10*time.Minute:
+		return bad("WARREN_HEARTBEAT", c.Heartbeat.String())
+	case !validAddr(c.HealthAddr):
+		return bad("WARREN_HEALTH_ADDR", c.HealthAddr)
+	case !slices.Contains([]string{"json", "console"}, c.Log.Format):
+		return bad("WARREN_LOG_FORMAT", c.Log.Format)
+	}
+	if c.ExchangeType == amqp.ExchangeHeaders {
+		for _, kv := range c.BindingKeys {
+			if name, _, ok := strings.Cut(kv, "="); !ok || name == "" {
+				return bad("WARREN_BINDING_KEYS", strings.Join(c.BindingKeys, ","))
+			}
+		}
+	}
+	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
+		return bad("WARREN_LOG_LEVEL", c.Log.Level)
+	}
+	for _, code := range c.Exec.DeadExitCodes {
+		if code < 1 || code > 255 {
+			return bad("WARREN_EXEC_DEAD_EXIT_CODES", fmt.Sprint(c.Exec.DeadExitCodes))
+		}
+	}
+	switch c.Handler {
+	case HandlerLog, HandlerNoop:
+	case HandlerHTTP:
+		if c.HTTP.URL == "" {
+			return &Error{Var: "WARREN_HTTP_URL", Unset: true, Want: wants["WARREN_HTTP_URL"] + " (WARREN_HANDLER=http)"}
+		}
+		if !strings.HasPrefix(c.HTTP.URL, "http://") && !strings.HasPrefix(c.HTTP.URL, "https://") {
+			return &Error{Var: "WARREN_HTTP_URL", Value: broker.Redact(c.HTTP.URL), Want: wants["WARREN_HTTP_URL"]}
+		}
+	case HandlerExec:
+		if strings.TrimSpace(c.Exec.Command) == "" {
+			return &Error{Var: "WARREN_EXEC_COMMAND", Unset: true, Want: wants["WARREN_EXEC_COMMAND"] + " (WARREN_HANDLER=exec)"}
+		}
+	default:
+		return bad("WARREN_HANDLER", c.Handler)
+	}
+	return nil
+}
+
+func validAddr(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 0 && n <= 65535
+}
+
+// loadTLS builds the TLS client configuration: certificate verification
+// on, TLS 1.2 at least, the CA and client certificate from the files.
+func (c *Config) loadTLS() (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLS.CAFile != "" {
+		pem, err := os.ReadFile(c.TLS.CAFile)
+		if err != nil {
+			return nil, bad("WARREN_TLS_CA_FILE", c.TLS.CAFile)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, bad("WARREN_TLS_CA_FILE", c.TLS.CAFile)
+		}
+		t.RootCAs = pool
+	}
+	switch {
+	case c.TLS.CertFile == "" && c.TLS.KeyFile == "":
+	case c.TLS.CertFile == "":
+		return nil, &Error{Var: "WARREN_TLS_CERT_FILE", Unset: true, Want: wants["WARREN_TLS_CERT_FILE"]}
+	case c.TLS.KeyFile == "":
+		return nil, &Error{Var: "WARREN_TLS_KEY_FILE", Unset: true, Want: wants["WARREN_TLS_KEY_FILE"]}
+	default:
+		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+		if err != nil {
+			return nil, bad("WARREN_TLS_CERT_FILE", c.TLS.CertFile)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}
+
+// Topology returns the queue and bindings the configuration names.
+func (c *Config) Topology() broker.Topology {
+	return broker.Topology{
+		Queue:        c.Queue,
+		QueueType:    c.QueueType,
+		Declare:      c.Declare,
+		Exchange:     c.Exchange,
+		ExchangeType: c.ExchangeType,
+		BindingKeys:  c.BindingKeys,
+	}
+}
+
+// Unknown returns the WARREN_* variables in environ that warren does not
+// read, most likely misspelt. Kubernetes' service links (WARREN_PORT,
+// WARREN_SERVICE_HOST, ...) are left out.
+func Unknown(environ []string) []string {
+	known := make(map[string]bool)
+	for _, k := range keys() {
+		known[k] = true
+	}
+	var unknown []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, Prefix+"_") || known[name] || serviceLink(name) {
+			continue
+		}
+		unknown = append(unknown, name)
+	}
+	slices.Sort(unknown)
+	return unknown
+}
+
+func serviceLink(name string) bool {
+	return strings.HasSuffix(name, "_SERVICE_HOST") || strings.HasSuffix(name, "_SERVICE_PORT") ||
+		strings.Contains(name, "_SERVICE_PORT_") || strings.HasSuffix(name, "_PORT") || strings.Contains(name, "_PORT_")
+}
+
+// keys returns the names of all variables warren reads.
+func keys() []string {
+	var b strings.Builder
+	if err := envconfig.Usagef(Prefix, &Config{}, &b, "{{range .}}{{usage_key .}}\n{{end}}"); err != nil {
+		return nil
+	}
+	return strings.Fields(b.String())
+}
+
+// Usage writes the table of variables, their defaults and meaning.
+func Usage(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 1, 0, 2, ' ', 0)
+	const format = "VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
+	if err := envconfig.Usagef(Prefix, &Config{}, tw, format); err != nil {
+		return fmt.Errorf("print usage: %w", err)
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,170 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+)
+
+// Exec limits.
+const (
+	// execGrace is how long a command has between SIGTERM and SIGKILL.
+	execGrace = 5 * time.Second
+	// execOutputBytes bounds how much of a command's output is kept for the
+	// log; the rest is counted and dropped.
+	execOutputBytes = 4096
+)
+
+// Exec is a handler that runs a shell command per message: the body on
+// stdin, the message's properties in the environment. Exit 0 acks; an exit
+// code in DeadExitCodes is dead; any other exit, a signal or the timeout
+// retries.
+type Exec struct {
+	// Command is run with /bin/sh -c.
+	Command string
+	// DeadExitCodes are the exit codes that mean the message is bad.
+	DeadExitCodes []int
+	// Env is the environment the command inherits, before the message's
+	// variables are added; nil means none. Pass os.Environ() filtered with
+	// ExecEnv, so that the broker URL never reaches the command.
+	Env []string
+	// Logger receives the command's output.
+	Logger *zap.Logger
+}
+
+// ExecEnv returns environ without the variables that hold secrets of
+// warren's own (the broker URL), for Exec.Env.
+func ExecEnv(environ []string) []string {
+	return slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
+		return strings.HasPrefix(kv, "WARREN_AMQP_URL")
+	})
+}
+
+// Handle runs the command for m.
+func (e *Exec) Handle(ctx context.Context, m *Message) error {
+	cmd := exec.Command("/bin/sh", "-c", e.Command)
+	cmd.Stdin = bytes.NewReader(m.Body)
+	cmd.Env = append(slices.Clip(e.Env), messageEnv(m)...)
+	out := &boundedBuffer{limit: execOutputBytes}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so that a timeout reaches every process it
+	// started, and a terminal's Ctrl-C does not kill work warren drains.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start command: %w", err)
+	}
+	pgid := cmd.Process.Pid
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- cmd.Wait() }()
+
+	var err error
+	select {
+	case err = <-waitErr:
+	case <-ctx.Done():
+		_ = syscall.Kill(-pgid, syscall.SIGTERM)
+		t := time.NewTimer(execGrace)
+		select {
+		case err = <-waitErr:
+		case <-t.C:
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			err = <-waitErr
+		}
+		t.Stop()
+		err = fmt.Errorf("command stopped: %w (%w)", context.Cause(ctx), err)
+	}
+	// Whatever the command left running in its group goes with it.
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+
+	log := e.Logger.With(zap.String("message_id", m.MessageID), zap.Int("pid", pgid))
+	if out.Len() > 0 || out.dropped > 0 {
+		log.Info("command output", zap.ByteString("output", out.Bytes()), zap.Int("dropped_bytes", out.dropped))
+	}
+	if err == nil {
+		return nil
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) && ctx.Err() == nil {
+		code := exitErr.ExitCode()
+		if code > 0 && slices.Contains(e.DeadExitCodes, code) {
+			return Permanent(fmt.Errorf("command exited with dead code %d", code))
+		}
+		if code < 0 {
+			return fmt.Errorf("command killed: %w", err)
+		}
+		return fmt.Errorf("command exited with code %d", code)
+	}
+	return err
+}
+
+// messageEnv returns the variables that describe m to a command.
+func messageEnv(m *Message) []string {
+	env := []string{
+		"WARREN_MESSAGE_ID=" + m.MessageID,
+		"WARREN_CORRELATION_ID=" + m.CorrelationID,
+		"WARREN_CONTENT_TYPE=" + m.ContentType,
+		"WARREN_EXCHANGE=" + m.Exchange,
+		"WARREN_ROUTING_KEY=" + m.RoutingKey,
+		"WARREN_REDELIVERED=" + strconv.FormatBool(m.Redelivered),
+	}
+	for k, v := range m.Headers {
+		env = append(env, "WARREN_HEADER_"+envName(k)+"="+headerString(v))
+	}
+	return env
+}
+
+// envName turns a header name into the tail of a variable name: upper
+// case, anything but letters and digits an underscore.
+func envName(k string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
+		}
+		return '_'
+	}, k)
+}
+
+// headerString formats an AMQP header value as text.
+func headerString(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case []byte:
+		return string(v)
+	case time.Time:
+		return v.UTC().Format(time.RFC3339)
+	case amqp.Decimal:
+		return fmt.Sprintf("%de-%d", v.Value, v.Scale)
+	}
+	return fmt.Sprint(v)
+}
+
+// boundedBuffer keeps the first limit bytes written to it and counts the
+// rest, so that a chatty command cannot grow warren's memory.
+type boundedBuffer struct {
+	bytes.Buffer
+	limit   int
+	dropped int
+}
+
+func (b *boundedBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	if room := b.limit - b.Len(); room < len(p) {
+		b.dropped += len(p) - max(room, 0)
+		p = p[:max(room, 0)]
+	}
+	b.Buffer.Write(p)
+	return n, nil
+}

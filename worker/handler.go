@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Handler processes one message. Returning nil acks it; an error marked
+// with Permanent makes it dead; any other error retries it. A
+// handler must return soon after ctx is done: ctx ends at the handler
+// timeout, and when a shutdown runs out of time.
+type Handler interface {
+	Handle(ctx context.Context, m *Message) error
+}
+
+// HandlerFunc lets an ordinary function serve as a Handler.
+type HandlerFunc func(ctx context.Context, m *Message) error
+
+// Handle calls f(ctx, m).
+func (f HandlerFunc) Handle(ctx context.Context, m *Message) error { return f(ctx, m) }
+
+// Message is one delivery as a handler sees it. A handler may read it
+// freely but must not keep it after Handle returns.
+type Message struct {
+	Body            []byte
+	Headers         amqp.Table
+	ContentType     string
+	ContentEncoding string
+	DeliveryMode    uint8
+	Priority        uint8
+	CorrelationID   string
+	ReplyTo         string
+	Expiration      string
+	MessageID       string
+	Timestamp       time.Time
+	Type            string
+	UserID          string
+	AppID           string
+
+	// Exchange and RoutingKey say how the message was published.
+	Exchange   string
+	RoutingKey string
+	// Redelivered is set by the broker when an earlier delivery of this
+	// message was not acked (a consumer died, or it was requeued).
+	Redelivered bool
+}
+
+func newMessage(d *amqp.Delivery) *Message {
+	return &Message{
+		Body:            d.Body,
+		Headers:         d.Headers,
+		ContentType:     d.ContentType,
+		ContentEncoding: d.ContentEncoding,
+		DeliveryMode:    d.DeliveryMode,
+		Priority:        d.Priority,
+		CorrelationID:   d.CorrelationId,
+		ReplyTo:         d.ReplyTo,
+		Expiration:      d.Expiration,
+		MessageID:       d.MessageId,
+		Timestamp:       d.Timestamp,
+		Type:            d.Type,
+		UserID:          d.UserId,
+		AppID:           d.AppId,
+		Exchange:        d.Exchange,
+		RoutingKey:      d.RoutingKey,
+		Redelivered:     d.Redelivered,
+	}
+}
+
+// Outcome is what becomes of a message once its handler returned.
+type Outcome int
+
+// Outcomes, in the order of the warren_messages_total label values.
+const (
+	// Ack: the handler succeeded.
+	Ack Outcome = iota
+	// Retry: the handler failed and the message should be tried again.
+	Retry
+	// Dead: the handler failed for good.
+	Dead
+	// Requeue: the message goes back to the queue untried, as when a
+	// shutdown hands back what it has not finished.
+	Requeue
+
+	numOutcomes
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Ack:
+		return "ack"
+	case Retry:
+		return "retry"
+	case Dead:
+		return "dead"
+	case Requeue:
+		return "requeue"
+	}
+	return "unknown"
+}
+
+// permanentError marks an error as permanent.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as permanent: the message is dead, not retried.
+// Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked with
+// Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+// OutcomeOf maps a handler's result to an outcome: nil acks, Permanent
+// errors are dead, every other error retries.
+func OutcomeOf(err error) Outcome {
+	switch {
+	case err == nil:
+		return Ack
+	case IsPermanent(err):
+		return Dead
+	default:
+		return Retry
+	}
+}

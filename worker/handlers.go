@@ -1,0 +1,43 @@
+package worker
+
+import (
+	"context"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+)
+
+// previewBytes is how much of a body the log handler shows.
+const previewBytes = 256
+
+// LogHandler returns a handler that logs a summary of each message at info
+// level and acks it: the default, to see warren work before wiring it to
+// real code.
+func LogHandler(log *zap.Logger) Handler {
+	return HandlerFunc(func(_ context.Context, m *Message) error {
+		preview := m.Body
+		if len(preview) > previewBytes {
+			preview = preview[:previewBytes]
+		}
+		body := zap.ByteString("body", preview)
+		if !utf8.Valid(preview) {
+			body = zap.Binary("body", preview)
+		}
+		log.Info("message",
+			zap.String("message_id", m.MessageID),
+			zap.String("exchange", m.Exchange),
+			zap.String("routing_key", m.RoutingKey),
+			zap.String("content_type", m.ContentType),
+			zap.Bool("redelivered", m.Redelivered),
+			zap.Int("headers", len(m.Headers)),
+			zap.Int("size", len(m.Body)),
+			body)
+		return nil
+	})
+}
+
+// Noop returns a handler that acks every message at once, to measure what
+// warren itself costs.
+func Noop() Handler {
+	return HandlerFunc(func(context.Context, *Message) error { return nil })
+}

@@ -1,0 +1,164 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// httpErrorBodyBytes bounds how much of a failure's response body is kept
+// for the log and the error.
+const httpErrorBodyBytes = 1024
+
+// HTTP is a handler that POSTs each message to a URL. A 2xx response acks;
+// 408, 429, 5xx, timeouts and connection failures retry, honouring
+// Retry-After; any other status is dead.
+type HTTP struct {
+	url    string
+	client *http.Client
+	log    *zap.Logger
+}
+
+// NewHTTP returns an HTTP handler posting to url, with one keep-alive
+// connection pool sized for concurrency handlers.
+func NewHTTP(url string, concurrency int, log *zap.Logger) *HTTP {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = max(concurrency, 2)
+	t.MaxIdleConnsPerHost = max(concurrency, 2)
+	return &HTTP{
+		url: url,
+		client: &http.Client{
+			Transport: t,
+			// A redirect of a POST would silently turn into a GET.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		log: log,
+	}
+}
+
+// Handle posts m. The request ends with ctx, which carries the handler
+// timeout.
+func (h *HTTP) Handle(ctx context.Context, m *Message) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(m.Body))
+	if err != nil {
+		return Permanent(fmt.Errorf("build request: %w", err))
+	}
+	ct := m.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	req.Header.Set("Content-Type", ct)
+	setMessageHeaders(req.Header, m)
+	resp, err := h.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("post: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// Read what is left so the connection is reused, within reason.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, httpErrorBodyBytes))
+	err = fmt.Errorf("post: status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	switch {
+	case resp.StatusCode == http.StatusRequestTimeout,
+		resp.StatusCode == http.StatusTooManyRequests,
+		resp.StatusCode >= 500:
+		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			return RetryAfter(err, d)
+		}
+		return err
+	}
+	return Permanent(err)
+}
+
+// setMessageHeaders maps the message's properties and AMQP headers to
+// request headers: X-Warren-<Property> and X-Warren-Header-<Name>.
+func setMessageHeaders(h http.Header, m *Message) {
+	set := func(k, v string) {
+		if v != "" {
+			h.Set(k, v)
+		}
+	}
+	set("X-Warren-Message-Id", m.MessageID)
+	set("X-Warren-Correlation-Id", m.CorrelationID)
+	set("X-Warren-Exchange", m.Exchange)
+	set("X-Warren-Routing-Key", m.RoutingKey)
+	set("X-Warren-Content-Encoding", m.ContentEncoding)
+	set("X-Warren-Type", m.Type)
+	set("X-Warren-App-Id", m.AppID)
+	set("X-Warren-Reply-To", m.ReplyTo)
+	if !m.Timestamp.IsZero() {
+		h.Set("X-Warren-Timestamp", m.Timestamp.UTC().Format(time.RFC3339))
+	}
+	h.Set("X-Warren-Redelivered", strconv.FormatBool(m.Redelivered))
+	for k, v := range m.Headers {
+		name := "X-Warren-Header-" + k
+		if !validHeaderName(name) {
+			continue
+		}
+		h.Set(name, sanitizeHeaderValue(headerString(v)))
+	}
+}
+
+func validHeaderName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// sanitizeHeaderValue drops the bytes an HTTP header value cannot hold.
+func sanitizeHeaderValue(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == 0 {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// retryAfterError asks for a retry no sooner than after.
+type retryAfterError struct {
+	err   error
+	after time.Duration
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter marks err as transient, to be retried no sooner than after d.
+func RetryAfter(err error, d time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return &retryAfterError{err: err, after: d}
+}

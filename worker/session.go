@@ -1,0 +1,286 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+)
+
+// session is one channel and the deliveries it handed out. Every delivery
+// is settled on the channel that delivered it: delivery tags mean nothing
+// on another channel, and once a channel is gone the broker has requeued
+// its unacked messages already.
+type session struct {
+	w  *Worker
+	ch *amqp.Channel
+
+	mu       sync.Mutex
+	inflight int           // deliveries handed to handlers and not yet settled
+	idle     chan struct{} // closed when inflight drops to 0; nil if nobody waits
+}
+
+// job is one delivery on its way to a handler.
+type job struct {
+	d amqp.Delivery
+	s *session
+}
+
+// serveChannel opens a channel on conn, declares the topology and consumes
+// until the channel closes or ctx is done, in which case it drains. A
+// consumer cancelled by the broker (its queue was deleted) is declared and
+// consumed again on the same channel.
+func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, jobs chan<- job) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	s := &session{w: w, ch: ch}
+	defer func() {
+		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			w.log.Debug("close channel", zap.Error(err))
+		}
+	}()
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	cancels := ch.NotifyCancel(make(chan string, 1))
+	if err := ch.Qos(w.cfg.Prefetch, 0, false); err != nil {
+		return fmt.Errorf("set prefetch: %w", err)
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+
+	for n := 1; ; n++ {
+		w.setNotReady("declaring topology")
+		if err := w.cfg.Topology.Apply(ch); err != nil {
+			return err
+		}
+		tag := w.consumerTag(n)
+		deliveries, err := ch.Consume(w.cfg.Topology.Queue, tag,
+			false, // autoAck: never; a message is acked after its handler
+			false, // exclusive
+			false, // noLocal
+			false, // noWait
+			nil)
+		if err != nil {
+			return fmt.Errorf("consume queue %q: %w", w.cfg.Topology.Queue, err)
+		}
+		w.setReady()
+		w.recovered()
+		w.log.Info("consuming", zap.Int("prefetch", w.cfg.Prefetch), zap.Int("concurrency", w.cfg.Concurrency))
+
+	consume:
+		for {
+			select {
+			case <-ctx.Done():
+				return s.drain(hctx, tag, deliveries, closed)
+			case e := <-closed:
+				return closeError(e)
+			case <-ticker.C:
+				w.touch()
+			case d, ok := <-deliveries:
+				if !ok {
+					// Closed by a cancel from the broker, or with the channel.
+					select {
+					case <-ctx.Done():
+						return nil
+					case e := <-closed:
+						return closeError(e)
+					case t := <-cancels:
+						w.setNotReady("consumer cancelled by the broker")
+						w.log.Info("consumer cancelled by the broker; declaring and consuming again", zap.String("consumer", t))
+						w.metrics.reconnects.Inc()
+						break consume
+					}
+				}
+				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
+					if errors.Is(err, errDraining) {
+						return s.drain(hctx, tag, deliveries, closed)
+					}
+					return err
+				}
+			}
+		}
+	}
+}
+
+// errDraining says that ctx ended while a delivery waited for a handler.
+var errDraining = errors.New("draining")
+
+// forward hands d to a free handler, waiting while all are busy.
+func (s *session) forward(ctx context.Context, jobs chan<- job, d amqp.Delivery, tick <-chan time.Time, closed <-chan *amqp.Error) error {
+	s.add()
+	for {
+		select {
+		case jobs <- job{d: d, s: s}:
+			return nil
+		case <-tick:
+			s.w.touch()
+		case <-ctx.Done():
+			s.settle(&d, Requeue)
+			return errDraining
+		case e := <-closed:
+			s.done()
+			return closeError(e)
+		}
+	}
+}
+
+// drain stops the consumer, hands back deliveries that no handler started,
+// and waits until running handlers are settled or hctx ends at the
+// shutdown timeout. The caller closes the channel, which hands back the
+// rest.
+func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp.Delivery, closed <-chan *amqp.Error) error {
+	w := s.w
+	w.setNotReady("draining")
+	w.log.Info("draining", zap.Int("inflight", s.pending()))
+	if err := s.ch.Cancel(tag, false); err != nil {
+		w.log.Debug("cancel consumer", zap.Error(err))
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	for deliveries != nil {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				deliveries = nil
+				continue
+			}
+			s.add()
+			s.settle(&d, Requeue)
+		case <-closed:
+			return nil
+		case <-hctx.Done():
+			return nil
+		case <-ticker.C:
+			w.touch()
+		}
+	}
+	for {
+		select {
+		case <-s.idleChan():
+			w.log.Info("drained")
+			return nil
+		case <-closed:
+			return nil
+		case <-hctx.Done():
+			w.log.Warn("shutdown timeout: handing back unfinished messages", zap.Int("inflight", s.pending()))
+			return nil
+		case <-ticker.C:
+			w.touch()
+		}
+	}
+}
+
+// settle acks, nacks or rejects d on its own channel by outcome, and
+// counts it. A delivery whose channel died meanwhile is only counted: the
+// broker has requeued it.
+func (s *session) settle(d *amqp.Delivery, o Outcome) {
+	defer s.done()
+	var err error
+	switch o {
+	case Ack:
+		err = s.ch.Ack(d.DeliveryTag, false)
+	case Retry, Requeue:
+		err = s.ch.Nack(d.DeliveryTag, false, true)
+	case Dead:
+		err = s.ch.Reject(d.DeliveryTag, false)
+	}
+	if err != nil {
+		s.w.metrics.stale.Inc()
+		s.w.log.Debug("channel closed before settling; the broker redelivers the message",
+			zap.Uint64("delivery_tag", d.DeliveryTag), zap.Stringer("outcome", o), zap.Error(err))
+		return
+	}
+	s.w.metrics.messages[o].Inc()
+}
+
+func (s *session) add() {
+	s.mu.Lock()
+	s.inflight++
+	s.mu.Unlock()
+	s.w.metrics.inflight.Inc()
+}
+
+func (s *session) done() {
+	s.mu.Lock()
+	s.inflight--
+	if s.inflight == 0 && s.idle != nil {
+		close(s.idle)
+		s.idle = nil
+	}
+	s.mu.Unlock()
+	s.w.metrics.inflight.Dec()
+}
+
+func (s *session) pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inflight
+}
+
+// idleChan returns a channel closed once no delivery of s is in flight.
+func (s *session) idleChan() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inflight == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+	}
+	return s.idle
+}
+
+// closeError turns a channel's close notification into an error; a nil
+// or closed notification means the channel was closed on purpose.
+func closeError(e *amqp.Error) error {
+	if e == nil {
+		return amqp.ErrClosed
+	}
+	return e
+}
+
+// dispatch runs handlers for jobs until jobs is closed. slot records when
+// the running handler started, for Alive.
+func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int64) {
+	for j := range jobs {
+		start := time.Now()
+		slot.Store(start.UnixNano())
+		o, err := w.handle(ctx, &j.d)
+		slot.Store(0)
+		w.metrics.duration[o].Observe(time.Since(start).Seconds())
+		if err != nil {
+			w.log.Warn("handler failed", zap.Stringer("outcome", o), zap.Uint64("delivery_tag", j.d.DeliveryTag),
+				zap.String("message_id", j.d.MessageId), zap.Error(err))
+		} else if ce := w.log.Check(zap.DebugLevel, "handled"); ce != nil {
+			ce.Write(zap.Uint64("delivery_tag", j.d.DeliveryTag), zap.String("message_id", j.d.MessageId))
+		}
+		j.s.settle(&j.d, o)
+	}
+}
+
+// handle runs the handler for d with its timeout, turning a panic into a
+// retry. A handler cut short by the end of the shutdown timeout hands its
+// message back untried.
+func (w *Worker) handle(ctx context.Context, d *amqp.Delivery) (o Outcome, err error) {
+	hctx, cancel := context.WithTimeout(ctx, w.cfg.HandlerTimeout)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			w.log.Error("handler panicked", zap.Any("panic", r), zap.Stack("stack"))
+			o, err = Retry, fmt.Errorf("handler panicked: %v", r)
+		}
+	}()
+	err = w.cfg.Handler.Handle(hctx, newMessage(d))
+	if err != nil && ctx.Err() != nil {
+		return Requeue, err
+	}
+	return OutcomeOf(err), err
+}

@@ -1,0 +1,329 @@
+// Package worker consumes a RabbitMQ queue with at-least-once guarantees:
+// it keeps a connection and channel open through broker failures, hands each
+// delivery to a Handler on a bounded set of goroutines, and settles each
+// message on the channel that delivered it only after its handler returned.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap"
+
+	"github.com/warren-mq/warren/broker"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultPrefetch        = 16
+	DefaultConcurrency     = 4
+	DefaultHandlerTimeout  = time.Minute
+	DefaultShutdownTimeout = 25 * time.Second
+)
+
+const (
+	// minBackoff and maxBackoff bound the wait between reconnection attempts.
+	minBackoff = 200 * time.Millisecond
+	maxBackoff = 30 * time.Second
+	// healthyAfter is how long a channel must consume before the backoff
+	// starts again from minBackoff: a channel that dies at once is not
+	// reopened in a hot loop.
+	healthyAfter = 2 * time.Second
+	// tick is how often the worker's loops prove they are not stuck.
+	tick = time.Second
+	// stallAfter is how long without a tick makes the worker not alive. It
+	// is far above anything a loop legitimately blocks for (a dial is
+	// bounded by its handshake timeout, a wait by maxBackoff).
+	stallAfter = 2 * time.Minute
+	// overrunGrace is how long a handler may run past its timeout before
+	// the worker counts as stuck: a handler that ignores its context holds
+	// its slot forever, and only a restart frees it.
+	overrunGrace = 30 * time.Second
+)
+
+// Dialer opens a connection to the broker. It returns the node it reached,
+// as a URL without password, for logs.
+type Dialer interface {
+	Dial(ctx context.Context) (*amqp.Connection, string, error)
+}
+
+// Config holds what a Worker needs. Dialer, Topology.Queue, Handler and
+// Logger are required; zero numbers take the defaults above.
+type Config struct {
+	Dialer   Dialer
+	Topology broker.Topology
+	Handler  Handler
+	Logger   *zap.Logger
+	// Registerer receives the worker's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+
+	// Prefetch is the QoS prefetch count: the most unacked deliveries the
+	// broker sends, and so the most messages held in memory.
+	Prefetch int
+	// Concurrency is the number of handlers that run at once.
+	Concurrency int
+	// HandlerTimeout bounds one call of the handler.
+	HandlerTimeout time.Duration
+	// ShutdownTimeout bounds the drain once Run's context is done.
+	ShutdownTimeout time.Duration
+	// ConsumerTag prefixes the tags of the worker's consumers on the
+	// broker; empty means "warren-" and a random suffix.
+	ConsumerTag string
+}
+
+// Worker consumes one queue. Create it with New and start it with Run.
+type Worker struct {
+	cfg     Config
+	log     *zap.Logger
+	metrics *metrics
+
+	notReady atomic.Pointer[string] // why the worker is not ready; nil when consuming
+	lastTick atomic.Int64           // unix nanoseconds of the last loop tick
+	slots    []atomic.Int64         // per handler goroutine: unix nanoseconds its handler started, 0 when idle
+
+	reported string // last failure logged at error level, to log a repeat only at debug
+}
+
+// New checks cfg and returns a Worker that is not yet running.
+func New(cfg Config) (*Worker, error) {
+	switch {
+	case cfg.Dialer == nil:
+		return nil, errors.New("worker: no Dialer")
+	case cfg.Topology.Queue == "":
+		return nil, errors.New("worker: no queue")
+	case cfg.Handler == nil:
+		return nil, errors.New("worker: no Handler")
+	case cfg.Logger == nil:
+		return nil, errors.New("worker: no Logger")
+	case cfg.Prefetch < 0 || cfg.Prefetch > 65535:
+		return nil, fmt.Errorf("worker: prefetch %d out of range 0-65535", cfg.Prefetch)
+	}
+	if cfg.Prefetch == 0 {
+		cfg.Prefetch = DefaultPrefetch
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.HandlerTimeout <= 0 {
+		cfg.HandlerTimeout = DefaultHandlerTimeout
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.ConsumerTag == "" {
+		cfg.ConsumerTag = fmt.Sprintf("warren-%08x", rand.Uint32())
+	}
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		cfg:     cfg,
+		log:     cfg.Logger.With(zap.String("queue", cfg.Topology.Queue)),
+		metrics: m,
+		slots:   make([]atomic.Int64, cfg.Concurrency),
+	}
+	w.setNotReady("starting")
+	w.touch()
+	return w, nil
+}
+
+// Ready returns nil while the worker consumes its queue, else an error
+// saying why not (connecting, declaring, draining).
+func (w *Worker) Ready() error {
+	if r := w.notReady.Load(); r != nil {
+		return errors.New(*r)
+	}
+	return nil
+}
+
+// Alive returns nil while the worker's loops make progress and no handler
+// overran its timeout by far. It never talks to the broker.
+func (w *Worker) Alive() error {
+	now := time.Now()
+	if last := time.Unix(0, w.lastTick.Load()); now.Sub(last) > stallAfter {
+		return fmt.Errorf("worker loop stalled for %s", now.Sub(last).Round(time.Second))
+	}
+	limit := w.cfg.HandlerTimeout + overrunGrace
+	for i := range w.slots {
+		if start := w.slots[i].Load(); start != 0 {
+			if d := now.Sub(time.Unix(0, start)); d > limit {
+				return fmt.Errorf("a handler has run for %s, past its timeout of %s", d.Round(time.Second), w.cfg.HandlerTimeout)
+			}
+		}
+	}
+	return nil
+}
+
+func (w *Worker) setNotReady(reason string) {
+	w.notReady.Store(&reason)
+	w.metrics.consuming.Set(0)
+}
+
+func (w *Worker) setReady() {
+	w.notReady.Store(nil)
+	w.metrics.consuming.Set(1)
+}
+
+func (w *Worker) touch() { w.lastTick.Store(time.Now().UnixNano()) }
+
+// Run consumes until ctx is done, then drains: it stops taking deliveries,
+// hands back what it prefetched, lets running handlers finish and settles
+// them, all within the shutdown timeout, and returns nil. A broker that is
+// unreachable or refuses the topology is not fatal: Run keeps trying with
+// backoff and reports not ready meanwhile.
+func (w *Worker) Run(ctx context.Context) error {
+	// Handlers outlive ctx: they are cancelled only when the shutdown
+	// timeout has passed since ctx ended.
+	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelHandlers()
+	var (
+		mu       sync.Mutex
+		deadline *time.Timer
+	)
+	stopWatch := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		deadline = time.AfterFunc(w.cfg.ShutdownTimeout, cancelHandlers)
+		mu.Unlock()
+	})
+	defer func() {
+		stopWatch()
+		mu.Lock()
+		if deadline != nil {
+			deadline.Stop()
+		}
+		mu.Unlock()
+	}()
+
+	jobs := make(chan job)
+	var wg sync.WaitGroup
+	for i := range w.slots {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.dispatch(hctx, jobs, &w.slots[i])
+		}()
+	}
+	w.supervise(ctx, hctx, jobs)
+	close(jobs)
+	wg.Wait()
+	w.log.Info("stopped")
+	return nil
+}
+
+// supervise keeps a connection open until ctx is done.
+func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
+	bo := backoff{min: minBackoff, max: maxBackoff}
+	for {
+		w.touch()
+		if ctx.Err() != nil {
+			return
+		}
+		conn, node, err := w.cfg.Dialer.Dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.setNotReady("connecting: " + err.Error())
+			w.report("cannot connect to broker", err)
+			if !w.sleep(ctx, bo.next()) {
+				return
+			}
+			continue
+		}
+		w.metrics.connected.Set(1)
+		w.log.Info("connected", zap.String("node", node))
+		err = w.serveConnection(ctx, hctx, conn, jobs, &bo)
+		w.metrics.connected.Set(0)
+		if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
+			w.log.Debug("close connection", zap.Error(cerr))
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		w.metrics.reconnects.Inc()
+		w.setNotReady("connection lost: " + err.Error())
+		w.log.Info("connection lost", zap.String("node", node), zap.Error(err))
+		if !w.sleep(ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// serveConnection consumes on channels of conn, opening a new channel after
+// a channel error, until conn closes or ctx is done.
+func (w *Worker) serveConnection(ctx, hctx context.Context, conn *amqp.Connection, jobs chan<- job, bo *backoff) error {
+	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	for {
+		start := time.Now()
+		err := w.serveChannel(ctx, hctx, conn, jobs)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > healthyAfter {
+			bo.reset()
+		}
+		select {
+		case cerr, ok := <-connClosed:
+			if ok && cerr != nil {
+				return cerr
+			}
+			return errors.Join(err, amqp.ErrClosed)
+		default:
+		}
+		if conn.IsClosed() {
+			return err
+		}
+		w.metrics.reconnects.Inc()
+		w.setNotReady("channel closed: " + err.Error())
+		w.report("channel closed, opening a new one", err)
+		if !w.sleep(ctx, bo.next()) {
+			return nil
+		}
+	}
+}
+
+// sleep waits for d or until ctx is done; it reports whether to go on.
+func (w *Worker) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		w.touch()
+		return true
+	}
+}
+
+// report logs a failure at error level once, and its repeats at debug, so
+// a broker that refuses warren for hours does not flood the log.
+func (w *Worker) report(msg string, err error) {
+	text := msg + ": " + err.Error()
+	if text == w.reported {
+		w.log.Debug(msg+" (again)", zap.Error(err))
+		return
+	}
+	w.reported = text
+	w.log.Error(msg, zap.Error(err))
+}
+
+// recovered clears the last reported failure once things work again.
+func (w *Worker) recovered() { w.reported = "" }
+
+// consumerTag returns the tag of the n-th consumer of this worker. The
+// worker chooses it, rather than the library, to cancel it on drain.
+func (w *Worker) consumerTag(n int) string {
+	return fmt.Sprintf("%s-%d", w.cfg.ConsumerTag, n)
+}
