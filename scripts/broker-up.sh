@@ -99,8 +99,7 @@ how_to_fix() {
 
 node_running() {   # is a local RabbitMQ node (Erlang VM) up, maybe still booting?
   have rabbitmqctl || return 1
-  timeout 20 rabbitmqctl -q ping >/dev/null 2>&1 ||
-    timeout 20 rabbitmq-diagnostics -q ping >/dev/null 2>&1
+  timeout 15 rabbitmqctl -q ping >/dev/null 2>&1
 }
 
 show_logs() {
@@ -172,13 +171,21 @@ fi
 if node_running; then
   # The Erlang node runs but the listener is closed: either still booting, or
   # the app was stopped (rabbitmqctl stop_app).
-  log "RabbitMQ node is running but not listening; waiting for it / starting the app"
-  if ! timeout 15 rabbitmqctl -q await_startup >/dev/null 2>&1; then
-    as_root rabbitmqctl -q start_app >/dev/null 2>&1 || true
+  log "RabbitMQ node is running but not listening; waiting for it to boot"
+  if timeout 15 rabbitmqctl -q await_startup >/dev/null 2>&1; then
+    # The app is running: give the listener a moment, then give up quickly
+    # rather than waiting for a port it will never open.
+    sleep 1
+    tcp_ok && up
+    err "RabbitMQ runs on this machine but does not listen on $addr;"
+    err "check its listeners (rabbitmq.conf) or the host/port of the URL."
+    exit 1
   fi
+  log "starting the RabbitMQ app: rabbitmqctl start_app"
+  as_root rabbitmqctl -q start_app >/dev/null 2>&1 || true
 else
   if ! can_root; then
-    err "rabbitmq-server is installed but not running, and starting it needs root."
+    err "rabbitmq-server is installed but does not answer here, and starting it needs root."
     how_to_fix
     exit 1
   fi

@@ -146,19 +146,22 @@ func runWorker(stderr io.Writer) int {
 	logger.Info("starting", zap.String("version", version), zap.String("queue", cfg.Queue),
 		zap.String("handler", cfg.Handler), zap.Stringer("health_addr", hs.Addr()))
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// The first signal starts the drain; a second one kills the process at
+	// once (the broker requeues whatever was unacked). The default action
+	// is restored before the drain shows, so a second signal sent after
+	// /readyz turned 503 is never swallowed.
+	sigctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	// After the first signal, a second one kills the process at once: the
-	// broker requeues whatever was unacked.
-	context.AfterFunc(ctx, func() {
+	wctx, stopWorker := context.WithCancel(context.Background())
+	defer stopWorker()
+	context.AfterFunc(sigctx, func() {
 		stop()
 		logger.Info("shutting down; a second signal stops at once")
+		stopWorker()
 	})
 
 	// The health server outlives the worker's drain, so that probes and
 	// metrics answer until the end; either failing stops both.
-	wctx, stopWorker := context.WithCancel(ctx)
-	defer stopWorker()
 	hctx, stopHealth := context.WithCancel(context.Background())
 	defer stopHealth()
 	herr := make(chan error, 1)

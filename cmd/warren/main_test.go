@@ -1,0 +1,474 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/warren-mq/warren/internal/brokertest"
+)
+
+// testVersion is what the test binary is built to report.
+const testVersion = "v9.8.7-test"
+
+// binary is the warren binary built once for these tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "warren-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "warren")
+	build := exec.Command("go", "build", "-race", "-ldflags", "-X main.version="+testVersion, "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build warren:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// syncBuffer collects a process's output while it runs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// proc is a warren process started by a test.
+type proc struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	health string // base URL of its health server
+	done   chan struct{}
+	err    error
+}
+
+// baseEnv is the environment of every warren process in these tests: no
+// WARREN_* from the test's own environment.
+func baseEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "WARREN_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// startWarren runs the binary with args and env (NAME=value) and stops it
+// with SIGKILL when the test ends, if it still runs.
+func startWarren(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	addr := freeAddr(t)
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(baseEnv(), "WARREN_HEALTH_ADDR="+addr)
+	cmd.Env = append(cmd.Env, env...)
+	p := &proc{cmd: cmd, out: &syncBuffer{}, health: "http://" + addr, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start warren: %v", err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("warren output:\n%s", p.out.String())
+		}
+	})
+	return p
+}
+
+// wait waits for the process to exit and returns its exit code, or -1 if
+// a signal killed it.
+func (p *proc) wait(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		t.Fatalf("warren did not exit within %s", timeout)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func (p *proc) signal(t *testing.T, sig os.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal warren: %v", err)
+	}
+}
+
+// status returns the status code and body of GET path on the health
+// server, or 0 if it does not answer.
+func (p *proc) status(path string) (int, string) {
+	resp, err := http.Get(p.health + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (p *proc) waitStatus(t *testing.T, path string, want int) {
+	t.Helper()
+	brokertest.WaitFor(t, 20*time.Second, fmt.Sprintf("GET %s = %d", path, want), func() bool {
+		code, _ := p.status(path)
+		return code == want
+	})
+}
+
+// freeAddr returns a loopback address with a port nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// runWarren runs the binary to its end and returns its exit code and
+// combined output.
+func runWarren(t *testing.T, env []string, stdin string, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(baseEnv(), env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("run warren %v: %v", args, err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
+func brokerEnv(queue string) []string {
+	return []string{"WARREN_AMQP_URL=" + brokertest.URL(), "WARREN_QUEUE=" + queue}
+}
+
+func TestVersion(t *testing.T) {
+	code, out := runWarren(t, nil, "", "version")
+	if code != 0 || strings.TrimSpace(out) != testVersion {
+		t.Errorf("warren version = %d, %q; want 0, %q", code, out, testVersion)
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"help", "--help", "-h"} {
+		t.Run(arg, func(t *testing.T) {
+			code, out := runWarren(t, []string{"WARREN_AMQP_URL=amqp://u:HelpSecret1@h/"}, "", arg)
+			if code != 0 {
+				t.Errorf("warren %s exited %d, want 0", arg, code)
+			}
+			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("warren %s does not mention %s", arg, want)
+				}
+			}
+			if strings.Contains(out, "HelpSecret1") {
+				t.Errorf("warren %s printed the broker password", arg)
+			}
+		})
+	}
+}
+
+func TestUnknownCommandExits2(t *testing.T) {
+	code, out := runWarren(t, nil, "", "frobnicate")
+	if code != 2 || !strings.Contains(out, `unknown command "frobnicate"`) {
+		t.Errorf("warren frobnicate = %d, %q; want 2 and the command named", code, out)
+	}
+}
+
+func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
+	// A listener standing in for the broker tells whether warren dialled.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var dialled sync.WaitGroup
+	dialled.Add(1)
+	accepted := make(chan struct{}, 100)
+	go func() {
+		defer dialled.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	url := "amqp://guest:ConfSecret9@" + ln.Addr().String() + "/"
+	for _, tt := range []struct {
+		name string
+		give []string
+		want string
+	}{
+		{"missing queue", nil, `WARREN_QUEUE is not set: want the name of the queue to consume`},
+		{"prefetch not a number", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=abc"}, `WARREN_PREFETCH="abc": want an integer from 1 to 65535`},
+		{"prefetch too big", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=70000"}, `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
+		{"concurrency above prefetch", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=2", "WARREN_CONCURRENCY=3"}, `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
+		{"unknown handler", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=magic"}, `WARREN_HANDLER="magic": want one of log, noop, http, exec`},
+		{"negative timeout", []string{"WARREN_QUEUE=q", "WARREN_HANDLER_TIMEOUT=-5s"}, `WARREN_HANDLER_TIMEOUT="-5s": want a positive duration`},
+		{"negative shutdown", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=-1s"}, `WARREN_SHUTDOWN_TIMEOUT="-1s": want a duration of 0s or more`},
+		{"bad duration", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=soon"}, `WARREN_SHUTDOWN_TIMEOUT="soon"`},
+		{"url not amqp", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL=http://guest:ConfSecret9@localhost/"}, `WARREN_AMQP_URL="http://guest:xxxxx@localhost/": want amqp:// or amqps://`},
+		{"queue type", []string{"WARREN_QUEUE=q", "WARREN_QUEUE_TYPE=stream"}, `WARREN_QUEUE_TYPE="stream": want classic or quorum`},
+		{"http without url", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=http"}, `WARREN_HTTP_URL is not set`},
+		{"exec without command", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=exec"}, `WARREN_EXEC_COMMAND is not set`},
+		{"declare not a bool", []string{"WARREN_QUEUE=q", "WARREN_DECLARE=maybe"}, `WARREN_DECLARE="maybe": want true or false`},
+		{"log format", []string{"WARREN_QUEUE=q", "WARREN_LOG_FORMAT=xml"}, `WARREN_LOG_FORMAT="xml": want json or console`},
+		{"url file missing", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL_FILE=/nonexistent/url"}, `WARREN_AMQP_URL_FILE="/nonexistent/url"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := append([]string{"WARREN_AMQP_URL=" + url}, tt.give...)
+			for _, args := range [][]string{nil, {"publish", "x"}} {
+				code, out := runWarren(t, env, "", args...)
+				if code != 2 {
+					t.Errorf("warren %v with %v exited %d, want 2; output: %s", args, tt.give, code, out)
+				}
+				if !strings.Contains(out, tt.want) {
+					t.Errorf("warren %v with %v said %q, want it to contain %q", args, tt.give, out, tt.want)
+				}
+				if n := strings.Count(strings.TrimSpace(out), "\n"); n != 0 {
+					t.Errorf("warren %v with %v said %d lines, want one: %q", args, tt.give, n+1, out)
+				}
+				if strings.Contains(out, "ConfSecret9") {
+					t.Errorf("warren %v with %v printed the broker password: %q", args, tt.give, out)
+				}
+			}
+		})
+	}
+	ln.Close()
+	dialled.Wait()
+	if n := len(accepted); n != 0 {
+		t.Errorf("warren connected %d times with a bad configuration, want 0", n)
+	}
+}
+
+func TestFirstSession(t *testing.T) {
+	q := brokertest.Queue(t)
+	p := startWarren(t, brokerEnv(q))
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	if code, out := runWarren(t, brokerEnv(q), "", "publish", "hello"); code != 0 {
+		t.Fatalf("warren publish hello = %d: %s", code, out)
+	}
+	brokertest.WaitFor(t, 10*time.Second, "the log line of the message", func() bool {
+		return strings.Contains(p.out.String(), `"body":"hello"`)
+	})
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("warren exited %d after SIGTERM, want 0", code)
+	}
+	if n := brokertest.Ready(t, q); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
+	}
+}
+
+func TestSIGTERMFinishesInFlightAndExits0(t *testing.T) {
+	q := brokertest.Queue(t)
+	dir := t.TempDir()
+	// Each message's command marks its start, works a while, marks its end.
+	command := fmt.Sprintf(`touch %[1]s/"$WARREN_MESSAGE_ID".started; sleep 2; cat > %[1]s/"$WARREN_MESSAGE_ID".done`, dir)
+	env := append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND="+command,
+		"WARREN_PREFETCH=4", "WARREN_CONCURRENCY=2", "WARREN_SHUTDOWN_TIMEOUT=20s")
+	p := startWarren(t, env)
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	brokertest.Publish(t, q, brokertest.Bodies("m", 10)...)
+	brokertest.WaitFor(t, 10*time.Second, "2 commands running", func() bool {
+		started, _ := filepath.Glob(filepath.Join(dir, "*.started"))
+		return len(started) == 2
+	})
+
+	p.signal(t, syscall.SIGTERM)
+	p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+	if code, body := p.status("/livez"); code != http.StatusOK {
+		t.Errorf("GET /livez while draining = %d %q, want 200", code, body)
+	}
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("warren exited %d after SIGTERM, want 0", code)
+	}
+	done, _ := filepath.Glob(filepath.Join(dir, "*.done"))
+	started, _ := filepath.Glob(filepath.Join(dir, "*.started"))
+	if len(done) != 2 || len(started) != 2 {
+		t.Errorf("%d commands started and %d finished, want the 2 in flight to finish and no new one", len(started), len(done))
+	}
+	if n := brokertest.Ready(t, q); n != 8 {
+		t.Errorf("queue holds %d messages, want 8: the 2 finished acked, the rest handed back", n)
+	}
+}
+
+func TestSecondSignalStopsAtOnce(t *testing.T) {
+	q := brokertest.Queue(t)
+	env := append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=sleep 60",
+		"WARREN_PREFETCH=4", "WARREN_CONCURRENCY=2", "WARREN_SHUTDOWN_TIMEOUT=60s")
+	p := startWarren(t, env)
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	brokertest.Publish(t, q, brokertest.Bodies("m", 5)...)
+	brokertest.WaitFor(t, 10*time.Second, "messages in flight", func() bool {
+		return strings.Count(p.out.String(), "consuming") == 1 && brokertest.Ready(t, q) < 5
+	})
+	p.signal(t, syscall.SIGTERM)
+	p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+	p.signal(t, syscall.SIGTERM)
+	p.wait(t, 5*time.Second)
+	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+		t.Errorf("warren ended with %v after a second SIGTERM, want killed by the signal", p.cmd.ProcessState)
+	}
+	brokertest.WaitFor(t, 10*time.Second, "every message back in the queue", func() bool { return brokertest.Ready(t, q) == 5 })
+}
+
+func TestProbesFollowTheBroker(t *testing.T) {
+	q := brokertest.Queue(t)
+	proxy := brokertest.NewProxy(t)
+	proxy.Refuse(true)
+	p := startWarren(t, []string{"WARREN_AMQP_URL=" + proxy.URL(), "WARREN_QUEUE=" + q})
+	p.waitStatus(t, "/livez", http.StatusOK)
+	code, body := p.status("/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "connecting") {
+		t.Errorf("GET /readyz with the broker unreachable = %d %q, want 503 saying connecting", code, body)
+	}
+	proxy.Refuse(false)
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	_, metrics := p.status("/metrics")
+	for _, want := range []string{"warren_connected 1", "warren_consuming 1", `warren_build_info{version="` + testVersion + `"} 1`, "go_goroutines", "process_resident_memory_bytes"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	proxy.Refuse(true)
+	proxy.Cut()
+	p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+	if code, body := p.status("/livez"); code != http.StatusOK {
+		t.Errorf("GET /livez with the broker gone = %d %q, want 200", code, body)
+	}
+	proxy.Refuse(false)
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("warren exited %d after SIGTERM, want 0", code)
+	}
+}
+
+func TestPasswordNeverInOutput(t *testing.T) {
+	const secret = "Pw-d0nt-l3ak"
+	closed := freeAddr(t)
+	q := brokertest.Queue(t)
+	for _, tt := range []struct {
+		name string
+		url  string
+	}{
+		{"unreachable broker", "amqp://guest:" + secret + "@" + closed + "/"},
+		{"wrong password", strings.Replace(brokertest.URL(), "guest:guest@", "guest:"+secret+"@", 1)},
+		{"cluster list", "amqp://guest:" + secret + "@" + closed + "/,amqp://guest:" + secret + "@" + freeAddr(t) + "/"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := []string{"WARREN_AMQP_URL=" + tt.url, "WARREN_QUEUE=" + q, "WARREN_LOG_LEVEL=debug"}
+			p := startWarren(t, env)
+			brokertest.WaitFor(t, 20*time.Second, "a connection failure logged", func() bool {
+				return strings.Contains(p.out.String(), "cannot connect to broker")
+			})
+			_, ready := p.status("/readyz")
+			_, metrics := p.status("/metrics")
+			p.signal(t, syscall.SIGTERM)
+			if code := p.wait(t, 30*time.Second); code != 0 {
+				t.Errorf("warren exited %d after SIGTERM, want 0", code)
+			}
+			_, pub := runWarren(t, env, "", "publish", "x")
+			for what, out := range map[string]string{"log": p.out.String(), "/readyz": ready, "/metrics": metrics, "publish": pub} {
+				if strings.Contains(out, secret) {
+					t.Errorf("the password appears in the %s output:\n%s", what, out)
+				}
+			}
+			if !strings.Contains(p.out.String(), "xxxxx") && tt.name != "wrong password" {
+				t.Logf("output:\n%s", p.out.String())
+			}
+		})
+	}
+}
+
+func TestPublish(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		args      []string
+		stdin     string
+		wantCode  int
+		wantQueue int
+	}{
+		{"arguments", []string{"publish", "a", "b", "c"}, "", 0, 3},
+		{"count", []string{"publish", "-count", "50", "x"}, "", 0, 50},
+		{"stdin lines", []string{"publish"}, "one\ntwo\r\nthree\n", 0, 3},
+		{"bad count", []string{"publish", "-count", "0", "x"}, "", 2, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := brokertest.Queue(t)
+			code, out := runWarren(t, brokerEnv(q), tt.stdin, tt.args...)
+			if code != tt.wantCode {
+				t.Fatalf("warren %v = %d, want %d: %s", tt.args, code, tt.wantCode, out)
+			}
+			if tt.wantCode != 0 {
+				return
+			}
+			if want := fmt.Sprintf("published %d of %d messages", tt.wantQueue, tt.wantQueue); !strings.Contains(out, want) {
+				t.Errorf("warren %v said %q, want %q", tt.args, out, want)
+			}
+			if n := brokertest.Ready(t, q); n != tt.wantQueue {
+				t.Errorf("queue holds %d messages, want %d", n, tt.wantQueue)
+			}
+		})
+	}
+}
+
+func TestPublishUnroutableFails(t *testing.T) {
+	q := brokertest.Queue(t)
+	ex := q + ".ex"
+	ch := brokertest.Channel(t)
+	if err := ch.ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { brokertest.Channel(t).ExchangeDelete(ex, false, false) })
+	// The exchange exists and nothing is bound with this key: the broker
+	// would drop the message, and publish must say so.
+	env := append(brokerEnv(q), "WARREN_DECLARE=false", "WARREN_EXCHANGE="+ex)
+	code, out := runWarren(t, env, "", "publish", "-routing-key", "nobody", "lost")
+	if code != 1 || !strings.Contains(out, "published 0 of 1 messages") || !strings.Contains(out, "unroutable") {
+		t.Errorf("warren publish to an unbound key = %d, %q; want 1, 0 of 1 published, unroutable", code, out)
+	}
+}

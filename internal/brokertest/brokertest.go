@@ -1,0 +1,268 @@
+// Package brokertest gives integration tests a real RabbitMQ broker:
+// uniquely named queues that are deleted after the test, publishing,
+// counting, faults injected through the broker itself, and a TCP proxy that
+// cuts links.
+package brokertest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// DefaultURL is the broker tests use when WARREN_TEST_AMQP_URL is unset.
+const DefaultURL = "amqp://guest:guest@localhost:5672/"
+
+// URL returns the broker URL for tests.
+func URL() string {
+	if u := os.Getenv("WARREN_TEST_AMQP_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// Dial connects to the test broker, failing the test with a hint when no
+// broker answers. The connection is closed when the test ends.
+func Dial(t testing.TB) *amqp.Connection {
+	t.Helper()
+	conn, err := amqp.Dial(URL())
+	if err != nil {
+		t.Fatalf("dial test broker (start one with `make broker`, or set WARREN_TEST_AMQP_URL): %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Channel opens a channel on a new connection to the test broker.
+func Channel(t testing.TB) *amqp.Channel {
+	t.Helper()
+	ch, err := Dial(t).Channel()
+	if err != nil {
+		t.Fatalf("open channel: %v", err)
+	}
+	return ch
+}
+
+// Name returns a name unique to this test run, for queues, exchanges and
+// connections.
+func Name(t testing.TB) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
+	if len(name) > 80 {
+		name = name[:80]
+	}
+	return "warren-test." + name + "." + hex.EncodeToString(b[:])
+}
+
+// Queue returns a unique queue name and deletes that queue, and the
+// queues named after it (Q.*), when the test ends. It does not declare it.
+func Queue(t testing.TB) string {
+	t.Helper()
+	q := Name(t)
+	t.Cleanup(func() { DeleteQueues(t, q, q+".dead") })
+	return q
+}
+
+// DeleteQueues deletes the named queues, ignoring those that do not exist.
+func DeleteQueues(t testing.TB, names ...string) {
+	t.Helper()
+	conn, err := amqp.Dial(URL())
+	if err != nil {
+		t.Logf("delete queues: %v", err)
+		return
+	}
+	defer conn.Close()
+	for _, n := range names {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Logf("delete queue %q: %v", n, err)
+			return
+		}
+		_, _ = ch.QueueDelete(n, false, false, false)
+		ch.Close()
+	}
+}
+
+// DeclareQueue declares a durable queue with args.
+func DeclareQueue(t testing.TB, name string, args amqp.Table) {
+	t.Helper()
+	ch := Channel(t)
+	if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
+		t.Fatalf("declare queue %q: %v", name, err)
+	}
+}
+
+// Publish publishes bodies to the default exchange with routing key
+// queue, persistent and confirmed.
+func Publish(t testing.TB, queue string, bodies ...string) {
+	t.Helper()
+	PublishTo(t, "", queue, bodies...)
+}
+
+// PublishTo publishes bodies to exchange with key, persistent and
+// confirmed; it fails the test if the broker does not confirm them all.
+func PublishTo(t testing.TB, exchange, key string, bodies ...string) {
+	t.Helper()
+	ch := Channel(t)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatalf("confirm mode: %v", err)
+	}
+	ctx := context.Background()
+	dcs := make([]*amqp.DeferredConfirmation, 0, len(bodies))
+	for _, b := range bodies {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, amqp.Publishing{
+			DeliveryMode: amqp.Persistent,
+			ContentType:  "text/plain",
+			MessageId:    b,
+			Body:         []byte(b),
+		})
+		if err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		dcs = append(dcs, dc)
+	}
+	for _, dc := range dcs {
+		if !dc.Wait() {
+			t.Fatalf("publish: broker did not confirm")
+		}
+	}
+}
+
+// Bodies returns n distinct bodies with prefix.
+func Bodies(prefix string, n int) []string {
+	bs := make([]string, n)
+	for i := range bs {
+		bs[i] = fmt.Sprintf("%s-%05d", prefix, i)
+	}
+	return bs
+}
+
+// Counts returns the ready and unacked message counts of queue, and its
+// consumer count, as the broker reports them.
+func Counts(t testing.TB, queue string) (ready, unacked, consumers int) {
+	t.Helper()
+	out := Ctl(t, "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers", "--formatter", "json", "-q")
+	var rows []struct {
+		Name      string `json:"name"`
+		Ready     int    `json:"messages_ready"`
+		Unacked   int    `json:"messages_unacknowledged"`
+		Consumers int    `json:"consumers"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("list_queues: %v: %s", err, out)
+	}
+	for _, r := range rows {
+		if r.Name == queue {
+			return r.Ready, r.Unacked, r.Consumers
+		}
+	}
+	return 0, 0, 0
+}
+
+// Ready returns the number of ready messages in queue, read with a passive
+// declaration; it needs no rabbitmqctl.
+func Ready(t testing.TB, queue string) int {
+	t.Helper()
+	ch := Channel(t)
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatalf("inspect queue %q: %v", queue, err)
+	}
+	return q.Messages
+}
+
+// NeedCtl skips the test unless rabbitmqctl can manage the test broker:
+// it must be installed and the broker local.
+func NeedCtl(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		t.Skip("rabbitmqctl not installed: this test injects faults through it")
+	}
+	if u := os.Getenv("WARREN_TEST_AMQP_URL"); u != "" && !strings.Contains(u, "@localhost") && !strings.Contains(u, "@127.0.0.1") {
+		t.Skip("the test broker is not local: rabbitmqctl cannot reach it")
+	}
+}
+
+// Ctl runs rabbitmqctl with args and returns its output.
+func Ctl(t testing.TB, args ...string) string {
+	t.Helper()
+	NeedCtl(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// eval runs Erlang code in the broker, with the connection name bound to
+// Name, and returns what it printed.
+func eval(t testing.TB, connName, code string) string {
+	t.Helper()
+	return Ctl(t, "eval", fmt.Sprintf("Name = <<%q>>, %s", connName, code))
+}
+
+// connectionsNamed is an Erlang list of the pids of the connections whose
+// client gave the connection name Name.
+const connectionsNamed = `[C || C <- rabbit_networking:connections(),
+	begin [{client_properties, Ps}] = rabbit_reader:info(C, [client_properties]),
+	lists:keyfind(<<"connection_name">>, 1, Ps) =:= {<<"connection_name">>, longstr, Name} end]`
+
+// CloseConnections makes the broker close every connection named name
+// (the client property connection_name) with CONNECTION_FORCED, as
+// rabbitmqctl close_connection does, and returns how many it closed.
+func CloseConnections(t testing.TB, name string) int {
+	t.Helper()
+	out := eval(t, name, `Cs = `+connectionsNamed+`,
+		[rabbit_networking:close_connection(C, "closed by warren test") || C <- Cs], length(Cs).`)
+	var n int
+	fmt.Sscan(strings.TrimSpace(out), &n)
+	return n
+}
+
+// FailChannels makes the broker close the channels of the connections
+// named name with a channel error (406 PRECONDITION_FAILED, unknown
+// delivery tag), as if the client had acked a tag it never received. The
+// connection stays open. It returns how many channels it failed.
+func FailChannels(t testing.TB, name string) int {
+	t.Helper()
+	out := eval(t, name, `Cs = `+connectionsNamed+`,
+		Chs = [Ch || Ch <- rabbit_channel:list(), begin [{connection, C}] = rabbit_channel:info(Ch, [connection]), lists:member(C, Cs) end],
+		[rabbit_channel:do(Ch, {'basic.ack', 4294967295, false}) || Ch <- Chs], length(Chs).`)
+	var n int
+	fmt.Sscan(strings.TrimSpace(out), &n)
+	return n
+}
+
+// Connections returns how many connections named name the broker has.
+func Connections(t testing.TB, name string) int {
+	t.Helper()
+	out := eval(t, name, `length(`+connectionsNamed+`).`)
+	var n int
+	fmt.Sscan(strings.TrimSpace(out), &n)
+	return n
+}
+
+// WaitFor polls cond until it holds or timeout passes, then fails the
+// test with what.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,669 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/worker"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// countingDialer counts the connections a worker opens.
+type countingDialer struct {
+	broker.Dialer
+	dials atomic.Int32
+}
+
+func (d *countingDialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
+	d.dials.Add(1)
+	return d.Dialer.Dial(ctx)
+}
+
+// harness runs a worker against the test broker.
+type harness struct {
+	w      *worker.Worker
+	name   string // connection name, to find it on the broker
+	dialer *countingDialer
+	reg    *prometheus.Registry
+	logs   *observer.ObservedLogs
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// start runs a worker on cfg until the test ends. It fills in what cfg
+// leaves empty: dialer, logger, registry.
+func start(t *testing.T, cfg worker.Config) *harness {
+	t.Helper()
+	h := &harness{name: brokertest.Name(t), reg: prometheus.NewRegistry(), done: make(chan error, 1)}
+	if cfg.Dialer == nil {
+		h.dialer = &countingDialer{Dialer: broker.Dialer{URLs: []string{brokertest.URL()}, Name: h.name}}
+		cfg.Dialer = h.dialer
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logs = logs
+	cfg.Logger = zap.New(zapcore.NewTee(zaptest.NewLogger(t).Core(), core))
+	cfg.Registerer = h.reg
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatalf("worker.New: %v", err)
+	}
+	h.w = w
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- w.Run(ctx) }()
+	t.Cleanup(func() { h.stop(t) })
+	return h
+}
+
+// stop cancels the worker and waits for Run to return.
+func (h *harness) stop(t *testing.T) error {
+	t.Helper()
+	h.cancel()
+	select {
+	case err, ok := <-h.done:
+		if ok {
+			close(h.done)
+		}
+		return err
+	case <-time.After(time.Minute):
+		t.Fatal("worker did not stop within a minute")
+	}
+	return nil
+}
+
+func (h *harness) waitReady(t *testing.T) {
+	t.Helper()
+	brokertest.WaitFor(t, 20*time.Second, "worker ready", func() bool { return h.w.Ready() == nil })
+}
+
+// metric returns the value of a counter or gauge, summed over its series
+// that carry the given label values.
+func (h *harness) metric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !hasLabels(m, labels) {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func hasLabels(m *dto.Metric, kv []string) bool {
+	for i := 0; i+1 < len(kv); i += 2 {
+		found := false
+		for _, l := range m.GetLabel() {
+			if l.GetName() == kv[i] && l.GetValue() == kv[i+1] {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// recorder is a handler that counts the bodies it sees.
+type recorder struct {
+	mu          sync.Mutex
+	seen        map[string]int
+	total       int
+	redelivered int
+	fn    func(ctx context.Context, m *worker.Message, attempt int) error
+}
+
+func newRecorder(fn func(ctx context.Context, m *worker.Message, attempt int) error) *recorder {
+	return &recorder{seen: make(map[string]int), fn: fn}
+}
+
+func (r *recorder) Handle(ctx context.Context, m *worker.Message) error {
+	r.mu.Lock()
+	r.seen[string(m.Body)]++
+	r.total++
+	if m.Redelivered {
+		r.redelivered++
+	}
+	attempt := r.seen[string(m.Body)]
+	r.mu.Unlock()
+	if r.fn != nil {
+		return r.fn(ctx, m, attempt)
+	}
+	return nil
+}
+
+func (r *recorder) distinct() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
+func (r *recorder) count(body string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.seen[body]
+}
+
+func (r *recorder) calls() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.total
+}
+
+// missing returns the bodies the recorder never saw.
+func (r *recorder) missing(bodies []string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, b := range bodies {
+		if r.seen[b] == 0 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func topology(q string) broker.Topology {
+	return broker.Topology{Queue: q, Declare: true}
+}
+
+func TestConsumesEveryMessageOnce(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		queueType string
+	}{
+		{"classic", broker.Classic},
+		{"quorum", broker.Quorum},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := brokertest.Queue(t)
+			rec := newRecorder(nil)
+			h := start(t, worker.Config{
+				Topology:    broker.Topology{Queue: q, QueueType: tt.queueType, Declare: true},
+				Handler:     rec,
+				Prefetch:    32,
+				Concurrency: 8,
+			})
+			h.waitReady(t)
+			bodies := brokertest.Bodies("m", 1000)
+			brokertest.Publish(t, q, bodies...)
+			brokertest.WaitFor(t, 30*time.Second, "every message handled", func() bool { return rec.distinct() == len(bodies) })
+			brokertest.WaitFor(t, 10*time.Second, "every message acked", func() bool {
+				return h.metric(t, "warren_messages_total", "outcome", "ack") == float64(len(bodies))
+			})
+			if err := h.stop(t); err != nil {
+				t.Fatalf("Run = %v, want nil", err)
+			}
+			if got := rec.calls(); got != len(bodies) {
+				t.Errorf("handler called %d times for %d messages, want each once", got, len(bodies))
+			}
+			if n := brokertest.Ready(t, q); n != 0 {
+				t.Errorf("queue holds %d messages after all were acked, want 0", n)
+			}
+		})
+	}
+}
+
+func TestReconnectsWhenBrokerClosesConnection(t *testing.T) {
+	brokertest.NeedCtl(t)
+	q := brokertest.Queue(t)
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+		time.Sleep(5 * time.Millisecond) // keep messages in flight when the link dies
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: 50, Concurrency: 4})
+	h.waitReady(t)
+	bodies := brokertest.Bodies("m", 5000)
+	brokertest.Publish(t, q, bodies...)
+
+	const closes = 3
+	for i := range closes {
+		brokertest.WaitFor(t, 30*time.Second, "consumption under way", func() bool {
+			return rec.distinct() >= (i+1)*len(bodies)/(closes+2)
+		})
+		if n := brokertest.CloseConnections(t, h.name); n != 1 {
+			t.Fatalf("broker closed %d connections named %q, want 1", n, h.name)
+		}
+		brokertest.WaitFor(t, 30*time.Second, "worker back after the close", func() bool {
+			return h.dialer.dials.Load() == int32(i+2) && h.w.Ready() == nil
+		})
+	}
+	brokertest.WaitFor(t, 60*time.Second, "every message handled", func() bool { return rec.distinct() == len(bodies) })
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if m := rec.missing(bodies); len(m) > 0 {
+		t.Errorf("%d messages never reached the handler, e.g. %q", len(m), m[0])
+	}
+	if n := brokertest.Ready(t, q); n != 0 {
+		t.Errorf("queue holds %d messages after the run, want 0", n)
+	}
+	if got := h.metric(t, "warren_reconnects_total"); got < closes {
+		t.Errorf("warren_reconnects_total = %v, want at least %d", got, closes)
+	}
+	rec.mu.Lock()
+	redelivered := rec.redelivered
+	rec.mu.Unlock()
+	if redelivered == 0 {
+		t.Errorf("no message came back redelivered: the closes did not hit messages in flight, the test proved nothing")
+	}
+	t.Logf("%d deliveries for %d messages, %d redelivered, %v settlements lost with their channel",
+		rec.calls(), len(bodies), redelivered, h.metric(t, "warren_stale_settlements_total"))
+}
+
+func TestReopensChannelAfterChannelError(t *testing.T) {
+	brokertest.NeedCtl(t)
+	q := brokertest.Queue(t)
+	rec := newRecorder(nil)
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "before")
+	brokertest.WaitFor(t, 10*time.Second, "first message", func() bool { return rec.count("before") == 1 })
+
+	if n := brokertest.FailChannels(t, h.name); n != 1 {
+		t.Fatalf("broker failed %d channels of %q, want 1", n, h.name)
+	}
+	brokertest.WaitFor(t, 10*time.Second, "channel reopened", func() bool {
+		return h.metric(t, "warren_reconnects_total") == 1 && h.w.Ready() == nil
+	})
+	brokertest.Publish(t, q, "after")
+	brokertest.WaitFor(t, 10*time.Second, "message after the channel error", func() bool { return rec.count("after") == 1 })
+	if got := h.dialer.dials.Load(); got != 1 {
+		t.Errorf("worker dialed %d times, want 1: a channel error must not cost the connection", got)
+	}
+	if got := brokertest.Connections(t, h.name); got != 1 {
+		t.Errorf("broker sees %d connections named %q, want 1", got, h.name)
+	}
+	if got := h.metric(t, "warren_connected"); got != 1 {
+		t.Errorf("warren_connected = %v, want 1", got)
+	}
+}
+
+func TestConsumesAgainAfterQueueDeleted(t *testing.T) {
+	q := brokertest.Queue(t)
+	rec := newRecorder(nil)
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "before")
+	brokertest.WaitFor(t, 10*time.Second, "first message", func() bool { return rec.count("before") == 1 })
+
+	brokertest.DeleteQueues(t, q)
+	// The broker cancels the consumer; the worker declares the queue again.
+	brokertest.WaitFor(t, 20*time.Second, "consumer back on the new queue", func() bool {
+		return h.metric(t, "warren_reconnects_total") >= 1 && h.w.Ready() == nil
+	})
+	brokertest.Publish(t, q, "after")
+	brokertest.WaitFor(t, 10*time.Second, "message in the new queue", func() bool { return rec.count("after") == 1 })
+	if got := h.dialer.dials.Load(); got != 1 {
+		t.Errorf("worker dialed %d times, want 1", got)
+	}
+}
+
+func TestDrainSettlesInFlightAndHandsBackTheRest(t *testing.T) {
+	q := brokertest.Queue(t)
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	var running atomic.Int32
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+		running.Add(1)
+		<-release // finishes only when the test says so, even after the drain began
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: 10, Concurrency: 3, ShutdownTimeout: 30 * time.Second})
+	h.waitReady(t)
+	brokertest.Publish(t, q, brokertest.Bodies("m", 20)...)
+	brokertest.WaitFor(t, 10*time.Second, "3 handlers running", func() bool { return running.Load() == 3 })
+
+	h.cancel()
+	brokertest.WaitFor(t, 5*time.Second, "not ready while draining", func() bool {
+		err := h.w.Ready()
+		return err != nil && strings.Contains(err.Error(), "draining")
+	})
+	// Prefetched messages that never reached a handler go back at once,
+	// while the handlers still run.
+	brokertest.WaitFor(t, 10*time.Second, "untried messages back in the queue", func() bool {
+		return brokertest.Ready(t, q) == 17
+	})
+	if got := h.metric(t, "warren_messages_total", "outcome", "requeue"); got < 7 {
+		t.Errorf("requeued %v messages, want at least the 7 prefetched", got)
+	}
+	releaseOnce.Do(func() { close(release) })
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if got := h.metric(t, "warren_messages_total", "outcome", "ack"); got != 3 {
+		t.Errorf("acked %v messages, want the 3 that were in flight", got)
+	}
+	if got := rec.calls(); got != 3 {
+		t.Errorf("handler called %d times, want 3: no new message after the drain began", got)
+	}
+	if got := brokertest.Ready(t, q); got != 17 {
+		t.Errorf("queue holds %d messages, want the 17 not handled", got)
+	}
+}
+
+func TestShutdownTimeoutHandsBackUnfinished(t *testing.T) {
+	q := brokertest.Queue(t)
+	var running atomic.Int32
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+		running.Add(1)
+		<-ctx.Done() // a handler that would run far longer than the drain allows
+		return ctx.Err()
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: 4, Concurrency: 2,
+		HandlerTimeout: time.Hour, ShutdownTimeout: 300 * time.Millisecond})
+	h.waitReady(t)
+	brokertest.Publish(t, q, brokertest.Bodies("m", 5)...)
+	brokertest.WaitFor(t, 10*time.Second, "2 handlers running", func() bool { return running.Load() == 2 })
+
+	begin := time.Now()
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if d := time.Since(begin); d > 10*time.Second {
+		t.Errorf("stop took %s with a shutdown timeout of 300ms", d)
+	}
+	if got := h.metric(t, "warren_messages_total", "outcome", "ack"); got != 0 {
+		t.Errorf("acked %v messages whose handler never finished, want 0", got)
+	}
+	if got := brokertest.Ready(t, q); got != 5 {
+		t.Errorf("queue holds %d messages, want all 5 handed back", got)
+	}
+}
+
+func TestPanickingHandlerDoesNotStopWorker(t *testing.T) {
+	q := brokertest.Queue(t)
+	rec := newRecorder(func(_ context.Context, m *worker.Message, attempt int) error {
+		if string(m.Body) == "boom" && attempt == 1 {
+			panic("handler bug")
+		}
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec})
+	h.waitReady(t)
+	bodies := append(brokertest.Bodies("m", 20), "boom")
+	brokertest.Publish(t, q, bodies...)
+	brokertest.WaitFor(t, 20*time.Second, "every message handled, boom twice", func() bool {
+		return rec.distinct() == len(bodies) && rec.count("boom") == 2
+	})
+	brokertest.WaitFor(t, 10*time.Second, "all acked", func() bool {
+		return h.metric(t, "warren_messages_total", "outcome", "ack") == float64(len(bodies))
+	})
+	if got := h.metric(t, "warren_messages_total", "outcome", "retry"); got != 1 {
+		t.Errorf("retries = %v, want 1 (the panic)", got)
+	}
+	if got := h.logs.FilterMessage("handler panicked").Len(); got != 1 {
+		t.Errorf("logged %d panics, want 1", got)
+	}
+	if err := h.w.Ready(); err != nil {
+		t.Errorf("Ready() = %v after a panic, want nil", err)
+	}
+}
+
+func TestHandlerTimeoutRetries(t *testing.T) {
+	q := brokertest.Queue(t)
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, attempt int) error {
+		if attempt == 1 {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, HandlerTimeout: 200 * time.Millisecond})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "slow")
+	brokertest.WaitFor(t, 10*time.Second, "second attempt acked", func() bool {
+		return rec.count("slow") == 2 && h.metric(t, "warren_messages_total", "outcome", "ack") == 1
+	})
+	if got := h.metric(t, "warren_messages_total", "outcome", "retry"); got != 1 {
+		t.Errorf("retries = %v, want 1", got)
+	}
+}
+
+func TestOutcomesSettleOnTheBroker(t *testing.T) {
+	q := brokertest.Queue(t)
+	dlq := q + ".dead"
+	brokertest.DeclareQueue(t, dlq, nil)
+	// A queue whose rejected messages go to dlq shows that dead means
+	// reject without requeue.
+	brokertest.DeclareQueue(t, q, amqp.Table{
+		amqp.QueueTypeArg:           broker.Classic,
+		"x-dead-letter-exchange":    "",
+		"x-dead-letter-routing-key": dlq,
+	})
+	rec := newRecorder(func(_ context.Context, m *worker.Message, _ int) error {
+		if string(m.Body) == "bad" {
+			return worker.Permanent(errors.New("cannot parse"))
+		}
+		return nil
+	})
+	h := start(t, worker.Config{Topology: broker.Topology{Queue: q, Declare: false}, Handler: rec})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "good", "bad")
+	brokertest.WaitFor(t, 10*time.Second, "dead message in "+dlq, func() bool { return brokertest.Ready(t, dlq) == 1 })
+	brokertest.WaitFor(t, 10*time.Second, "outcomes counted", func() bool {
+		return h.metric(t, "warren_messages_total", "outcome", "ack") == 1 &&
+			h.metric(t, "warren_messages_total", "outcome", "dead") == 1
+	})
+	if got := rec.count("bad"); got != 1 {
+		t.Errorf("dead message handled %d times, want 1", got)
+	}
+}
+
+func TestPrefetchBoundsUnackedMessages(t *testing.T) {
+	brokertest.NeedCtl(t)
+	q := brokertest.Queue(t)
+	release := make(chan struct{})
+	var running atomic.Int32
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+		running.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: 7, Concurrency: 2})
+	h.waitReady(t)
+	brokertest.Publish(t, q, brokertest.Bodies("m", 100)...)
+	brokertest.WaitFor(t, 10*time.Second, "2 handlers running", func() bool { return running.Load() == 2 })
+	var ready, unacked int
+	brokertest.WaitFor(t, 20*time.Second, "the broker to hold back all but the prefetch", func() bool {
+		ready, unacked, _ = brokertest.Counts(t, q)
+		return ready+unacked == 100 && unacked == 7
+	})
+	if got := rec.calls(); got != 2 {
+		t.Errorf("handler called %d times, want 2 (concurrency)", got)
+	}
+	close(release)
+	brokertest.WaitFor(t, 20*time.Second, "all handled", func() bool { return rec.distinct() == 100 })
+}
+
+func TestReadyFollowsConnection(t *testing.T) {
+	q := brokertest.Queue(t)
+	proxy := brokertest.NewProxy(t)
+	proxy.Refuse(true)
+	h := start(t, worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}},
+		Topology: topology(q),
+		Handler:  worker.Noop(),
+	})
+	brokertest.WaitFor(t, 10*time.Second, "not ready while the broker is unreachable", func() bool {
+		err := h.w.Ready()
+		return err != nil && strings.Contains(err.Error(), "connecting")
+	})
+	if err := h.w.Alive(); err != nil {
+		t.Errorf("Alive() = %v with the broker unreachable, want nil: liveness must not depend on the broker", err)
+	}
+	proxy.Refuse(false)
+	h.waitReady(t)
+	if got := h.metric(t, "warren_connected"); got != 1 {
+		t.Errorf("warren_connected = %v, want 1", got)
+	}
+
+	proxy.Refuse(true)
+	proxy.Cut()
+	brokertest.WaitFor(t, 10*time.Second, "not ready after the link is cut", func() bool {
+		return h.w.Ready() != nil && h.metric(t, "warren_connected") == 0
+	})
+	proxy.Refuse(false)
+	h.waitReady(t)
+}
+
+func TestRefusedTopologyIsReportedOnceAndRetried(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, amqp.Table{amqp.QueueTypeArg: broker.Quorum})
+	h := start(t, worker.Config{Topology: topology(q), Handler: worker.Noop()})
+
+	brokertest.WaitFor(t, 10*time.Second, "not ready with the reason", func() bool {
+		err := h.w.Ready()
+		return err != nil && strings.Contains(err.Error(), "x-queue-type") && strings.Contains(err.Error(), q)
+	})
+	// Let the worker try a few times: it must back off, and say it once.
+	brokertest.WaitFor(t, 20*time.Second, "3 attempts", func() bool {
+		return h.logs.FilterMessage("channel closed, opening a new one (again)").Len() >= 2
+	})
+	if n := h.logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
+		t.Errorf("logged %d errors for one refused declaration, want 1", n)
+	}
+	if got := h.dialer.dials.Load(); got != 1 {
+		t.Errorf("worker dialed %d times, want 1: a refused declaration is a channel error", got)
+	}
+
+	brokertest.DeleteQueues(t, q)
+	h.waitReady(t)
+}
+
+func TestPassiveDeclareWaitsForQueue(t *testing.T) {
+	q := brokertest.Queue(t)
+	rec := newRecorder(nil)
+	h := start(t, worker.Config{Topology: broker.Topology{Queue: q, Declare: false}, Handler: rec})
+	brokertest.WaitFor(t, 10*time.Second, "not ready while the queue is missing", func() bool {
+		err := h.w.Ready()
+		return err != nil && strings.Contains(err.Error(), "NOT_FOUND")
+	})
+	brokertest.DeclareQueue(t, q, nil) // as a plain client would: no arguments
+	h.waitReady(t)
+	brokertest.Publish(t, q, "hello")
+	brokertest.WaitFor(t, 10*time.Second, "message handled", func() bool { return rec.count("hello") == 1 })
+}
+
+func TestExchangeBindings(t *testing.T) {
+	for _, tt := range []struct {
+		kind      string
+		keys      []string
+		publishTo string // routing key of the message that must arrive
+		skip      string // routing key of a message that must not
+		headers   amqp.Table
+	}{
+		{kind: "direct", publishTo: "", skip: "other"}, // default key: the queue name, set below
+		{kind: "direct", keys: []string{"a", "b"}, publishTo: "b", skip: "c"},
+		{kind: "topic", keys: []string{"orders.*.created"}, publishTo: "orders.eu.created", skip: "orders.eu.deleted"},
+		{kind: "fanout", publishTo: "anything"},
+	} {
+		t.Run(tt.kind+"-"+strings.Join(tt.keys, ","), func(t *testing.T) {
+			q := brokertest.Queue(t)
+			ex := q + ".ex"
+			t.Cleanup(func() { brokertest.Channel(t).ExchangeDelete(ex, false, false) })
+			rec := newRecorder(nil)
+			h := start(t, worker.Config{
+				Topology: broker.Topology{Queue: q, Declare: true, Exchange: ex, ExchangeType: tt.kind, BindingKeys: tt.keys},
+				Handler:  rec,
+			})
+			h.waitReady(t)
+			key := tt.publishTo
+			if key == "" {
+				key = q
+			}
+			if tt.skip != "" {
+				brokertest.PublishTo(t, ex, tt.skip, "skipped")
+			}
+			brokertest.PublishTo(t, ex, key, "routed")
+			brokertest.WaitFor(t, 10*time.Second, "routed message", func() bool { return rec.count("routed") == 1 })
+			if got := rec.count("skipped"); got != 0 {
+				t.Errorf("message with key %q reached the queue, want it unrouted", tt.skip)
+			}
+		})
+	}
+}
+
+func TestNewRejectsIncompleteConfig(t *testing.T) {
+	d := &broker.Dialer{URLs: []string{brokertest.URL()}}
+	for _, tt := range []struct {
+		name string
+		give worker.Config
+		want string
+	}{
+		{"no dialer", worker.Config{Topology: topology("q"), Handler: worker.Noop(), Logger: zap.NewNop()}, "Dialer"},
+		{"no queue", worker.Config{Dialer: d, Handler: worker.Noop(), Logger: zap.NewNop()}, "queue"},
+		{"no handler", worker.Config{Dialer: d, Topology: topology("q"), Logger: zap.NewNop()}, "Handler"},
+		{"no logger", worker.Config{Dialer: d, Topology: topology("q"), Handler: worker.Noop()}, "Logger"},
+		{"prefetch too big", worker.Config{Dialer: d, Topology: topology("q"), Handler: worker.Noop(), Logger: zap.NewNop(), Prefetch: 70000}, "prefetch"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := worker.New(tt.give)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("New(%s) = %v, want an error naming %q", tt.name, err, tt.want)
+			}
+		})
+	}
+}
+
+func ExampleHandlerFunc() {
+	resize := worker.HandlerFunc(func(ctx context.Context, m *worker.Message) error {
+		if len(m.Body) == 0 {
+			return worker.Permanent(errors.New("empty image")) // no retry can fix it
+		}
+		// ... do the work, honouring ctx ...
+		return nil
+	})
+	w, err := worker.New(worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{"amqp://guest:guest@localhost:5672/"}},
+		Topology: broker.Topology{Queue: "images", Declare: true},
+		Handler:  resize,
+		Logger:   zap.NewNop(),
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	_ = w // run it with w.Run(ctx) until ctx is cancelled
+	fmt.Println("ready to run")
+	// Output: ready to run
+}
