@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/kelseyhightower/envconfig"
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/warren-mq/warren/broker"
 )
@@ -136,6 +136,10 @@ func Load() (*Config, error) {
 		}
 		return nil, fmt.Errorf("read configuration: %w", err)
 	}
+	if _, set := os.LookupEnv("WARREN_CONCURRENCY"); !set {
+		// The default must not contradict a small prefetch set alone.
+		c.Concurrency = min(c.Concurrency, max(c.Prefetch, 1))
+	}
 	if err := c.resolve(); err != nil {
 		return nil, err
 	}
@@ -156,6 +160,10 @@ func (c *Config) resolve() error {
 			return e
 		}
 		raw = strings.TrimSpace(string(b))
+	}
+	// Lists are split on commas only; "a, b" means "a" and "b".
+	for i, k := range c.BindingKeys {
+		c.BindingKeys[i] = strings.TrimSpace(k)
 	}
 	c.URLs = nil
 	for _, u := range strings.Split(raw, ",") {
@@ -178,11 +186,14 @@ func (c *Config) Validate() error {
 		urlVar = "WARREN_AMQP_URL_FILE"
 	}
 	if len(c.URLs) == 0 {
+		if c.AMQP.URLFile != "" {
+			return &Error{Var: urlVar, Value: c.AMQP.URLFile, Want: wants[urlVar] + " (the file is empty)"}
+		}
 		return &Error{Var: urlVar, Unset: true, Want: wants["WARREN_AMQP_URL"]}
 	}
 	for _, u := range c.URLs {
 		if _, err := amqp.ParseURI(u); err != nil {
-			return &Error{Var: urlVar, Value: broker.Redact(u), Want: wants["WARREN_AMQP_URL"]}
+			return &Error{Var: urlVar, Value: redactURL(u), Want: wants["WARREN_AMQP_URL"]}
 		}
 	}
 	switch {
@@ -211,19 +222,23 @@ func (c *Config) Validate() error {
 	case !slices.Contains([]string{"json", "console"}, c.Log.Format):
 		return bad("WARREN_LOG_FORMAT", c.Log.Format)
 	}
-	if c.ExchangeType == amqp.ExchangeHeaders {
+	if c.Exchange != "" && c.ExchangeType == amqp.ExchangeHeaders {
 		for _, kv := range c.BindingKeys {
 			if name, _, ok := strings.Cut(kv, "="); !ok || name == "" {
 				return bad("WARREN_BINDING_KEYS", strings.Join(c.BindingKeys, ","))
 			}
 		}
 	}
-	if _, err := zapcore.ParseLevel(c.Log.Level); err != nil {
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		return bad("WARREN_LOG_LEVEL", c.Log.Level)
 	}
 	for _, code := range c.Exec.DeadExitCodes {
 		if code < 1 || code > 255 {
-			return bad("WARREN_EXEC_DEAD_EXIT_CODES", fmt.Sprint(c.Exec.DeadExitCodes))
+			codes := make([]string, len(c.Exec.DeadExitCodes))
+			for i, code := range c.Exec.DeadExitCodes {
+				codes[i] = strconv.Itoa(code)
+			}
+			return bad("WARREN_EXEC_DEAD_EXIT_CODES", strings.Join(codes, ","))
 		}
 	}
 	switch c.Handler {
@@ -243,6 +258,16 @@ func (c *Config) Validate() error {
 		return bad("WARREN_HANDLER", c.Handler)
 	}
 	return nil
+}
+
+// redactURL returns one of the broker URLs fit for an error message:
+// without its password, and replaced whole unless it has a scheme and a
+// host, since it may then be a piece of a password that held a comma.
+func redactURL(u string) string {
+	if p, err := url.Parse(u); err != nil || p.Scheme == "" || p.Host == "" {
+		return "<unparseable URL>"
+	}
+	return broker.Redact(u)
 }
 
 func validAddr(addr string) bool {

@@ -60,6 +60,11 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	// Its own process group, so that a timeout reaches every process it
 	// started, and a terminal's Ctrl-C does not kill work warren drains.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Wait returns only once nothing holds the command's output open. A
+	// process the command left running in the background would hold it as
+	// long as it lives, beyond the timeout if it left the process group:
+	// after the shell exited, give the output execGrace to close.
+	cmd.WaitDelay = execGrace
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start command: %w", err)
 	}
@@ -80,12 +85,21 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 			err = <-waitErr
 		}
 		t.Stop()
-		err = fmt.Errorf("command stopped: %w (%w)", context.Cause(ctx), err)
+		// What Wait says of a process killed on purpose adds nothing.
+		err = fmt.Errorf("command stopped: %w", context.Cause(ctx))
 	}
 	// Whatever the command left running in its group goes with it.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	if errors.Is(err, exec.ErrWaitDelay) {
+		// The shell exited 0; what it left behind held the output.
+		err = nil
+	}
 
-	log := e.Logger.With(zap.String("message_id", m.MessageID), zap.Int("pid", pgid))
+	logger := e.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	log := logger.With(zap.String("message_id", m.MessageID), zap.Int("pid", pgid))
 	if out.Len() > 0 || out.dropped > 0 {
 		log.Info("command output", zap.ByteString("output", out.Bytes()), zap.Int("dropped_bytes", out.dropped))
 	}
@@ -109,17 +123,23 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 // messageEnv returns the variables that describe m to a command.
 func messageEnv(m *Message) []string {
 	env := []string{
-		"WARREN_MESSAGE_ID=" + m.MessageID,
-		"WARREN_CORRELATION_ID=" + m.CorrelationID,
-		"WARREN_CONTENT_TYPE=" + m.ContentType,
-		"WARREN_EXCHANGE=" + m.Exchange,
-		"WARREN_ROUTING_KEY=" + m.RoutingKey,
+		"WARREN_MESSAGE_ID=" + envValue(m.MessageID),
+		"WARREN_CORRELATION_ID=" + envValue(m.CorrelationID),
+		"WARREN_CONTENT_TYPE=" + envValue(m.ContentType),
+		"WARREN_EXCHANGE=" + envValue(m.Exchange),
+		"WARREN_ROUTING_KEY=" + envValue(m.RoutingKey),
 		"WARREN_REDELIVERED=" + strconv.FormatBool(m.Redelivered),
 	}
 	for k, v := range m.Headers {
-		env = append(env, "WARREN_HEADER_"+envName(k)+"="+headerString(v))
+		env = append(env, "WARREN_HEADER_"+envName(k)+"="+envValue(headerString(v)))
 	}
 	return env
+}
+
+// envValue drops the NUL bytes an environment variable cannot hold, and
+// that would keep the command from starting at all.
+func envValue(s string) string {
+	return strings.ReplaceAll(s, "\x00", "")
 }
 
 // envName turns a header name into the tail of a variable name: upper
@@ -154,17 +174,25 @@ func headerString(v any) string {
 // boundedBuffer keeps the first limit bytes written to it and counts the
 // rest, so that a chatty command cannot grow warren's memory.
 type boundedBuffer struct {
-	bytes.Buffer
+	// buf is not embedded: its ReadFrom, which io.Copy prefers to Write,
+	// would bypass the limit.
+	buf     bytes.Buffer
 	limit   int
 	dropped int
 }
 
 func (b *boundedBuffer) Write(p []byte) (int, error) {
 	n := len(p)
-	if room := b.limit - b.Len(); room < len(p) {
+	if room := b.limit - b.buf.Len(); room < len(p) {
 		b.dropped += len(p) - max(room, 0)
 		p = p[:max(room, 0)]
 	}
-	b.Buffer.Write(p)
+	b.buf.Write(p)
 	return n, nil
 }
+
+// Len returns the number of bytes kept.
+func (b *boundedBuffer) Len() int { return b.buf.Len() }
+
+// Bytes returns the bytes kept.
+func (b *boundedBuffer) Bytes() []byte { return b.buf.Bytes() }

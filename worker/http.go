@@ -5,12 +5,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // httpErrorBodyBytes bounds how much of a failure's response body is kept
@@ -23,12 +22,11 @@ const httpErrorBodyBytes = 1024
 type HTTP struct {
 	url    string
 	client *http.Client
-	log    *zap.Logger
 }
 
 // NewHTTP returns an HTTP handler posting to url, with one keep-alive
 // connection pool sized for concurrency handlers.
-func NewHTTP(url string, concurrency int, log *zap.Logger) *HTTP {
+func NewHTTP(url string, concurrency int) *HTTP {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = max(concurrency, 2)
 	t.MaxIdleConnsPerHost = max(concurrency, 2)
@@ -39,7 +37,6 @@ func NewHTTP(url string, concurrency int, log *zap.Logger) *HTTP {
 			// A redirect of a POST would silently turn into a GET.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		log: log,
 	}
 }
 
@@ -54,7 +51,7 @@ func (h *HTTP) Handle(ctx context.Context, m *Message) error {
 	if ct == "" {
 		ct = "application/octet-stream"
 	}
-	req.Header.Set("Content-Type", ct)
+	req.Header.Set("Content-Type", sanitizeHeaderValue(ct))
 	setMessageHeaders(req.Header, m)
 	resp, err := h.client.Do(req)
 	if err != nil {
@@ -85,7 +82,7 @@ func (h *HTTP) Handle(ctx context.Context, m *Message) error {
 func setMessageHeaders(h http.Header, m *Message) {
 	set := func(k, v string) {
 		if v != "" {
-			h.Set(k, v)
+			h.Set(k, sanitizeHeaderValue(v))
 		}
 	}
 	set("X-Warren-Message-Id", m.MessageID)
@@ -119,10 +116,12 @@ func validHeaderName(s string) bool {
 	return true
 }
 
-// sanitizeHeaderValue drops the bytes an HTTP header value cannot hold.
+// sanitizeHeaderValue drops the bytes an HTTP header value cannot hold:
+// the control characters but tab. net/http refuses to send a request with
+// any of them, which would fail the message on every delivery.
 func sanitizeHeaderValue(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' || r == 0 {
+		if r < ' ' && r != '\t' || r == 0x7f {
 			return -1
 		}
 		return r
@@ -137,6 +136,10 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	if secs, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
 		if secs < 0 {
 			return 0, false
+		}
+		if secs > int(math.MaxInt64/time.Second) {
+			// So long a wait does not fit a Duration; wait the longest.
+			return math.MaxInt64, true
 		}
 		return time.Duration(secs) * time.Second, true
 	}

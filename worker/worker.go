@@ -39,8 +39,9 @@ const (
 	// tick is how often the worker's loops prove they are not stuck.
 	tick = time.Second
 	// stallAfter is how long without a tick makes the worker not alive. It
-	// is far above anything a loop legitimately blocks for (a dial is
-	// bounded by its handshake timeout, a wait by maxBackoff).
+	// is far above anything a loop legitimately blocks for (a wait is
+	// bounded by maxBackoff; dials, bounded by their handshake timeouts, are
+	// not counted).
 	stallAfter = 2 * time.Minute
 	// overrunGrace is how long a handler may run past its timeout before
 	// the worker counts as stuck: a handler that ignores its context holds
@@ -86,6 +87,7 @@ type Worker struct {
 
 	notReady atomic.Pointer[string] // why the worker is not ready; nil when consuming
 	lastTick atomic.Int64           // unix nanoseconds of the last loop tick
+	dialing  atomic.Bool            // a dial is under way: bounded by its own timeouts, it does not tick
 	slots    []atomic.Int64         // per handler goroutine: unix nanoseconds its handler started, 0 when idle
 
 	reported string // last failure logged at error level, to log a repeat only at debug
@@ -152,7 +154,7 @@ func (w *Worker) Ready() error {
 // overran its timeout by far. It never talks to the broker.
 func (w *Worker) Alive() error {
 	now := time.Now()
-	if last := time.Unix(0, w.lastTick.Load()); now.Sub(last) > stallAfter {
+	if last := time.Unix(0, w.lastTick.Load()); now.Sub(last) > stallAfter && !w.dialing.Load() {
 		return fmt.Errorf("worker loop stalled for %s", now.Sub(last).Round(time.Second))
 	}
 	limit := w.cfg.HandlerTimeout + overrunGrace
@@ -230,7 +232,10 @@ func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
 		if ctx.Err() != nil {
 			return
 		}
+		w.dialing.Store(true)
 		conn, node, err := w.cfg.Dialer.Dial(ctx)
+		w.dialing.Store(false)
+		w.touch()
 		if err != nil {
 			if ctx.Err() != nil {
 				return

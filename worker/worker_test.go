@@ -145,7 +145,7 @@ type recorder struct {
 	seen        map[string]int
 	total       int
 	redelivered int
-	fn    func(ctx context.Context, m *worker.Message, attempt int) error
+	fn          func(ctx context.Context, m *worker.Message, attempt int) error
 }
 
 func newRecorder(fn func(ctx context.Context, m *worker.Message, attempt int) error) *recorder {
@@ -286,51 +286,124 @@ func TestReconnectsWhenBrokerClosesConnection(t *testing.T) {
 		rec.calls(), len(bodies), redelivered, h.metric(t, "warren_stale_settlements_total"))
 }
 
-func TestReopensChannelAfterChannelError(t *testing.T) {
-	brokertest.NeedCtl(t)
-	q := brokertest.Queue(t)
-	rec := newRecorder(nil)
-	h := start(t, worker.Config{Topology: topology(q), Handler: rec})
-	h.waitReady(t)
-	brokertest.Publish(t, q, "before")
-	brokertest.WaitFor(t, 10*time.Second, "first message", func() bool { return rec.count("before") == 1 })
+// TestRecoversOnTheSameConnection injects the faults that cost a channel or
+// a consumer but not the connection: warren must recover without dialling.
+func TestRecoversOnTheSameConnection(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		needCtl bool
+		fault   func(t *testing.T, h *harness, q string)
+	}{
+		{"channel error", true, func(t *testing.T, h *harness, _ string) {
+			if n := brokertest.FailChannels(t, h.name); n != 1 {
+				t.Fatalf("broker failed %d channels of %q, want 1", n, h.name)
+			}
+		}},
+		// The broker cancels the consumer; warren declares the queue again.
+		{"queue deleted", false, func(t *testing.T, _ *harness, q string) { brokertest.DeleteQueues(t, q) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.needCtl {
+				brokertest.NeedCtl(t)
+			}
+			q := brokertest.Queue(t)
+			rec := newRecorder(nil)
+			h := start(t, worker.Config{Topology: topology(q), Handler: rec})
+			h.waitReady(t)
+			brokertest.Publish(t, q, "before")
+			brokertest.WaitFor(t, 10*time.Second, "first message", func() bool { return rec.count("before") == 1 })
 
-	if n := brokertest.FailChannels(t, h.name); n != 1 {
-		t.Fatalf("broker failed %d channels of %q, want 1", n, h.name)
-	}
-	brokertest.WaitFor(t, 10*time.Second, "channel reopened", func() bool {
-		return h.metric(t, "warren_reconnects_total") == 1 && h.w.Ready() == nil
-	})
-	brokertest.Publish(t, q, "after")
-	brokertest.WaitFor(t, 10*time.Second, "message after the channel error", func() bool { return rec.count("after") == 1 })
-	if got := h.dialer.dials.Load(); got != 1 {
-		t.Errorf("worker dialed %d times, want 1: a channel error must not cost the connection", got)
-	}
-	if got := brokertest.Connections(t, h.name); got != 1 {
-		t.Errorf("broker sees %d connections named %q, want 1", got, h.name)
-	}
-	if got := h.metric(t, "warren_connected"); got != 1 {
-		t.Errorf("warren_connected = %v, want 1", got)
+			tt.fault(t, h, q)
+			brokertest.WaitFor(t, 20*time.Second, "consuming again", func() bool {
+				return h.metric(t, "warren_reconnects_total") == 1 && h.w.Ready() == nil
+			})
+			brokertest.Publish(t, q, "after")
+			brokertest.WaitFor(t, 10*time.Second, "message after the fault", func() bool { return rec.count("after") == 1 })
+			if got := h.dialer.dials.Load(); got != 1 {
+				t.Errorf("worker dialed %d times, want 1: the fault must not cost the connection", got)
+			}
+			if got := h.metric(t, "warren_connected"); got != 1 {
+				t.Errorf("warren_connected = %v, want 1", got)
+			}
+			if tt.needCtl {
+				if got := brokertest.Connections(t, h.name); got != 1 {
+					t.Errorf("broker sees %d connections named %q, want 1", got, h.name)
+				}
+			}
+		})
 	}
 }
 
-func TestConsumesAgainAfterQueueDeleted(t *testing.T) {
+func TestSettlementOnDeadChannelIsDropped(t *testing.T) {
+	brokertest.NeedCtl(t)
 	q := brokertest.Queue(t)
-	rec := newRecorder(nil)
-	h := start(t, worker.Config{Topology: topology(q), Handler: rec})
-	h.waitReady(t)
-	brokertest.Publish(t, q, "before")
-	brokertest.WaitFor(t, 10*time.Second, "first message", func() bool { return rec.count("before") == 1 })
-
-	brokertest.DeleteQueues(t, q)
-	// The broker cancels the consumer; the worker declares the queue again.
-	brokertest.WaitFor(t, 20*time.Second, "consumer back on the new queue", func() bool {
-		return h.metric(t, "warren_reconnects_total") >= 1 && h.w.Ready() == nil
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	var redelivered atomic.Bool
+	rec := newRecorder(func(_ context.Context, m *worker.Message, attempt int) error {
+		if string(m.Body) != "held" {
+			return nil
+		}
+		if attempt == 1 {
+			close(started)
+			<-release // still running when its channel dies
+			return nil
+		}
+		redelivered.Store(m.Redelivered)
+		return nil
 	})
-	brokertest.Publish(t, q, "after")
-	brokertest.WaitFor(t, 10*time.Second, "message in the new queue", func() bool { return rec.count("after") == 1 })
-	if got := h.dialer.dials.Load(); got != 1 {
-		t.Errorf("worker dialed %d times, want 1", got)
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Concurrency: 2})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "held")
+	<-started
+	if n := brokertest.FailChannels(t, h.name); n != 1 {
+		t.Fatalf("broker failed %d channels, want 1", n)
+	}
+	// The broker requeued the message with its channel; the new channel
+	// delivers it again while the first handler still runs.
+	brokertest.WaitFor(t, 10*time.Second, "the message redelivered and acked", func() bool {
+		return rec.count("held") == 2 && h.metric(t, "warren_messages_total", "outcome", "ack") == 1
+	})
+	if !redelivered.Load() {
+		t.Error("second delivery lacks the redelivered flag")
+	}
+	releaseOnce.Do(func() { close(release) })
+	brokertest.WaitFor(t, 10*time.Second, "the first handler's settlement dropped", func() bool {
+		return h.metric(t, "warren_stale_settlements_total") == 1
+	})
+	// Acking the old tag on the new channel would be a second channel error.
+	brokertest.Publish(t, q, "next")
+	brokertest.WaitFor(t, 10*time.Second, "next message", func() bool { return rec.count("next") == 1 })
+	if got := h.metric(t, "warren_reconnects_total"); got != 1 {
+		t.Errorf("warren_reconnects_total = %v, want 1: only the injected channel error", got)
+	}
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if n := brokertest.Ready(t, q); n != 0 {
+		t.Errorf("queue holds %d messages, want 0", n)
+	}
+}
+
+func TestHeartbeatDetectsStalledLink(t *testing.T) {
+	q := brokertest.Queue(t)
+	proxy := brokertest.NewProxy(t)
+	h := start(t, worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}, Heartbeat: time.Second},
+		Topology: topology(q),
+		Handler:  worker.Noop(),
+	})
+	h.waitReady(t)
+	proxy.Stall(true) // the link stays open and carries nothing
+	brokertest.WaitFor(t, 10*time.Second, "the dead link noticed", func() bool {
+		return h.w.Ready() != nil && h.metric(t, "warren_connected") == 0
+	})
+	proxy.Stall(false)
+	h.waitReady(t)
+	if got := h.metric(t, "warren_reconnects_total"); got != 1 {
+		t.Errorf("warren_reconnects_total = %v, want 1", got)
 	}
 }
 

@@ -232,7 +232,7 @@ func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
 			Logger:        logger.Named("exec"),
 		}
 	case config.HandlerHTTP:
-		return worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency, logger.Named("http"))
+		return worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
 	}
 	return worker.LogHandler(logger.Named("message"))
 }

@@ -71,9 +71,10 @@ type proc struct {
 }
 
 // baseEnv is the environment of every warren process in these tests: no
-// WARREN_* from the test's own environment.
+// WARREN_* from the test's own environment, and the race detector's report
+// (the binary is built with -race) failing the process at once.
 func baseEnv() []string {
-	var env []string
+	env := []string{"GORACE=atexit_sleep_ms=0 halt_on_error=1"}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "WARREN_") {
 			env = append(env, kv)

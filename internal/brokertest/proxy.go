@@ -1,7 +1,6 @@
 package brokertest
 
 import (
-	"io"
 	"net"
 	"net/url"
 	"sync"
@@ -16,6 +15,7 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	refuse bool
+	stall  bool
 	links  map[net.Conn]struct{}
 	wg     sync.WaitGroup
 }
@@ -55,6 +55,20 @@ func (p *Proxy) Refuse(refuse bool) {
 	p.mu.Lock()
 	p.refuse = refuse
 	p.mu.Unlock()
+}
+
+// Stall makes the proxy accept traffic and forward none of it (true), as
+// a link that died without a reset, or forward it again (false).
+func (p *Proxy) Stall(stall bool) {
+	p.mu.Lock()
+	p.stall = stall
+	p.mu.Unlock()
+}
+
+func (p *Proxy) stalled() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stall
 }
 
 // Cut closes every link open through the proxy.
@@ -102,10 +116,22 @@ func (p *Proxy) accept() {
 	}
 }
 
-// pipe copies from src to dst until either ends, then closes both.
+// pipe copies from src to dst until either ends, then closes both. While
+// the proxy stalls, what it reads is dropped.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !p.stalled() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()

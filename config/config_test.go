@@ -1,0 +1,509 @@
+package config
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// unsetenv removes name from the environment until the test ends. Unlike
+// t.Setenv(name, ""), the variable is absent: envconfig applies defaults
+// only to absent variables.
+func unsetenv(t testing.TB, name string) {
+	t.Helper()
+	old, ok := os.LookupEnv(name)
+	if err := os.Unsetenv(name); err != nil {
+		t.Fatalf("unset %s: %v", name, err)
+	}
+	if ok {
+		t.Cleanup(func() { os.Setenv(name, old) })
+	}
+}
+
+// clearEnv removes every WARREN_* variable until the test ends.
+func clearEnv(t testing.TB) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, Prefix+"_") {
+			unsetenv(t, name)
+		}
+	}
+}
+
+// setEnv starts the test from an environment that holds exactly the
+// WARREN_* variables of env.
+func setEnv(t *testing.T, env map[string]string) {
+	t.Helper()
+	clearEnv(t)
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// selfSigned returns a self-signed CA certificate and its key, PEM-encoded.
+func selfSigned(t *testing.T) (cert *x509.Certificate, certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "warren test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+}
+
+func TestLoadDefaults(t *testing.T) {
+	setEnv(t, map[string]string{"WARREN_QUEUE": "q"})
+	c, err := Load()
+	if err != nil {
+		t.Fatalf("Load() = %v, want nil", err)
+	}
+	for _, tt := range []struct {
+		name string
+		give any
+		want any
+	}{
+		{"Queue", c.Queue, "q"},
+		{"Prefetch", c.Prefetch, 16},
+		{"Concurrency", c.Concurrency, 4},
+		{"Handler", c.Handler, HandlerLog},
+		{"HandlerTimeout", c.HandlerTimeout, time.Minute},
+		{"ShutdownTimeout", c.ShutdownTimeout, 25 * time.Second},
+		{"Heartbeat", c.Heartbeat, 10 * time.Second},
+		{"HealthAddr", c.HealthAddr, ":8080"},
+		{"QueueType", c.QueueType, "classic"},
+		{"Declare", c.Declare, true},
+		{"Exchange", c.Exchange, ""},
+		{"ExchangeType", c.ExchangeType, "direct"},
+		{"Log.Format", c.Log.Format, "json"},
+		{"Log.Level", c.Log.Level, "info"},
+		{"TLSConfig.MinVersion", c.TLSConfig.MinVersion, uint16(tls.VersionTLS12)},
+		{"TLSConfig.InsecureSkipVerify", c.TLSConfig.InsecureSkipVerify, false},
+	} {
+		if tt.give != tt.want {
+			t.Errorf("Load().%s = %v, want %v", tt.name, tt.give, tt.want)
+		}
+	}
+	if want := []string{"amqp://guest:guest@localhost:5672/"}; !slices.Equal(c.URLs, want) {
+		t.Errorf("Load().URLs = %q, want %q", c.URLs, want)
+	}
+	if c.TLSConfig.RootCAs != nil || len(c.TLSConfig.Certificates) != 0 {
+		t.Errorf("Load().TLSConfig = %+v, want no CA and no client certificate without the TLS files", c.TLSConfig)
+	}
+	if topo := c.Topology(); topo.Queue != "q" || !topo.Declare || topo.QueueType != "classic" {
+		t.Errorf("Topology() = %+v, want queue q, classic, declared", topo)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	urlFile := write("url", "amqp://u:p@h:5672/v\n")
+	caCert, caPEM, keyPEM := selfSigned(t)
+	caFile := write("ca.pem", string(caPEM))
+	keyFile := write("key.pem", string(keyPEM))
+
+	for _, tt := range []struct {
+		name  string
+		give  map[string]string
+		check func(t *testing.T, c *Config)
+	}{
+		{
+			name: "url file wins and is trimmed",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_AMQP_URL": "amqp://other/", "WARREN_AMQP_URL_FILE": urlFile},
+			check: func(t *testing.T, c *Config) {
+				if want := []string{"amqp://u:p@h:5672/v"}; !slices.Equal(c.URLs, want) {
+					t.Errorf("URLs = %q, want %q", c.URLs, want)
+				}
+			},
+		},
+		{
+			name: "comma-separated urls",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_AMQP_URL": " amqp://a:5672/ , amqps://b/ ,,amqp://c/"},
+			check: func(t *testing.T, c *Config) {
+				if want := []string{"amqp://a:5672/", "amqps://b/", "amqp://c/"}; !slices.Equal(c.URLs, want) {
+					t.Errorf("URLs = %q, want %q", c.URLs, want)
+				}
+			},
+		},
+		{
+			name: "http handler",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HANDLER": "http", "WARREN_HTTP_URL": "https://svc/hook"},
+			check: func(t *testing.T, c *Config) {
+				if c.Handler != HandlerHTTP || c.HTTP.URL != "https://svc/hook" {
+					t.Errorf("Handler, HTTP.URL = %q, %q, want http, https://svc/hook", c.Handler, c.HTTP.URL)
+				}
+			},
+		},
+		{
+			name: "exec handler",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HANDLER": "exec", "WARREN_EXEC_COMMAND": "./run", "WARREN_EXEC_DEAD_EXIT_CODES": "3,75"},
+			check: func(t *testing.T, c *Config) {
+				if c.Exec.Command != "./run" || !slices.Equal(c.Exec.DeadExitCodes, []int{3, 75}) {
+					t.Errorf("Exec = %+v, want ./run with dead codes [3 75]", c.Exec)
+				}
+			},
+		},
+		{
+			name: "everything set",
+			give: map[string]string{
+				"WARREN_QUEUE": "jobs", "WARREN_QUEUE_TYPE": "quorum", "WARREN_DECLARE": "false",
+				"WARREN_EXCHANGE": "ex", "WARREN_EXCHANGE_TYPE": "headers", "WARREN_BINDING_KEYS": "format=pdf,x-match=any",
+				"WARREN_PREFETCH": "8", "WARREN_CONCURRENCY": "8", "WARREN_HANDLER": "noop",
+				"WARREN_HANDLER_TIMEOUT": "90s", "WARREN_SHUTDOWN_TIMEOUT": "0s", "WARREN_HEARTBEAT": "1s",
+				"WARREN_HEALTH_ADDR": "127.0.0.1:9090", "WARREN_LOG_LEVEL": "debug", "WARREN_LOG_FORMAT": "console",
+				"WARREN_CONNECTION_NAME": "pod-1",
+			},
+			check: func(t *testing.T, c *Config) {
+				topo := c.Topology()
+				if topo.Queue != "jobs" || topo.QueueType != "quorum" || topo.Declare || topo.Exchange != "ex" ||
+					topo.ExchangeType != "headers" || !slices.Equal(topo.BindingKeys, []string{"format=pdf", "x-match=any"}) {
+					t.Errorf("Topology() = %+v, want every variable applied", topo)
+				}
+				if c.Prefetch != 8 || c.Concurrency != 8 || c.Handler != HandlerNoop || c.HandlerTimeout != 90*time.Second ||
+					c.ShutdownTimeout != 0 || c.Heartbeat != time.Second || c.HealthAddr != "127.0.0.1:9090" ||
+					c.Log.Level != "debug" || c.Log.Format != "console" || c.ConnectionName != "pod-1" {
+					t.Errorf("Load() = %+v, want every variable applied", c)
+				}
+			},
+		},
+		{
+			name: "tls ca",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_AMQP_URL": "amqps://h/", "WARREN_TLS_CA_FILE": caFile},
+			check: func(t *testing.T, c *Config) {
+				want := x509.NewCertPool()
+				want.AddCert(caCert)
+				if c.TLSConfig.RootCAs == nil || !c.TLSConfig.RootCAs.Equal(want) {
+					t.Errorf("TLSConfig.RootCAs = %v, want the pool of the CA file", c.TLSConfig.RootCAs)
+				}
+				if c.TLSConfig.MinVersion != tls.VersionTLS12 {
+					t.Errorf("TLSConfig.MinVersion = %x, want TLS 1.2 (%x)", c.TLSConfig.MinVersion, tls.VersionTLS12)
+				}
+			},
+		},
+		{
+			name: "tls client certificate",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_TLS_CERT_FILE": caFile, "WARREN_TLS_KEY_FILE": keyFile},
+			check: func(t *testing.T, c *Config) {
+				if len(c.TLSConfig.Certificates) != 1 || !c.TLSConfig.Certificates[0].Leaf.Equal(caCert) {
+					t.Errorf("TLSConfig.Certificates = %d certificates, want the one of the files", len(c.TLSConfig.Certificates))
+				}
+			},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			setEnv(t, tt.give)
+			c, err := Load()
+			if err != nil {
+				t.Fatalf("Load() with %q = %v, want nil", tt.give, err)
+			}
+			tt.check(t, c)
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	with := func(kv ...string) map[string]string {
+		env := map[string]string{"WARREN_QUEUE": "q"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			env[kv[i]] = kv[i+1]
+		}
+		return env
+	}
+	notPEM := writeFile(t, "ca.pem", "not a certificate\n")
+	_, certPEM, _ := selfSigned(t)
+	_, _, otherKey := selfSigned(t)
+	certFile := writeFile(t, "cert.pem", string(certPEM))
+	otherKeyFile := writeFile(t, "key.pem", string(otherKey))
+	missing := filepath.Join(t.TempDir(), "missing")
+	emptyFile := writeFile(t, "empty", "\n")
+	const urlWant = "want amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost"
+
+	for _, tt := range []struct {
+		name string
+		give map[string]string
+		want string
+	}{
+		{"no queue", map[string]string{}, `WARREN_QUEUE is not set: want the name of the queue to consume`},
+		{"blank queue", with("WARREN_QUEUE", "  "), `WARREN_QUEUE is not set: want the name of the queue to consume`},
+		{"long queue", with("WARREN_QUEUE", strings.Repeat("q", 256)), `WARREN_QUEUE="` + strings.Repeat("q", 256) + `": want a queue name of at most 255 bytes`},
+		{"prefetch not a number", with("WARREN_PREFETCH", "abc"), `WARREN_PREFETCH="abc": want an integer from 1 to 65535`},
+		{"prefetch empty", with("WARREN_PREFETCH", ""), `WARREN_PREFETCH="": want an integer from 1 to 65535`},
+		{"prefetch 0", with("WARREN_PREFETCH", "0"), `WARREN_PREFETCH="0": want an integer from 1 to 65535`},
+		{"prefetch too big", with("WARREN_PREFETCH", "70000"), `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
+		{"concurrency above prefetch", with("WARREN_PREFETCH", "2", "WARREN_CONCURRENCY", "3"), `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
+		{"concurrency above default prefetch", with("WARREN_CONCURRENCY", "17"), `WARREN_CONCURRENCY="17": want an integer from 1 to WARREN_PREFETCH (16)`},
+		{"concurrency 0", with("WARREN_CONCURRENCY", "0"), `WARREN_CONCURRENCY="0": want an integer from 1 to WARREN_PREFETCH (16)`},
+		{"unknown handler", with("WARREN_HANDLER", "kafka"), `WARREN_HANDLER="kafka": want one of log, noop, http, exec`},
+		{"http without url", with("WARREN_HANDLER", "http"), `WARREN_HTTP_URL is not set: want an http:// or https:// URL (WARREN_HANDLER=http)`},
+		{"http url not http", with("WARREN_HANDLER", "http", "WARREN_HTTP_URL", "ftp://files/in"), `WARREN_HTTP_URL="ftp://files/in": want an http:// or https:// URL`},
+		{"http url password", with("WARREN_HANDLER", "http", "WARREN_HTTP_URL", "ftp://u:s3cret@files/"), `WARREN_HTTP_URL="ftp://u:xxxxx@files/": want an http:// or https:// URL`},
+		{"exec without command", with("WARREN_HANDLER", "exec"), `WARREN_EXEC_COMMAND is not set: want a shell command (WARREN_HANDLER=exec)`},
+		{"exec blank command", with("WARREN_HANDLER", "exec", "WARREN_EXEC_COMMAND", " "), `WARREN_EXEC_COMMAND is not set: want a shell command (WARREN_HANDLER=exec)`},
+		{"negative handler timeout", with("WARREN_HANDLER_TIMEOUT", "-1s"), `WARREN_HANDLER_TIMEOUT="-1s": want a positive duration such as 30s or 5m`},
+		{"zero handler timeout", with("WARREN_HANDLER_TIMEOUT", "0"), `WARREN_HANDLER_TIMEOUT="0s": want a positive duration such as 30s or 5m`},
+		{"bad duration", with("WARREN_HANDLER_TIMEOUT", "soon"), `WARREN_HANDLER_TIMEOUT="soon": want a positive duration such as 30s or 5m`},
+		{"duration without unit", with("WARREN_HANDLER_TIMEOUT", "30"), `WARREN_HANDLER_TIMEOUT="30": want a positive duration such as 30s or 5m`},
+		{"negative shutdown timeout", with("WARREN_SHUTDOWN_TIMEOUT", "-5s"), `WARREN_SHUTDOWN_TIMEOUT="-5s": want a duration of 0s or more, such as 25s`},
+		{"heartbeat 0", with("WARREN_HEARTBEAT", "0"), `WARREN_HEARTBEAT="0s": want a duration from 1s to 10m, such as 10s`},
+		{"heartbeat too long", with("WARREN_HEARTBEAT", "11m"), `WARREN_HEARTBEAT="11m0s": want a duration from 1s to 10m, such as 10s`},
+		{"stream queue", with("WARREN_QUEUE_TYPE", "stream"), `WARREN_QUEUE_TYPE="stream": want classic or quorum`},
+		{"bad exchange type", with("WARREN_EXCHANGE", "ex", "WARREN_EXCHANGE_TYPE", "x-delayed-message"), `WARREN_EXCHANGE_TYPE="x-delayed-message": want direct, fanout, topic or headers`},
+		{"headers key without =", with("WARREN_EXCHANGE", "ex", "WARREN_EXCHANGE_TYPE", "headers", "WARREN_BINDING_KEYS", "format=pdf,urgent"), `WARREN_BINDING_KEYS="format=pdf,urgent": want name=value pairs for a headers exchange`},
+		{"headers key without name", with("WARREN_EXCHANGE", "ex", "WARREN_EXCHANGE_TYPE", "headers", "WARREN_BINDING_KEYS", "=pdf"), `WARREN_BINDING_KEYS="=pdf": want name=value pairs for a headers exchange`},
+		{"declare maybe", with("WARREN_DECLARE", "maybe"), `WARREN_DECLARE="maybe": want true or false`},
+		{"log level", with("WARREN_LOG_LEVEL", "verbose"), `WARREN_LOG_LEVEL="verbose": want one of debug, info, warn, error`},
+		{"log format", with("WARREN_LOG_FORMAT", "text"), `WARREN_LOG_FORMAT="text": want json or console`},
+		{"dead exit code 0", with("WARREN_EXEC_DEAD_EXIT_CODES", "0"), `WARREN_EXEC_DEAD_EXIT_CODES="0": want exit codes from 1 to 255, comma-separated`},
+		{"dead exit code 300", with("WARREN_EXEC_DEAD_EXIT_CODES", "3,300"), `WARREN_EXEC_DEAD_EXIT_CODES="3,300": want exit codes from 1 to 255, comma-separated`},
+		{"dead exit code x", with("WARREN_EXEC_DEAD_EXIT_CODES", "x"), `WARREN_EXEC_DEAD_EXIT_CODES="x": want exit codes from 1 to 255, comma-separated`},
+		{"health addr without colon", with("WARREN_HEALTH_ADDR", "8080"), `WARREN_HEALTH_ADDR="8080": want a listen address such as :8080 or 127.0.0.1:8080`},
+		{"health addr bad port", with("WARREN_HEALTH_ADDR", ":http"), `WARREN_HEALTH_ADDR=":http": want a listen address such as :8080 or 127.0.0.1:8080`},
+		{"url not amqp", with("WARREN_AMQP_URL", "http://user:s3cret@host/"), `WARREN_AMQP_URL="http://user:xxxxx@host/": ` + urlWant},
+		{"second url bad", with("WARREN_AMQP_URL", "amqp://a/,ftp://b/"), `WARREN_AMQP_URL="ftp://b/": ` + urlWant},
+		{"url empty", with("WARREN_AMQP_URL", " , "), `WARREN_AMQP_URL is not set: ` + urlWant},
+		// A comma in a password splits the URL; no piece of it may reach
+		// the error.
+		{"comma in password", with("WARREN_AMQP_URL", "amqp://user:1234,s3cret@host/"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
+		{"commas in password", with("WARREN_AMQP_URL", "amqp://user:1,s3cret,x@host/"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
+		{"url without scheme", with("WARREN_AMQP_URL", "localhost:5672"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
+		{"url file holds a bad url", with("WARREN_AMQP_URL_FILE", writeFile(t, "bad-url", "http://user:s3cret@host/\n")), `WARREN_AMQP_URL_FILE="http://user:xxxxx@host/": ` + urlWant},
+		{"url file missing", with("WARREN_AMQP_URL_FILE", missing), `WARREN_AMQP_URL_FILE="` + missing + `": want a readable file holding the broker URL (no such file or directory)`},
+		{"url file empty", with("WARREN_AMQP_URL_FILE", emptyFile), `WARREN_AMQP_URL_FILE="` + emptyFile + `": want a readable file holding the broker URL (the file is empty)`},
+		{"tls ca not pem", with("WARREN_TLS_CA_FILE", notPEM), `WARREN_TLS_CA_FILE="` + notPEM + `": want a readable PEM file of CA certificates`},
+		{"tls ca missing", with("WARREN_TLS_CA_FILE", missing), `WARREN_TLS_CA_FILE="` + missing + `": want a readable PEM file of CA certificates`},
+		{"tls cert without key", with("WARREN_TLS_CERT_FILE", certFile), `WARREN_TLS_KEY_FILE is not set: want a readable PEM key, with WARREN_TLS_CERT_FILE`},
+		{"tls key without cert", with("WARREN_TLS_KEY_FILE", otherKeyFile), `WARREN_TLS_CERT_FILE is not set: want a readable PEM certificate, with WARREN_TLS_KEY_FILE`},
+		{"tls key of another cert", with("WARREN_TLS_CERT_FILE", certFile, "WARREN_TLS_KEY_FILE", otherKeyFile), `WARREN_TLS_CERT_FILE="` + certFile + `": want a readable PEM certificate, with WARREN_TLS_KEY_FILE`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			setEnv(t, tt.give)
+			c, err := Load()
+			var cerr *Error
+			if !errors.As(err, &cerr) {
+				t.Fatalf("Load() with %q = %+v, %v; want an *Error", tt.give, c, err)
+			}
+			if c != nil {
+				t.Errorf("Load() with %q = %+v with an error, want nil", tt.give, c)
+			}
+			if got := err.Error(); got != tt.want {
+				t.Errorf("Load() with %q = %q, want %q", tt.give, got, tt.want)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("Load() with %q = %q, which holds the password", tt.give, err)
+			}
+		})
+	}
+}
+
+func TestUnknown(t *testing.T) {
+	for _, tt := range []struct {
+		give []string
+		want []string
+	}{
+		{nil, nil},
+		{[]string{"WARREN_QUEUE=q", "WARREN_PREFETCH=1", "WARREN_AMQP_URL_FILE=/f", "WARREN_EXEC_DEAD_EXIT_CODES=3", "WARREN_TLS_CA_FILE=/ca"}, nil},
+		{[]string{"WARREN_QUEUE=q", "WARREN_PREFECTH=1"}, []string{"WARREN_PREFECTH"}},
+		{[]string{"WARREN_TLS_CA=/ca", "WARREN_QUEUE=q", "WARREN_AMQP_URI=amqp://x/"}, []string{"WARREN_AMQP_URI", "WARREN_TLS_CA"}},
+		{[]string{"WARREN_AMQP=x"}, []string{"WARREN_AMQP"}}, // a struct, not a variable
+		// Kubernetes' service links for a Service named warren.
+		{[]string{
+			"WARREN_PORT=tcp://10.0.0.1:8080", "WARREN_PORT_8080_TCP=tcp://10.0.0.1:8080", "WARREN_PORT_8080_TCP_ADDR=10.0.0.1",
+			"WARREN_PORT_8080_TCP_PORT=8080", "WARREN_PORT_8080_TCP_PROTO=tcp", "WARREN_SERVICE_HOST=10.0.0.1",
+			"WARREN_SERVICE_PORT=8080", "WARREN_SERVICE_PORT_HTTP=8080",
+		}, nil},
+		{[]string{"PATH=/bin", "WARRENQUEUE=q", "warren_queue=q", "HOME=/root"}, nil},
+		{[]string{"WARREN_=x"}, []string{"WARREN_"}},
+	} {
+		if got := Unknown(tt.give); !slices.Equal(got, tt.want) {
+			t.Errorf("Unknown(%q) = %q, want %q", tt.give, got, tt.want)
+		}
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var b bytes.Buffer
+	if err := Usage(&b); err != nil {
+		t.Fatalf("Usage() = %v, want nil", err)
+	}
+	out := b.String()
+	for _, want := range []string{"WARREN_AMQP_URL ", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_TLS_CA_FILE", "WARREN_EXEC_DEAD_EXIT_CODES", "amqp://guest:guest@localhost:5672/"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("Usage() output lacks %q:\n%s", want, out)
+		}
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) < 2 || !strings.HasPrefix(lines[0], "VARIABLE") {
+		t.Fatalf("Usage() output has no header line:\n%s", out)
+	}
+	seen := map[string]bool{}
+	for _, line := range lines[1:] {
+		key, _, _ := strings.Cut(line, " ")
+		if !strings.HasPrefix(key, Prefix+"_") {
+			t.Errorf("Usage() lists %q, want only WARREN_* variables", key)
+		}
+		seen[key] = true
+	}
+	// Every variable an error can name is documented.
+	for name := range wants {
+		if !seen[name] {
+			t.Errorf("Usage() does not list %s", name)
+		}
+	}
+}
+
+// FuzzLoad feeds arbitrary values to the variables most often got wrong.
+// Load must not panic, and must either return a valid configuration or an
+// *Error naming a WARREN_* variable, without the broker password.
+func FuzzLoad(f *testing.F) {
+	f.Add("16", "4", "1m", "amqp://guest:guest@localhost:5672/", "", false)
+	f.Add("0x10", "16", "1h", "amqps://user:pa%2Css@h1/vh, amqp://user:pa%2Css@h2:5673/vh", "a=1,b=2", true)
+	f.Add("abc", "-1", "-1s", "http://user:s3cretpw@host/", "x", true)
+	f.Add("65536", "4", "soon", "amqp://user:1234,s3cretpw@host/", "a,b", false)
+	f.Add("1", "1", "1ns", "amqp://u:p@[::1]:5672/%2f", "=x,y=", true)
+	clearEnv(f)
+	f.Fuzz(func(t *testing.T, prefetch, concurrency, timeout, rawURL, keys string, headers bool) {
+		env := map[string]string{
+			"WARREN_QUEUE":           "q",
+			"WARREN_PREFETCH":        prefetch,
+			"WARREN_CONCURRENCY":     concurrency,
+			"WARREN_HANDLER_TIMEOUT": timeout,
+			"WARREN_AMQP_URL":        rawURL,
+			"WARREN_BINDING_KEYS":    keys,
+		}
+		if headers {
+			env["WARREN_EXCHANGE"] = "ex"
+			env["WARREN_EXCHANGE_TYPE"] = "headers"
+		}
+		for k, v := range env {
+			if strings.IndexByte(v, 0) >= 0 {
+				t.Skip("an environment variable cannot hold NUL")
+			}
+			t.Setenv(k, v)
+		}
+		c, err := Load()
+		if err == nil {
+			if c.Prefetch < 1 || c.Prefetch > 65535 || c.Concurrency < 1 || c.Concurrency > c.Prefetch || c.HandlerTimeout <= 0 {
+				t.Fatalf("Load() = %+v, nil: limits not enforced", c)
+			}
+			if len(c.URLs) == 0 {
+				t.Fatalf("Load() = %+v, nil: no broker URL", c)
+			}
+			for _, u := range c.URLs {
+				if _, err := amqp.ParseURI(u); err != nil {
+					t.Fatalf("Load() accepted URL %q: %v", u, err)
+				}
+			}
+			return
+		}
+		var cerr *Error
+		if !errors.As(err, &cerr) {
+			t.Fatalf("Load() = %v (%T), want an *Error", err, err)
+		}
+		text := err.Error()
+		if !strings.HasPrefix(text, "WARREN_") || !strings.HasPrefix(text, cerr.Var) {
+			t.Fatalf("Load() = %q, want it to start with the variable's name %s", text, cerr.Var)
+		}
+		for _, pw := range passwords(rawURL) {
+			if leaks(text, pw, env) {
+				t.Fatalf("Load() with WARREN_AMQP_URL=%q = %q, which holds the password %q", rawURL, text, pw)
+			}
+		}
+	})
+}
+
+// passwords returns the passwords a URL variable holds: of the whole value
+// and of each comma-separated piece, decoded and as written, and the
+// pieces of a password that holds a comma.
+func passwords(raw string) []string {
+	var pws []string
+	for _, s := range append(strings.Split(raw, ","), raw) {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if pw, ok := u.User.Password(); ok {
+			pws = append(pws, pw)
+			pws = append(pws, strings.Split(pw, ",")...)
+		}
+		if _, pw, ok := strings.Cut(u.User.String(), ":"); ok {
+			pws = append(pws, pw)
+		}
+	}
+	return pws
+}
+
+// leaks reports whether text shows pw. Short passwords, and passwords that
+// appear elsewhere than in the user information (in what is expected, in
+// another variable, in the host, or next to the redaction mark), would
+// match by chance, and are not judged.
+func leaks(text, pw string, env map[string]string) bool {
+	if len(pw) < 6 || strings.Contains(pw, "xx") {
+		return false
+	}
+	for _, want := range wants {
+		if strings.Contains(want, pw) {
+			return false
+		}
+	}
+	for k, v := range env {
+		if k != "WARREN_AMQP_URL" && strings.Contains(v, pw) {
+			return false
+		}
+	}
+	if strings.Count(env["WARREN_AMQP_URL"], pw) > 1 {
+		return false
+	}
+	return strings.Contains(text, pw)
+}

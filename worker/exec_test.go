@@ -1,0 +1,475 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/warren-mq/warren/internal/brokertest"
+)
+
+// verifyNoLeaks checks, once the test and its cleanups are done, that no
+// goroutine outlived it. Call it first, so that its cleanup runs last.
+func verifyNoLeaks(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
+
+// execEnv is the environment the commands of these tests start from.
+func execEnv(kv ...string) []string {
+	return append([]string{"PATH=" + os.Getenv("PATH")}, kv...)
+}
+
+func newExec(t *testing.T, command string, kv ...string) (*Exec, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.DebugLevel)
+	return &Exec{Command: command, Env: execEnv(kv...), Logger: zap.New(core)}, logs
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read what the command wrote: %v", err)
+	}
+	return string(b)
+}
+
+func TestExecPassesBodyOnStdin(t *testing.T) {
+	verifyNoLeaks(t)
+	all := make([]byte, 256)
+	for i := range all {
+		all[i] = byte(i)
+	}
+	for _, tt := range []struct {
+		name string
+		give []byte
+	}{
+		{"text", []byte("hello, world\n")},
+		{"empty", nil},
+		{"no newline", []byte("last line")},
+		{"every byte", all},
+		{"1 MiB", bytes.Repeat([]byte("0123456789abcdef"), 1<<16)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "body")
+			e, _ := newExec(t, `cat > "$OUT_FILE"`, "OUT_FILE="+out)
+			if err := e.Handle(context.Background(), &Message{Body: tt.give}); err != nil {
+				t.Fatalf("Handle(%d bytes) = %v, want nil", len(tt.give), err)
+			}
+			if got := readFile(t, out); got != string(tt.give) {
+				t.Errorf("command read %d bytes %.40q, want the %d bytes of the body %.40q", len(got), got, len(tt.give), tt.give)
+			}
+		})
+	}
+}
+
+func TestExecExitCodes(t *testing.T) {
+	verifyNoLeaks(t)
+	for _, tt := range []struct {
+		give     string
+		dead     []int
+		want     Outcome
+		wantText string
+	}{
+		{"exit 0", []int{3}, Ack, ""},
+		{"true", nil, Ack, ""},
+		{"exit 3", []int{3}, Dead, "command exited with dead code 3"},
+		{"exit 75", []int{3, 75}, Dead, "command exited with dead code 75"},
+		{"exit 4", []int{3}, Retry, "command exited with code 4"},
+		{"exit 3", nil, Retry, "command exited with code 3"},
+		{"exit 1", []int{3}, Retry, "command exited with code 1"},
+		{"/nonexistent/command", []int{3}, Retry, "command exited with code 127"},
+		{"kill -9 $$", []int{3}, Retry, "command killed: signal: killed"},
+		{"kill -TERM $$", []int{3}, Retry, "command killed: signal: terminated"},
+	} {
+		e, _ := newExec(t, tt.give)
+		e.DeadExitCodes = tt.dead
+		err := e.Handle(context.Background(), &Message{Body: []byte("x")})
+		if got := OutcomeOf(err); got != tt.want {
+			t.Errorf("Handle(%q) with dead codes %v = %v (%v), want %v", tt.give, tt.dead, err, got, tt.want)
+		}
+		if err != nil && err.Error() != tt.wantText {
+			t.Errorf("Handle(%q) with dead codes %v = %q, want %q", tt.give, tt.dead, err, tt.wantText)
+		}
+	}
+}
+
+// TestExecNilEnv: a nil Env gives the command only the message's
+// variables, not warren's environment.
+func TestExecNilEnv(t *testing.T) {
+	verifyNoLeaks(t)
+	t.Setenv("WARREN_TEST_INHERITED", "leaked")
+	out := filepath.Join(t.TempDir(), "env")
+	e := &Exec{Command: "env > '" + out + "'", Logger: zap.NewNop()}
+	if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+		t.Fatalf("Handle(env) with a nil Env = %v, want nil", err)
+	}
+	got := readFile(t, out)
+	if strings.Contains(got, "WARREN_TEST_INHERITED") || !strings.Contains(got, "WARREN_MESSAGE_ID=m-1") {
+		t.Errorf("command with a nil Env saw:\n%s\nwant the message's variables and nothing of warren's", got)
+	}
+}
+
+// envOf runs env for m and returns the variables the command saw.
+func envOf(t *testing.T, e *Exec, m *Message) map[string]string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "env")
+	e.Command = `env > "$OUT_FILE"`
+	e.Env = append(slices.Clip(e.Env), "OUT_FILE="+out)
+	if err := e.Handle(context.Background(), m); err != nil {
+		t.Fatalf("Handle(env) = %v, want nil", err)
+	}
+	vars := map[string]string{}
+	for _, line := range strings.Split(readFile(t, out), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			vars[k] = v
+		}
+	}
+	return vars
+}
+
+func TestExecEnvironment(t *testing.T) {
+	verifyNoLeaks(t)
+	ts := time.Date(2025, 3, 1, 12, 0, 0, 0, time.FixedZone("CET", 3600))
+	e, _ := newExec(t, "", "WARREN_EXCHANGE=from-the-config", "KEEP=me")
+	got := envOf(t, e, &Message{
+		Body:          []byte("{}"),
+		MessageID:     "m-1",
+		CorrelationID: "c-1",
+		ContentType:   "application/json",
+		Exchange:      "orders",
+		RoutingKey:    "orders.created",
+		Redelivered:   true,
+		Headers: amqp.Table{
+			"x-tenant":   "acme",
+			"Trace.Id":   "abc 123",
+			"attempts":   int32(3),
+			"big":        int64(1) << 40,
+			"urgent":     true,
+			"ratio":      1.5,
+			"raw":        []byte("bytes"),
+			"sent":       ts,
+			"price":      amqp.Decimal{Scale: 2, Value: 1999},
+			"x-death-ün": "x",
+		},
+	})
+	for _, tt := range []struct {
+		give string
+		want string
+	}{
+		{"WARREN_MESSAGE_ID", "m-1"},
+		{"WARREN_CORRELATION_ID", "c-1"},
+		{"WARREN_CONTENT_TYPE", "application/json"},
+		{"WARREN_EXCHANGE", "orders"}, // the message's, not warren's own variable
+		{"WARREN_ROUTING_KEY", "orders.created"},
+		{"WARREN_REDELIVERED", "true"},
+		{"WARREN_HEADER_X_TENANT", "acme"},
+		{"WARREN_HEADER_TRACE_ID", "abc 123"},
+		{"WARREN_HEADER_ATTEMPTS", "3"},
+		{"WARREN_HEADER_BIG", "1099511627776"},
+		{"WARREN_HEADER_URGENT", "true"},
+		{"WARREN_HEADER_RATIO", "1.5"},
+		{"WARREN_HEADER_RAW", "bytes"},
+		{"WARREN_HEADER_SENT", "2025-03-01T11:00:00Z"},
+		{"WARREN_HEADER_PRICE", "1999e-2"},
+		{"WARREN_HEADER_X_DEATH__N", "x"}, // ü is two bytes, one rune: one underscore
+		{"KEEP", "me"},
+	} {
+		if v, ok := got[tt.give]; !ok || v != tt.want {
+			t.Errorf("command saw %s=%q (set: %v), want %q", tt.give, v, ok, tt.want)
+		}
+	}
+
+	got = envOf(t, e, &Message{})
+	if got["WARREN_REDELIVERED"] != "false" {
+		t.Errorf("command saw WARREN_REDELIVERED=%q for a first delivery, want false", got["WARREN_REDELIVERED"])
+	}
+}
+
+// TestExecEnvironmentWithNUL: AMQP strings and byte arrays may hold NUL,
+// which no environment variable can. Such a message must still run, not
+// fail to start on every delivery.
+func TestExecEnvironmentWithNUL(t *testing.T) {
+	verifyNoLeaks(t)
+	e, _ := newExec(t, "")
+	got := envOf(t, e, &Message{
+		MessageID: "m\x00-1",
+		Headers:   amqp.Table{"bin": []byte{'a', 0, 'b'}},
+	})
+	if got["WARREN_MESSAGE_ID"] != "m-1" || got["WARREN_HEADER_BIN"] != "ab" {
+		t.Errorf("command saw WARREN_MESSAGE_ID=%q, WARREN_HEADER_BIN=%q, want m-1 and ab, without the NULs",
+			got["WARREN_MESSAGE_ID"], got["WARREN_HEADER_BIN"])
+	}
+}
+
+func TestExecEnv(t *testing.T) {
+	for _, tt := range []struct {
+		give []string
+		want []string
+	}{
+		{nil, nil},
+		{
+			[]string{"PATH=/bin", "WARREN_AMQP_URL=amqp://u:secret@h/", "HOME=/root", "WARREN_AMQP_URL_FILE=/run/secrets/url", "WARREN_QUEUE=q"},
+			[]string{"PATH=/bin", "HOME=/root", "WARREN_QUEUE=q"},
+		},
+		{[]string{"MY_WARREN_AMQP_URL=x", "WARREN_AMQP=x"}, []string{"MY_WARREN_AMQP_URL=x", "WARREN_AMQP=x"}},
+	} {
+		before := slices.Clone(tt.give)
+		if got := ExecEnv(tt.give); !slices.Equal(got, tt.want) {
+			t.Errorf("ExecEnv(%q) = %q, want %q", tt.give, got, tt.want)
+		}
+		if !slices.Equal(tt.give, before) {
+			t.Errorf("ExecEnv changed its argument to %q", tt.give)
+		}
+	}
+}
+
+// TestExecSecretsDoNotReachCommand runs a command the way warren does, with
+// the broker URL in its own environment.
+func TestExecSecretsDoNotReachCommand(t *testing.T) {
+	verifyNoLeaks(t)
+	t.Setenv("WARREN_AMQP_URL", "amqp://u:s3cret@h/")
+	t.Setenv("WARREN_AMQP_URL_FILE", "/run/secrets/url")
+	e, _ := newExec(t, "")
+	e.Env = ExecEnv(os.Environ())
+	got := envOf(t, e, &Message{})
+	for k, v := range got {
+		if strings.HasPrefix(k, "WARREN_AMQP_URL") || strings.Contains(v, "s3cret") {
+			t.Errorf("command saw %s=%q, want the broker URL kept from it", k, v)
+		}
+	}
+	if got["PATH"] != os.Getenv("PATH") {
+		t.Errorf("command saw PATH=%q, want %q", got["PATH"], os.Getenv("PATH"))
+	}
+}
+
+// processGone reports whether pid has exited: no such process, or a
+// zombie nobody reaped yet, or the pid now belongs to another program.
+func processGone(pid int, comm string) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return true
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...
+	open, end := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+	if open < 0 || end < 0 || end+2 >= len(stat) {
+		return false
+	}
+	if string(stat[open+1:end]) != comm {
+		return true
+	}
+	state := stat[end+2]
+	return state == 'Z' || state == 'X'
+}
+
+// readPID waits for the command to write a pid to path.
+func readPID(t *testing.T, path string) int {
+	t.Helper()
+	var pid int
+	brokertest.WaitFor(t, 10*time.Second, "the command to write "+path, func() bool {
+		b, _ := os.ReadFile(path)
+		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		pid = n
+		return err == nil && n > 0
+	})
+	return pid
+}
+
+// TestExecStops covers how a command ends when it runs too long or leaves
+// processes behind.
+func TestExecStops(t *testing.T) {
+	verifyNoLeaks(t)
+	cases := []struct {
+		name    string
+		command string
+		timeout time.Duration
+		// wantErr: the handler retries because it was stopped; otherwise
+		// it acks.
+		wantErr bool
+		min     time.Duration // Handle takes at least this long
+		max     time.Duration // and returns within this
+		// survivor: the process is in a session of its own, beyond reach;
+		// the test kills it.
+		survivor bool
+	}{
+		{
+			name:    "timeout kills the process group",
+			command: `sleep 300 & echo $! > "$PIDFILE"; wait`,
+			timeout: 300 * time.Millisecond, wantErr: true,
+			max: 5 * time.Second,
+		},
+		{
+			name:    "SIGTERM ignored: SIGKILL after the grace",
+			command: `trap '' TERM; sleep 300 & echo $! > "$PIDFILE"; wait`,
+			timeout: 300 * time.Millisecond, wantErr: true,
+			min: execGrace, max: execGrace + 5*time.Second,
+		},
+		{
+			name:    "background job killed when the command exits",
+			command: `sleep 300 & echo $! > "$PIDFILE"; exit 0`,
+			timeout: 30 * time.Second,
+			max:     execGrace + 5*time.Second,
+		},
+		{
+			name:    "background job in another session does not hang the handler",
+			command: `setsid sleep 300 & echo $! > "$PIDFILE"`,
+			timeout: 30 * time.Second,
+			max:     execGrace + 5*time.Second, survivor: true,
+		},
+		{
+			name:    "background job in another session, timeout",
+			command: `setsid sleep 300 & echo $! > "$PIDFILE"; wait`,
+			timeout: 300 * time.Millisecond, wantErr: true,
+			max: 2*execGrace + 5*time.Second, survivor: true,
+		},
+	}
+	// The cases wait for timers of several seconds: start them all at
+	// once, then judge each.
+	type result struct {
+		err  error
+		took time.Duration
+	}
+	dones := make([]chan result, len(cases))
+	pidFiles := make([]string, len(cases))
+	for i, tt := range cases {
+		pidFiles[i] = filepath.Join(t.TempDir(), "pid")
+		e, _ := newExec(t, tt.command, "PIDFILE="+pidFiles[i])
+		ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
+		t.Cleanup(cancel)
+		dones[i] = make(chan result, 1)
+		go func() {
+			begin := time.Now()
+			err := e.Handle(ctx, &Message{MessageID: "slow"})
+			dones[i] <- result{err, time.Since(begin)}
+		}()
+	}
+	for i, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			pid := readPID(t, pidFiles[i])
+			returned := false
+			t.Cleanup(func() {
+				if !processGone(pid, "sleep") {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+				if !returned {
+					<-dones[i] // Handle returns once nothing holds the command's output
+				}
+			})
+			var r result
+			select {
+			case r = <-dones[i]:
+				returned = true
+			case <-time.After(tt.max + 10*time.Second):
+				t.Fatalf("Handle(%q) with a %v timeout did not return within %v", tt.command, tt.timeout, tt.max+10*time.Second)
+			}
+			if r.took < tt.min || r.took > tt.max {
+				t.Errorf("Handle(%q) with a %v timeout took %v, want from %v to %v", tt.command, tt.timeout, r.took, tt.min, tt.max)
+			}
+			switch err := r.err; {
+			case tt.wantErr && err == nil:
+				t.Errorf("Handle(%q) = nil after the %v timeout, want an error", tt.command, tt.timeout)
+			case tt.wantErr && (IsPermanent(err) || !errors.Is(err, context.DeadlineExceeded)):
+				t.Errorf("Handle(%q) = %v, want a retry that names the deadline", tt.command, err)
+			case !tt.wantErr && err != nil:
+				t.Errorf("Handle(%q) = %v, want nil: the command exited 0", tt.command, err)
+			}
+			if !tt.survivor {
+				brokertest.WaitFor(t, 5*time.Second, fmt.Sprintf("the command's child %d to be gone", pid), func() bool {
+					return processGone(pid, "sleep")
+				})
+			}
+		})
+	}
+}
+
+func TestExecLogsBoundedOutput(t *testing.T) {
+	verifyNoLeaks(t)
+	const mib = 1 << 20
+	for _, tt := range []struct {
+		name        string
+		give        string
+		wantOutput  string // the first bytes of the output field
+		wantLen     int
+		wantDropped int
+	}{
+		{"stdout and stderr", `echo out; echo err >&2; exit 4`, "out\nerr\n", 8, 0},
+		{"1 MiB", `head -c 1048576 /dev/zero | tr '\0' a`, "aaaa", execOutputBytes, mib - execOutputBytes},
+		{"1 MiB on stderr", `head -c 1048576 /dev/zero | tr '\0' b >&2`, "bbbb", execOutputBytes, mib - execOutputBytes},
+		{"silent", `true`, "", 0, -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e, logs := newExec(t, tt.give)
+			_ = e.Handle(context.Background(), &Message{MessageID: "m-7"})
+			entries := logs.FilterMessage("command output").All()
+			if tt.wantDropped < 0 {
+				if len(entries) != 0 {
+					t.Errorf("Handle(%q) logged %d outputs, want none for a silent command", tt.give, len(entries))
+				}
+				return
+			}
+			if len(entries) != 1 {
+				t.Fatalf("Handle(%q) logged %d outputs, want 1", tt.give, len(entries))
+			}
+			fields := entries[0].ContextMap()
+			out, _ := fields["output"].(string)
+			if len(out) != tt.wantLen || !strings.HasPrefix(out, tt.wantOutput) {
+				t.Errorf("Handle(%q) logged output of %d bytes %.20q, want %d bytes starting %q", tt.give, len(out), out, tt.wantLen, tt.wantOutput)
+			}
+			if got := fields["dropped_bytes"]; got != int64(tt.wantDropped) {
+				t.Errorf("Handle(%q) logged dropped_bytes=%v, want %d", tt.give, got, tt.wantDropped)
+			}
+			if got := fields["message_id"]; got != "m-7" {
+				t.Errorf("Handle(%q) logged message_id=%v, want m-7", tt.give, got)
+			}
+		})
+	}
+}
+
+func TestBoundedBuffer(t *testing.T) {
+	b := &boundedBuffer{limit: 10}
+	for _, tt := range []struct {
+		give        string
+		wantKept    string
+		wantDropped int
+	}{
+		{"12345", "12345", 0},
+		{"6789", "123456789", 0},
+		{"abc", "123456789a", 2},
+		{"", "123456789a", 2},
+		{"defg", "123456789a", 6},
+	} {
+		n, err := b.Write([]byte(tt.give))
+		if n != len(tt.give) || err != nil {
+			t.Errorf("Write(%q) = %d, %v, want %d, nil: the writer must never block the command", tt.give, n, err, len(tt.give))
+		}
+		if string(b.Bytes()) != tt.wantKept || b.Len() != len(tt.wantKept) || b.dropped != tt.wantDropped {
+			t.Errorf("after Write(%q): kept %q, dropped %d, want %q, %d", tt.give, b.Bytes(), b.dropped, tt.wantKept, tt.wantDropped)
+		}
+	}
+
+	// os/exec fills it with io.Copy, which prefers a ReaderFrom to Write.
+	b = &boundedBuffer{limit: 10}
+	n, err := io.Copy(b, strings.NewReader(strings.Repeat("x", 1000)))
+	if n != 1000 || err != nil || b.Len() != 10 || b.dropped != 990 {
+		t.Errorf("io.Copy(1000 bytes) = %d, %v; kept %d, dropped %d; want 1000, nil; kept 10, dropped 990", n, err, b.Len(), b.dropped)
+	}
+}
