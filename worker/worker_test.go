@@ -629,9 +629,15 @@ func TestRefusedTopologyIsReportedOnceAndRetried(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "x-queue-type") && strings.Contains(err.Error(), q)
 	})
 	// Let the worker try a few times: it must back off, and say it once.
-	brokertest.WaitFor(t, 20*time.Second, "3 attempts", func() bool {
-		return h.logs.FilterMessage("channel closed, opening a new one (again)").Len() >= 2
-	})
+	attempts := func() []observer.LoggedEntry {
+		return h.logs.FilterMessageSnippet("channel closed, opening a new one").All()
+	}
+	brokertest.WaitFor(t, 20*time.Second, "4 attempts", func() bool { return len(attempts()) >= 4 })
+	// Backoff waits at least 100, 200 and 400 ms between them (half of
+	// each step, the rest is jitter); a hot loop would take microseconds.
+	if a := attempts(); a[3].Time.Sub(a[0].Time) < 700*time.Millisecond {
+		t.Errorf("4 attempts within %s, want backoff of at least 700ms", a[3].Time.Sub(a[0].Time))
+	}
 	if n := h.logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
 		t.Errorf("logged %d errors for one refused declaration, want 1", n)
 	}
@@ -669,6 +675,8 @@ func TestExchangeBindings(t *testing.T) {
 		{kind: "direct", keys: []string{"a", "b"}, publishTo: "b", skip: "c"},
 		{kind: "topic", keys: []string{"orders.*.created"}, publishTo: "orders.eu.created", skip: "orders.eu.deleted"},
 		{kind: "fanout", publishTo: "anything"},
+		{kind: "headers", keys: []string{"type=report", "format=pdf"}, publishTo: "any",
+			headers: amqp.Table{"type": "report", "format": "pdf"}},
 	} {
 		t.Run(tt.kind+"-"+strings.Join(tt.keys, ","), func(t *testing.T) {
 			q := brokertest.Queue(t)
@@ -687,12 +695,31 @@ func TestExchangeBindings(t *testing.T) {
 			if tt.skip != "" {
 				brokertest.PublishTo(t, ex, tt.skip, "skipped")
 			}
-			brokertest.PublishTo(t, ex, key, "routed")
+			if tt.headers != nil {
+				// Only a message with every header bound reaches the queue.
+				publishHeaders(t, ex, amqp.Table{"type": "report"}, "skipped")
+				publishHeaders(t, ex, tt.headers, "routed")
+			} else {
+				brokertest.PublishTo(t, ex, key, "routed")
+			}
 			brokertest.WaitFor(t, 10*time.Second, "routed message", func() bool { return rec.count("routed") == 1 })
 			if got := rec.count("skipped"); got != 0 {
 				t.Errorf("message with key %q reached the queue, want it unrouted", tt.skip)
 			}
 		})
+	}
+}
+
+func publishHeaders(t *testing.T, exchange string, headers amqp.Table, body string) {
+	t.Helper()
+	ch := brokertest.Channel(t)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), exchange, "", false, false,
+		amqp.Publishing{Headers: headers, Body: []byte(body), DeliveryMode: amqp.Persistent})
+	if err != nil || !dc.Wait() {
+		t.Fatalf("publish with headers: %v", err)
 	}
 }
 

@@ -286,8 +286,14 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 
 func TestFirstSession(t *testing.T) {
 	q := brokertest.Queue(t)
-	p := startWarren(t, brokerEnv(q))
+	name := brokertest.Name(t)
+	p := startWarren(t, append(brokerEnv(q), "WARREN_CONNECTION_NAME="+name))
 	p.waitStatus(t, "/readyz", http.StatusOK)
+	if ok, _ := brokertest.CanCtl(); ok {
+		if n := brokertest.Connections(t, name); n != 1 {
+			t.Errorf("broker lists %d connections named %q, want 1", n, name)
+		}
+	}
 	if code, out := runWarren(t, brokerEnv(q), "", "publish", "hello"); code != 0 {
 		t.Fatalf("warren publish hello = %d: %s", code, out)
 	}

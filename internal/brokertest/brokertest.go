@@ -181,15 +181,23 @@ func Ready(t testing.TB, queue string) int {
 	return q.Messages
 }
 
-// NeedCtl skips the test unless rabbitmqctl can manage the test broker:
-// it must be installed and the broker local.
-func NeedCtl(t testing.TB) {
-	t.Helper()
+// CanCtl reports whether rabbitmqctl can manage the test broker: it must
+// be installed and the broker local. It says why not otherwise.
+func CanCtl() (bool, string) {
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
-		t.Skip("rabbitmqctl not installed: this test injects faults through it")
+		return false, "rabbitmqctl not installed"
 	}
 	if u := os.Getenv("WARREN_TEST_AMQP_URL"); u != "" && !strings.Contains(u, "@localhost") && !strings.Contains(u, "@127.0.0.1") {
-		t.Skip("the test broker is not local: rabbitmqctl cannot reach it")
+		return false, "the test broker is not local: rabbitmqctl cannot reach it"
+	}
+	return true, ""
+}
+
+// NeedCtl skips the test unless CanCtl.
+func NeedCtl(t testing.TB) {
+	t.Helper()
+	if ok, why := CanCtl(); !ok {
+		t.Skip(why + ": this test injects faults or reads the broker through it")
 	}
 }
 
