@@ -170,3 +170,7 @@ func (p *Publisher) PublishAll(ctx context.Context, exchange, key string, window
 	}
 	return confirmed, firstErr
 }
+
+// IsClosed reports whether the publisher's channel is closed; a closed
+// publisher never publishes again.
+func (p *Publisher) IsClosed() bool { return p.ch.IsClosed() }

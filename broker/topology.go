@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -14,13 +15,17 @@ const (
 	Quorum  = "quorum"
 )
 
-// Topology is the queue warren consumes and what routes messages to it.
+// Topology is the queue warren consumes, what routes messages to it, and
+// the queues warren owns beside it: one retry queue per delay, which holds a
+// message for its delay and then returns it to Queue, and the dead-letter
+// queue.
 type Topology struct {
 	// Queue is the name of the queue to consume.
 	Queue string
-	// QueueType is Classic or Quorum; empty means Classic.
+	// QueueType is Classic or Quorum; empty means Classic. The queues warren
+	// owns are of the same type.
 	QueueType string
-	// Declare creates what is missing; false only checks that the queue
+	// Declare creates what is missing; false only checks that the queues
 	// and exchange exist (passive declarations).
 	Declare bool
 	// Exchange, if set, is bound to Queue with BindingKeys.
@@ -31,15 +36,82 @@ type Topology struct {
 	// binding keyed by the queue name. For a headers exchange each key is
 	// name=value, and a message must match all of them.
 	BindingKeys []string
+	// RetryDelays are the delays of the retry queues.
+	RetryDelays []time.Duration
+	// DeliveryLimit, for a quorum Queue, is how many deliveries a message
+	// may have before the broker moves it to the dead-letter queue: the
+	// guard against a message that kills every consumer before it can be
+	// settled. 0 means no limit. It is the one argument warren puts on
+	// Queue itself, and only when asked to.
+	DeliveryLimit int
 }
 
-// QueueArgs returns the arguments Queue is declared with.
-func (t Topology) QueueArgs() amqp.Table {
-	qt := t.QueueType
-	if qt == "" {
-		qt = Classic
+// DeadQueue returns the name of the dead-letter queue.
+func (t Topology) DeadQueue() string { return t.Queue + ".dead" }
+
+// RetryQueue returns the name of the retry queue that holds messages for d.
+func (t Topology) RetryQueue(d time.Duration) string {
+	return t.Queue + ".retry." + FormatDelay(d)
+}
+
+// FormatDelay writes d the short way, as in queue names: 1m, not 1m0s.
+func FormatDelay(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
 	}
-	return amqp.Table{amqp.QueueTypeArg: qt}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+func (t Topology) queueType() string {
+	if t.QueueType == "" {
+		return Classic
+	}
+	return t.QueueType
+}
+
+// QueueArgs returns the arguments Queue is declared with: its type, and
+// for a quorum queue with a delivery limit, the limit and the route of
+// what exceeds it to the dead-letter queue.
+func (t Topology) QueueArgs() amqp.Table {
+	args := amqp.Table{amqp.QueueTypeArg: t.queueType()}
+	if t.queueType() == Quorum && t.DeliveryLimit > 0 {
+		args["x-delivery-limit"] = int64(t.DeliveryLimit)
+		t.deadLetterTo(args, t.DeadQueue())
+	}
+	return args
+}
+
+// RetryQueueArgs returns the arguments of the retry queue for d: messages
+// expire after d and are dead-lettered back to Queue.
+func (t Topology) RetryQueueArgs(d time.Duration) amqp.Table {
+	args := amqp.Table{
+		amqp.QueueTypeArg: t.queueType(),
+		"x-message-ttl":   d.Milliseconds(),
+	}
+	t.deadLetterTo(args, t.Queue)
+	return args
+}
+
+// DeadQueueArgs returns the arguments of the dead-letter queue.
+func (t Topology) DeadQueueArgs() amqp.Table {
+	return amqp.Table{amqp.QueueTypeArg: t.queueType()}
+}
+
+// deadLetterTo routes what args' queue dead-letters to queue, through the
+// default exchange. Quorum queues do it at least once (RabbitMQ 3.10+): the
+// message leaves only once the target confirmed it. Classic queues can only
+// do it at most once.
+func (t Topology) deadLetterTo(args amqp.Table, queue string) {
+	args["x-dead-letter-exchange"] = ""
+	args["x-dead-letter-routing-key"] = queue
+	if t.queueType() == Quorum {
+		args["x-dead-letter-strategy"] = "at-least-once"
+		args["x-overflow"] = "reject-publish"
+	}
 }
 
 // Apply declares the topology on ch, or checks it when Declare is false. A
@@ -59,17 +131,17 @@ func (t Topology) Apply(ch *amqp.Channel) error {
 			return fmt.Errorf("declare exchange %q: %w", t.Exchange, explain(err))
 		}
 	}
-	declare := ch.QueueDeclare
-	if !t.Declare {
-		declare = ch.QueueDeclarePassive
+	// The dead-letter queue first: Queue's delivery limit routes to it.
+	if err := t.declareQueue(ch, t.DeadQueue(), t.DeadQueueArgs()); err != nil {
+		return err
 	}
-	if _, err := declare(t.Queue,
-		true,  // durable
-		false, // autoDelete
-		false, // exclusive
-		false, // noWait
-		t.QueueArgs()); err != nil {
-		return fmt.Errorf("declare queue %q: %w", t.Queue, explain(err))
+	for _, d := range t.RetryDelays {
+		if err := t.declareQueue(ch, t.RetryQueue(d), t.RetryQueueArgs(d)); err != nil {
+			return err
+		}
+	}
+	if err := t.declareQueue(ch, t.Queue, t.QueueArgs()); err != nil {
+		return err
 	}
 	if t.Exchange == "" || !t.Declare {
 		return nil
@@ -80,6 +152,22 @@ func (t Topology) Apply(ch *amqp.Channel) error {
 			b.args); err != nil {
 			return fmt.Errorf("bind queue %q to exchange %q with key %q: %w", t.Queue, t.Exchange, b.key, explain(err))
 		}
+	}
+	return nil
+}
+
+func (t Topology) declareQueue(ch *amqp.Channel, name string, args amqp.Table) error {
+	declare := ch.QueueDeclare
+	if !t.Declare {
+		declare = ch.QueueDeclarePassive
+	}
+	if _, err := declare(name,
+		true,  // durable
+		false, // autoDelete
+		false, // exclusive
+		false, // noWait
+		args); err != nil {
+		return fmt.Errorf("declare queue %q: %w", name, explain(err))
 	}
 	return nil
 }

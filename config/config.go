@@ -41,16 +41,19 @@ type Config struct {
 		URL     string `default:"amqp://guest:guest@localhost:5672/" desc:"broker URL, amqp:// or amqps://; several, comma-separated, are the nodes of one cluster"`
 		URLFile string `split_words:"true" desc:"file holding the broker URL (a mounted Secret); wins over WARREN_AMQP_URL"`
 	}
-	Queue          string        `desc:"queue to consume (required)"`
-	QueueType      string        `split_words:"true" default:"classic" desc:"classic or quorum"`
-	Declare        bool          `default:"true" desc:"declare the queue and exchange (true) or only check that they exist (false)"`
-	Exchange       string        `desc:"exchange to bind the queue to; empty for none"`
-	ExchangeType   string        `split_words:"true" default:"direct" desc:"direct, fanout, topic or headers"`
-	BindingKeys    []string      `split_words:"true" desc:"routing keys of the bindings, comma-separated; default the queue name; headers exchange: name=value pairs, all must match"`
-	Prefetch       int           `default:"16" desc:"QoS prefetch count: most unacked messages held at once"`
-	Concurrency    int           `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH)"`
-	Handler        string        `default:"log" desc:"log, noop, http or exec"`
-	HandlerTimeout time.Duration `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
+	Queue          string          `desc:"queue to consume (required)"`
+	QueueType      string          `split_words:"true" default:"classic" desc:"classic or quorum"`
+	Declare        bool            `default:"true" desc:"declare the queue and exchange (true) or only check that they exist (false)"`
+	Exchange       string          `desc:"exchange to bind the queue to; empty for none"`
+	ExchangeType   string          `split_words:"true" default:"direct" desc:"direct, fanout, topic or headers"`
+	BindingKeys    []string        `split_words:"true" desc:"routing keys of the bindings, comma-separated; default the queue name; headers exchange: name=value pairs, all must match"`
+	Prefetch       int             `default:"16" desc:"QoS prefetch count: most unacked messages held at once"`
+	Concurrency    int             `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH)"`
+	Handler        string          `default:"log" desc:"log, noop, http or exec"`
+	HandlerTimeout time.Duration   `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
+	RetryDelays    []time.Duration `split_words:"true" default:"1s,10s,1m" desc:"waits before the 2nd, 3rd, ... attempt, comma-separated; the last repeats; empty: retry at the tail of the queue"`
+	MaxAttempts    int             `split_words:"true" default:"5" desc:"attempts before a message is dead-lettered to <queue>.dead"`
+	DeliveryLimit  int             `split_words:"true" default:"0" desc:"quorum queues: deliveries before the broker dead-letters a message that is never settled (0: none)"`
 	HTTP           struct {
 		URL string `desc:"http handler: the URL messages are POSTed to"`
 	}
@@ -108,6 +111,9 @@ var wants = map[string]string{
 	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH",
 	"WARREN_HANDLER":              "one of log, noop, http, exec",
 	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
+	"WARREN_RETRY_DELAYS":         "durations from 1ms to 24h, comma-separated, such as 1s,10s,1m",
+	"WARREN_MAX_ATTEMPTS":         "an integer from 1 to 1000",
+	"WARREN_DELIVERY_LIMIT":       "0 (none), or an integer from 1 to 1000 with WARREN_QUEUE_TYPE=quorum",
 	"WARREN_HTTP_URL":             "an http:// or https:// URL",
 	"WARREN_EXEC_COMMAND":         "a shell command",
 	"WARREN_EXEC_DEAD_EXIT_CODES": "exit codes from 1 to 255, comma-separated",
@@ -213,6 +219,10 @@ func (c *Config) Validate() error {
 		return e
 	case c.HandlerTimeout <= 0:
 		return bad("WARREN_HANDLER_TIMEOUT", c.HandlerTimeout.String())
+	case c.MaxAttempts < 1 || c.MaxAttempts > 1000:
+		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
+	case c.DeliveryLimit < 0 || c.DeliveryLimit > 1000 || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
+		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
 	case c.ShutdownTimeout < 0:
 		return bad("WARREN_SHUTDOWN_TIMEOUT", c.ShutdownTimeout.String())
 	case c.Heartbeat < time.Second || c.Heartbeat > 10*time.Minute:
@@ -231,6 +241,11 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		return bad("WARREN_LOG_LEVEL", c.Log.Level)
+	}
+	for _, d := range c.RetryDelays {
+		if d < time.Millisecond || d > 24*time.Hour {
+			return bad("WARREN_RETRY_DELAYS", joinDurations(c.RetryDelays))
+		}
 	}
 	for _, code := range c.Exec.DeadExitCodes {
 		if code < 1 || code > 255 {
@@ -313,12 +328,14 @@ func (c *Config) loadTLS() (*tls.Config, error) {
 // Topology returns the queue and bindings the configuration names.
 func (c *Config) Topology() broker.Topology {
 	return broker.Topology{
-		Queue:        c.Queue,
-		QueueType:    c.QueueType,
-		Declare:      c.Declare,
-		Exchange:     c.Exchange,
-		ExchangeType: c.ExchangeType,
-		BindingKeys:  c.BindingKeys,
+		Queue:         c.Queue,
+		QueueType:     c.QueueType,
+		Declare:       c.Declare,
+		Exchange:      c.Exchange,
+		ExchangeType:  c.ExchangeType,
+		BindingKeys:   c.BindingKeys,
+		RetryDelays:   c.RetryDelays,
+		DeliveryLimit: c.DeliveryLimit,
 	}
 }
 
@@ -364,4 +381,12 @@ func Usage(w io.Writer) error {
 		return fmt.Errorf("print usage: %w", err)
 	}
 	return tw.Flush()
+}
+
+func joinDurations(ds []time.Duration) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = d.String()
+	}
+	return strings.Join(parts, ",")
 }

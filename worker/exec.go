@@ -18,7 +18,8 @@ import (
 
 // Exec limits.
 const (
-	// execGrace is how long a command has between SIGTERM and SIGKILL.
+	// execGrace is how long a command has between SIGTERM and SIGKILL,
+	// unless Exec.Grace says otherwise.
 	execGrace = 5 * time.Second
 	// execOutputBytes bounds how much of a command's output is kept for the
 	// log; the rest is counted and dropped.
@@ -40,6 +41,9 @@ type Exec struct {
 	Env []string
 	// Logger receives the command's output.
 	Logger *zap.Logger
+	// Grace is how long the command has to exit after SIGTERM, at its
+	// timeout, before SIGKILL; 0 means 5s.
+	Grace time.Duration
 }
 
 // ExecEnv returns environ without the variables that hold secrets of
@@ -63,8 +67,12 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	// Wait returns only once nothing holds the command's output open. A
 	// process the command left running in the background would hold it as
 	// long as it lives, beyond the timeout if it left the process group:
-	// after the shell exited, give the output execGrace to close.
-	cmd.WaitDelay = execGrace
+	// after the shell exited, give the output the grace to close.
+	grace := e.Grace
+	if grace <= 0 {
+		grace = execGrace
+	}
+	cmd.WaitDelay = grace
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start command: %w", err)
 	}
@@ -77,7 +85,7 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	case err = <-waitErr:
 	case <-ctx.Done():
 		_ = syscall.Kill(-pgid, syscall.SIGTERM)
-		t := time.NewTimer(execGrace)
+		t := time.NewTimer(grace)
 		select {
 		case err = <-waitErr:
 		case <-t.C:
@@ -129,6 +137,7 @@ func messageEnv(m *Message) []string {
 		"WARREN_EXCHANGE=" + envValue(m.Exchange),
 		"WARREN_ROUTING_KEY=" + envValue(m.RoutingKey),
 		"WARREN_REDELIVERED=" + strconv.FormatBool(m.Redelivered),
+		"WARREN_ATTEMPT=" + strconv.Itoa(m.Attempt),
 	}
 	for k, v := range m.Headers {
 		env = append(env, "WARREN_HEADER_"+envName(k)+"="+envValue(headerString(v)))

@@ -298,6 +298,7 @@ func readPID(t *testing.T, path string) int {
 // processes behind.
 func TestExecStops(t *testing.T) {
 	verifyNoLeaks(t)
+	const grace = time.Second
 	cases := []struct {
 		name    string
 		command string
@@ -321,25 +322,25 @@ func TestExecStops(t *testing.T) {
 			name:    "SIGTERM ignored: SIGKILL after the grace",
 			command: `trap '' TERM; sleep 300 & echo $! > "$PIDFILE"; wait`,
 			timeout: 300 * time.Millisecond, wantErr: true,
-			min: execGrace, max: execGrace + 5*time.Second,
+			min: grace, max: grace + 5*time.Second,
 		},
 		{
 			name:    "background job killed when the command exits",
 			command: `sleep 300 & echo $! > "$PIDFILE"; exit 0`,
 			timeout: 30 * time.Second,
-			max:     execGrace + 5*time.Second,
+			max:     grace + 5*time.Second,
 		},
 		{
 			name:    "background job in another session does not hang the handler",
 			command: `setsid sleep 300 & echo $! > "$PIDFILE"`,
 			timeout: 30 * time.Second,
-			max:     execGrace + 5*time.Second, survivor: true,
+			max:     grace + 5*time.Second, survivor: true,
 		},
 		{
 			name:    "background job in another session, timeout",
 			command: `setsid sleep 300 & echo $! > "$PIDFILE"; wait`,
 			timeout: 300 * time.Millisecond, wantErr: true,
-			max: 2*execGrace + 5*time.Second, survivor: true,
+			max: 2*grace + 5*time.Second, survivor: true,
 		},
 	}
 	// The cases wait for timers of several seconds: start them all at
@@ -353,6 +354,7 @@ func TestExecStops(t *testing.T) {
 	for i, tt := range cases {
 		pidFiles[i] = filepath.Join(t.TempDir(), "pid")
 		e, _ := newExec(t, tt.command, "PIDFILE="+pidFiles[i])
+		e.Grace = grace
 		ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
 		t.Cleanup(cancel)
 		dones[i] = make(chan result, 1)

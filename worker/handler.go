@@ -6,6 +6,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/broker"
 )
 
 // Handler processes one message. Returning nil acks it; an error marked
@@ -46,10 +48,13 @@ type Message struct {
 	// Redelivered is set by the broker when an earlier delivery of this
 	// message was not acked (a consumer died, or it was requeued).
 	Redelivered bool
+	// Attempt is 1 the first time a message is handled, and one more for
+	// each retry (from the x-warren-attempts header).
+	Attempt int
 }
 
 func newMessage(d *amqp.Delivery) *Message {
-	return &Message{
+	m := &Message{
 		Body:            d.Body,
 		Headers:         d.Headers,
 		ContentType:     d.ContentType,
@@ -67,7 +72,15 @@ func newMessage(d *amqp.Delivery) *Message {
 		Exchange:        d.Exchange,
 		RoutingKey:      d.RoutingKey,
 		Redelivered:     d.Redelivered,
+		Attempt:         broker.Attempts(d.Headers) + 1,
 	}
+	// A retried message comes back through warren's queues: show how it
+	// was first published.
+	if rk, ok := d.Headers[broker.HeaderRoutingKey].(string); ok {
+		m.RoutingKey = rk
+		m.Exchange, _ = d.Headers[broker.HeaderExchange].(string)
+	}
+	return m
 }
 
 // Outcome is what becomes of a message once its handler returned.
@@ -84,6 +97,9 @@ const (
 	// Requeue: the message goes back to the queue untried, as when a
 	// shutdown hands back what it has not finished.
 	Requeue
+	// Deferred: the message came back before the time its handler asked
+	// it to wait for, and waits again, untried.
+	Deferred
 
 	numOutcomes
 )
@@ -98,6 +114,8 @@ func (o Outcome) String() string {
 		return "dead"
 	case Requeue:
 		return "requeue"
+	case Deferred:
+		return "deferred"
 	}
 	return "unknown"
 }
@@ -135,4 +153,30 @@ func OutcomeOf(err error) Outcome {
 	default:
 		return Retry
 	}
+}
+
+// retryAfterError asks for a retry no sooner than after.
+type retryAfterError struct {
+	err   error
+	after time.Duration
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter marks err as transient, to be retried no sooner than after d.
+func RetryAfter(err error, d time.Duration) error {
+	if err == nil {
+		return nil
+	}
+	return &retryAfterError{err: err, after: d}
+}
+
+// retryDelay returns the wait err asks for, if any.
+func retryDelay(err error) (time.Duration, bool) {
+	var r *retryAfterError
+	if errors.As(err, &r) {
+		return r.after, true
+	}
+	return 0, false
 }

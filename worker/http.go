@@ -97,6 +97,7 @@ func setMessageHeaders(h http.Header, m *Message) {
 		h.Set("X-Warren-Timestamp", m.Timestamp.UTC().Format(time.RFC3339))
 	}
 	h.Set("X-Warren-Redelivered", strconv.FormatBool(m.Redelivered))
+	h.Set("X-Warren-Attempt", strconv.Itoa(m.Attempt))
 	for k, v := range m.Headers {
 		name := "X-Warren-Header-" + k
 		if !validHeaderName(name) {
@@ -147,21 +148,4 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		return max(t.Sub(now), 0), true
 	}
 	return 0, false
-}
-
-// retryAfterError asks for a retry no sooner than after.
-type retryAfterError struct {
-	err   error
-	after time.Duration
-}
-
-func (e *retryAfterError) Error() string { return e.err.Error() }
-func (e *retryAfterError) Unwrap() error { return e.err }
-
-// RetryAfter marks err as transient, to be retried no sooner than after d.
-func RetryAfter(err error, d time.Duration) error {
-	if err == nil {
-		return nil
-	}
-	return &retryAfterError{err: err, after: d}
 }

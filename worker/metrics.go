@@ -8,26 +8,38 @@ import (
 
 // metrics are the worker's Prometheus series, all prefixed warren_.
 type metrics struct {
-	messages   [numOutcomes]prometheus.Counter
-	duration   [numOutcomes]prometheus.Observer
-	stale      prometheus.Counter
-	inflight   prometheus.Gauge
-	connected  prometheus.Gauge
-	reconnects prometheus.Counter
-	consuming  prometheus.Gauge
+	messages    [numOutcomes]prometheus.Counter
+	duration    [numOutcomes]prometheus.Observer
+	stale       prometheus.Counter
+	retryCopies copyMetrics
+	deadCopies  copyMetrics
+	inflight    prometheus.Gauge
+	connected   prometheus.Gauge
+	reconnects  prometheus.Counter
+	consuming   prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	messages := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "warren_messages_total",
-		Help: "Messages settled, by outcome: ack (handled), retry (failed, to be tried again), dead (failed for good), requeue (handed back untried).",
+		Help: "Messages settled, by outcome: ack (handled), retry (failed, copied to wait for another attempt), dead (failed for good, copied to the dead-letter queue), requeue (handed back untried), deferred (back before the time it was asked to wait for).",
 	}, []string{"outcome"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "warren_handler_duration_seconds",
 		Help:    "Time the handler took per message, by outcome.",
 		Buckets: []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
 	}, []string{"outcome"})
+	retryCopies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "warren_retry_publishes_total",
+		Help: "Copies of failed messages published to a retry queue, by result: confirmed by the broker, or failed (the original was handed back).",
+	}, []string{"result"})
+	deadCopies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "warren_dead_publishes_total",
+		Help: "Copies of dead messages published to the dead-letter queue, by result: confirmed by the broker, or failed (the original was handed back).",
+	}, []string{"result"})
 	m := &metrics{
+		retryCopies: newCopyMetrics(retryCopies),
+		deadCopies:  newCopyMetrics(deadCopies),
 		stale: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warren_stale_settlements_total",
 			Help: "Messages whose channel closed before they could be settled; the broker redelivers them.",
@@ -53,10 +65,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, m.stale, m.inflight, m.connected, m.reconnects, m.consuming} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// copyMetrics count the copies of one kind that were confirmed or failed.
+type copyMetrics struct {
+	confirmed, failed prometheus.Counter
+}
+
+func newCopyMetrics(v *prometheus.CounterVec) copyMetrics {
+	return copyMetrics{confirmed: v.WithLabelValues("confirmed"), failed: v.WithLabelValues("failed")}
 }

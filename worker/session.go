@@ -10,6 +10,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
+
+	"github.com/warren-mq/warren/broker"
 )
 
 // session is one channel and the deliveries it handed out. Every delivery
@@ -17,8 +19,9 @@ import (
 // on another channel, and once a channel is gone the broker has requeued
 // its unacked messages already.
 type session struct {
-	w  *Worker
-	ch *amqp.Channel
+	w      *Worker
+	ch     *amqp.Channel
+	copies *copier // publishes retry and dead copies on the same connection
 
 	mu       sync.Mutex
 	inflight int           // deliveries handed to handlers and not yet settled
@@ -35,12 +38,12 @@ type job struct {
 // until the channel closes or ctx is done, in which case it drains. A
 // consumer cancelled by the broker (its queue was deleted) is declared and
 // consumed again on the same channel.
-func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, jobs chan<- job) error {
+func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
-	s := &session{w: w, ch: ch}
+	s := &session{w: w, ch: ch, copies: copies}
 	defer func() {
 		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 			w.log.Debug("close channel", zap.Error(err))
@@ -176,19 +179,17 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 	}
 }
 
-// settle acks, nacks or rejects d on its own channel by outcome, and
-// counts it. A delivery whose channel died meanwhile is only counted: the
-// broker has requeued it.
+// settle acks d on its own channel, or for Requeue nacks it back to the
+// queue, and counts its outcome. A retried, dead or deferred message is
+// acked: its copy is confirmed already. A delivery whose channel died
+// meanwhile is only counted as stale: the broker has requeued it.
 func (s *session) settle(d *amqp.Delivery, o Outcome) {
 	defer s.done()
 	var err error
-	switch o {
-	case Ack:
-		err = s.ch.Ack(d.DeliveryTag, false)
-	case Retry, Requeue:
+	if o == Requeue {
 		err = s.ch.Nack(d.DeliveryTag, false, true)
-	case Dead:
-		err = s.ch.Reject(d.DeliveryTag, false)
+	} else {
+		err = s.ch.Ack(d.DeliveryTag, false)
 	}
 	if err != nil {
 		s.w.metrics.stale.Inc()
@@ -251,6 +252,10 @@ func closeError(e *amqp.Error) error {
 // the running handler started, for Alive.
 func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int64) {
 	for j := range jobs {
+		if at, ok := broker.RetryAt(j.d.Headers); ok && time.Until(at) > 0 {
+			j.s.deferUntil(ctx, &j.d, at)
+			continue
+		}
 		start := time.Now()
 		slot.Store(start.UnixNano())
 		o, err := w.handle(ctx, &j.d)
@@ -262,7 +267,7 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		} else if ce := w.log.Check(zap.DebugLevel, "handled"); ce != nil {
 			ce.Write(zap.Uint64("delivery_tag", j.d.DeliveryTag), zap.String("message_id", j.d.MessageId))
 		}
-		j.s.settle(&j.d, o)
+		j.s.finish(ctx, &j.d, o, err)
 	}
 }
 

@@ -74,6 +74,9 @@ type Config struct {
 	HandlerTimeout time.Duration
 	// ShutdownTimeout bounds the drain once Run's context is done.
 	ShutdownTimeout time.Duration
+	// MaxAttempts is how many attempts a message has before it is
+	// dead-lettered; 0 means DefaultMaxAttempts.
+	MaxAttempts int
 	// ConsumerTag prefixes the tags of the worker's consumers on the
 	// broker; empty means "warren-" and a random suffix.
 	ConsumerTag string
@@ -118,6 +121,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.ConsumerTag == "" {
 		cfg.ConsumerTag = fmt.Sprintf("warren-%08x", rand.Uint32())
@@ -270,9 +276,11 @@ func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
 // a channel error, until conn closes or ctx is done.
 func (w *Worker) serveConnection(ctx, hctx context.Context, conn *amqp.Connection, jobs chan<- job, bo *backoff) error {
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	copies := &copier{conn: conn}
+	defer copies.close()
 	for {
 		start := time.Now()
-		err := w.serveChannel(ctx, hctx, conn, jobs)
+		err := w.serveChannel(ctx, hctx, conn, copies, jobs)
 		if ctx.Err() != nil {
 			return nil
 		}

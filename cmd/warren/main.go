@@ -46,6 +46,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runWorker(stderr)
 	case "publish":
 		return runPublish(args, stdin, stdout, stderr)
+	case "dead":
+		return runDead(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return exitOK
@@ -66,6 +68,10 @@ Usage:
   warren publish [flags] [body ...]
                                 publish each body, or each line of stdin, to
                                 WARREN_QUEUE (persistent, confirmed)
+  warren dead list [-n N]       show how many messages WARREN_QUEUE.dead holds,
+                                and the first N
+  warren dead replay [-limit N] move dead messages back to WARREN_QUEUE, their
+                                attempts reset
   warren version                print the version
   warren help                   print this help
 
@@ -126,6 +132,7 @@ func runWorker(stderr io.Writer) int {
 		Concurrency:     cfg.Concurrency,
 		HandlerTimeout:  cfg.HandlerTimeout,
 		ShutdownTimeout: cfg.ShutdownTimeout,
+		MaxAttempts:     cfg.MaxAttempts,
 		ConsumerTag:     "warren-" + name,
 	})
 	if err != nil {

@@ -479,3 +479,99 @@ func TestPublishUnroutableFails(t *testing.T) {
 		t.Errorf("warren publish to an unbound key = %d, %q; want 1, 0 of 1 published, unroutable", code, out)
 	}
 }
+
+func TestDeadListAndReplay(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeleteAfter(t, q+".retry.100ms")
+	dir := t.TempDir()
+	fixed := filepath.Join(dir, "fixed")
+	// The command fails until the test "fixes" it, then records each body
+	// with the attempt it came at.
+	command := fmt.Sprintf(`[ -e %[1]s ] || { echo "not yet" >&2; exit 1; }; echo "$(cat) $WARREN_ATTEMPT" >> %[2]s`, fixed, filepath.Join(dir, "done"))
+	env := append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND="+command,
+		"WARREN_RETRY_DELAYS=100ms", "WARREN_MAX_ATTEMPTS=2")
+	p := startWarren(t, env)
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	brokertest.Publish(t, q, "first", "second")
+	brokertest.WaitFor(t, 20*time.Second, "both messages dead", func() bool { return brokertest.Ready(t, q+".dead") == 2 })
+
+	for range 2 { // listing twice shows the same: nothing moved, nothing lost
+		code, out := runWarren(t, env, "", "dead", "list")
+		if code != 0 {
+			t.Fatalf("warren dead list = %d: %s", code, out)
+		}
+		if !strings.Contains(out, q+".dead holds 2 messages") || !strings.Contains(out, "failed 2 attempts") ||
+			strings.Index(out, `"first"`) > strings.Index(out, `"second"`) || !strings.Contains(out, `"second"`) {
+			t.Errorf("warren dead list said:\n%s\nwant 2 messages, first then second, with the reason", out)
+		}
+	}
+	if n := brokertest.Ready(t, q+".dead"); n != 2 {
+		t.Fatalf("%s holds %d messages after listing, want 2", q+".dead", n)
+	}
+
+	if err := os.WriteFile(fixed, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out := runWarren(t, env, "", "dead", "replay", "-limit", "1")
+	if code != 0 || !strings.Contains(out, "replayed 1 messages") {
+		t.Fatalf("warren dead replay -limit 1 = %d: %s", code, out)
+	}
+	if code, out := runWarren(t, env, "", "dead", "replay"); code != 0 || !strings.Contains(out, "replayed 1 messages") {
+		t.Fatalf("warren dead replay = %d: %s", code, out)
+	}
+	brokertest.WaitFor(t, 20*time.Second, "both replayed messages handled", func() bool {
+		b, _ := os.ReadFile(filepath.Join(dir, "done"))
+		return strings.Count(string(b), "\n") == 2
+	})
+	b, _ := os.ReadFile(filepath.Join(dir, "done"))
+	if got := string(b); got != "first 1\nsecond 1\n" {
+		t.Errorf("handled after replay:\n%s\nwant first and second, each at attempt 1", got)
+	}
+	if n := brokertest.Ready(t, q+".dead"); n != 0 {
+		t.Errorf("%s holds %d messages after replay, want 0", q+".dead", n)
+	}
+}
+
+func TestDeliveryLimitEndsCrashLoop(t *testing.T) {
+	q := brokertest.Queue(t)
+	dir := t.TempDir()
+	// "crash" kills warren itself (the command's parent), every time, before
+	// anything can be settled: only the broker can count its deliveries.
+	command := fmt.Sprintf(`body=$(cat); [ "$body" = crash ] && { kill -9 $PPID; exit 1; }; echo "$body" >> %s`, filepath.Join(dir, "done"))
+	env := append(brokerEnv(q), "WARREN_QUEUE_TYPE=quorum", "WARREN_DELIVERY_LIMIT=2",
+		"WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND="+command, "WARREN_PREFETCH=1", "WARREN_CONCURRENCY=1")
+	p := startWarren(t, env)
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	brokertest.Publish(t, q, "a", "crash", "b")
+
+	// Restart warren whenever it dies, as Kubernetes restarts a container,
+	// until the other messages are done and the crashing one is dead.
+	crashes := 0
+	var done []byte
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("handled: %q", done)
+		}
+	})
+	brokertest.WaitFor(t, 60*time.Second, "the other messages handled, the crashing one dead", func() bool {
+		select {
+		case <-p.done:
+			if code := p.cmd.ProcessState.ExitCode(); code != -1 {
+				t.Fatalf("warren exited %d, want killed by the crashing message", code)
+			}
+			crashes++
+			if crashes > 5 {
+				t.Fatalf("still crash-looping after %d restarts", crashes)
+			}
+			p = startWarren(t, env)
+		default:
+		}
+		done, _ = os.ReadFile(filepath.Join(dir, "done"))
+		return string(done) == "a\nb\n" && brokertest.Ready(t, q+".dead") == 1
+	})
+	code, out := runWarren(t, env, "", "dead", "list")
+	if code != 0 || !strings.Contains(out, "holds 1 messages") || !strings.Contains(out, `"crash"`) || !strings.Contains(out, "delivery_limit") {
+		t.Errorf("warren dead list = %d:\n%s\nwant the crashing message, dead-lettered by the delivery limit", code, out)
+	}
+	t.Logf("%d crashes before the broker gave up on the message", crashes)
+}

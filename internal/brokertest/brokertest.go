@@ -65,12 +65,19 @@ func Name(t testing.TB) string {
 }
 
 // Queue returns a unique queue name and deletes that queue, and the
-// queues named after it (Q.*), when the test ends. It does not declare it.
+// queues warren names after it, when the test ends. It does not declare it.
 func Queue(t testing.TB) string {
 	t.Helper()
 	q := Name(t)
-	t.Cleanup(func() { DeleteQueues(t, q, q+".dead") })
+	// The retry queues of warren's default delays go too; a test with
+	// other delays deletes its own with DeleteAfter.
+	DeleteAfter(t, q, q+".dead", q+".retry.1s", q+".retry.10s", q+".retry.1m")
 	return q
+}
+
+// DeleteAfter deletes the named queues when the test ends.
+func DeleteAfter(t testing.TB, names ...string) {
+	t.Cleanup(func() { DeleteQueues(t, names...) })
 }
 
 // DeleteQueues deletes the named queues, ignoring those that do not exist.
@@ -120,10 +127,14 @@ func PublishTo(t testing.TB, exchange, key string, bodies ...string) {
 	ctx := context.Background()
 	dcs := make([]*amqp.DeferredConfirmation, 0, len(bodies))
 	for _, b := range bodies {
+		id := b // a message id is a short string
+		if len(id) > 255 {
+			id = id[:255]
+		}
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, false, false, amqp.Publishing{
 			DeliveryMode: amqp.Persistent,
 			ContentType:  "text/plain",
-			MessageId:    b,
+			MessageId:    id,
 			Body:         []byte(b),
 		})
 		if err != nil {
@@ -273,4 +284,54 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// QueueArgs returns the arguments the broker holds for queue, as
+// rabbitmqctl list_queues prints them.
+func QueueArgs(t testing.TB, queue string) map[string]any {
+	t.Helper()
+	out := Ctl(t, "list_queues", "name", "arguments", "--formatter", "json", "-q")
+	var rows []struct {
+		Name      string  `json:"name"`
+		Arguments [][]any `json:"arguments"`
+	}
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("list_queues: %v: %s", err, out)
+	}
+	for _, r := range rows {
+		if r.Name != queue {
+			continue
+		}
+		args := make(map[string]any)
+		for _, a := range r.Arguments {
+			// [name, type, value]
+			if len(a) == 3 {
+				if k, ok := a[0].(string); ok {
+					args[k] = a[2]
+				}
+			}
+		}
+		return args
+	}
+	t.Fatalf("queue %q not found", queue)
+	return nil
+}
+
+// Get takes up to n messages from queue and acks them, for a test to read
+// what warren left there.
+func Get(t testing.TB, queue string, n int) []amqp.Delivery {
+	t.Helper()
+	ch := Channel(t)
+	var ds []amqp.Delivery
+	for len(ds) < n {
+		d, ok, err := ch.Get(queue, true)
+		if err != nil {
+			t.Fatalf("get from %q: %v", queue, err)
+		}
+		if !ok {
+			break
+		}
+		ds = append(ds, d)
+	}
+	return ds
 }

@@ -16,6 +16,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	refuse bool
 	stall  bool
+	deaf   bool // drop what the broker sends only
 	links  map[net.Conn]struct{}
 	wg     sync.WaitGroup
 }
@@ -65,10 +66,19 @@ func (p *Proxy) Stall(stall bool) {
 	p.mu.Unlock()
 }
 
-func (p *Proxy) stalled() bool {
+// StallFromBroker drops what the broker sends (true) while what the client
+// sends still arrives: the client's publishes reach the broker, and their
+// confirms never come back.
+func (p *Proxy) StallFromBroker(stall bool) {
+	p.mu.Lock()
+	p.deaf = stall
+	p.mu.Unlock()
+}
+
+func (p *Proxy) stalled(fromBroker bool) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.stall
+	return p.stall || (fromBroker && p.deaf)
 }
 
 // Cut closes every link open through the proxy.
@@ -111,19 +121,19 @@ func (p *Proxy) accept() {
 		p.links[up] = struct{}{}
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(c, up, true)
+		go p.pipe(up, c, false)
 	}
 }
 
 // pipe copies from src to dst until either ends, then closes both. While
 // the proxy stalls, what it reads is dropped.
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, fromBroker bool) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
-		if n > 0 && !p.stalled() {
+		if n > 0 && !p.stalled(fromBroker) {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				break
 			}

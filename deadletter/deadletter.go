@@ -1,0 +1,151 @@
+// Package deadletter reads and replays the messages in warren's
+// dead-letter queue.
+package deadletter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/broker"
+)
+
+// Entry is one dead message.
+type Entry struct {
+	MessageID string
+	// Reason says why it died: warren's x-warren-reason, or for a message
+	// the broker dead-lettered (a quorum queue's delivery limit), the
+	// reason in its x-death header.
+	Reason   string
+	Attempts int
+	DiedAt   time.Time
+	// RoutingKey is the key the message was first published with.
+	RoutingKey string
+	Body       []byte
+	Headers    amqp.Table
+}
+
+// List returns how many messages the dead-letter queue of t holds and the
+// first n of them. It takes them without acking and hands them back at
+// once, so nothing is lost, and they keep their place.
+func List(ctx context.Context, conn *amqp.Connection, t broker.Topology, n int) (int, []Entry, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, nil, fmt.Errorf("open channel: %w", err)
+	}
+	// Closing the channel hands back whatever is still unacked, even if
+	// the explicit nack below was never sent.
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(t.DeadQueue(), true, false, false, false, nil)
+	if err != nil {
+		return 0, nil, fmt.Errorf("inspect queue %q: %w", t.DeadQueue(), err)
+	}
+	var (
+		entries []Entry
+		last    uint64
+	)
+	for len(entries) < min(n, q.Messages) && ctx.Err() == nil {
+		d, ok, err := ch.Get(t.DeadQueue(), false)
+		if err != nil {
+			return 0, nil, fmt.Errorf("get from %q: %w", t.DeadQueue(), err)
+		}
+		if !ok {
+			break
+		}
+		last = d.DeliveryTag
+		entries = append(entries, entryOf(&d))
+	}
+	if last > 0 {
+		if err := ch.Nack(last, true, true); err != nil {
+			return 0, nil, fmt.Errorf("hand back messages: %w", err)
+		}
+	}
+	return q.Messages, entries, ctx.Err()
+}
+
+func entryOf(d *amqp.Delivery) Entry {
+	e := Entry{
+		MessageID:  d.MessageId,
+		Attempts:   broker.Attempts(d.Headers),
+		RoutingKey: d.RoutingKey,
+		Body:       d.Body,
+		Headers:    d.Headers,
+	}
+	e.Reason, _ = d.Headers[broker.HeaderReason].(string)
+	e.DiedAt, _ = d.Headers[broker.HeaderDiedAt].(time.Time)
+	if rk, ok := d.Headers[broker.HeaderRoutingKey].(string); ok {
+		e.RoutingKey = rk
+	}
+	if e.Reason == "" {
+		// Dead-lettered by the broker: x-death says why and when.
+		if deaths, ok := d.Headers["x-death"].([]any); ok && len(deaths) > 0 {
+			if death, ok := deaths[0].(amqp.Table); ok {
+				if r, ok := death["reason"].(string); ok {
+					e.Reason = "broker: " + r
+				}
+				if at, ok := death["time"].(time.Time); ok && e.DiedAt.IsZero() {
+					e.DiedAt = at
+				}
+			}
+		}
+	}
+	return e
+}
+
+// Replay moves messages from the dead-letter queue of t back to its queue,
+// at most limit of them (0: all those there when it starts, so that
+// messages that die again meanwhile are not replayed in a loop). Each copy
+// starts again at attempt 1; each dead message is acked only after its
+// copy is confirmed. It returns how many it moved.
+func Replay(ctx context.Context, conn *amqp.Connection, t broker.Topology, limit int) (int, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(t.DeadQueue(), true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("inspect queue %q: %w", t.DeadQueue(), err)
+	}
+	if limit <= 0 || limit > q.Messages {
+		limit = q.Messages
+	}
+	pub, err := broker.NewPublisher(conn)
+	if err != nil {
+		return 0, err
+	}
+	defer pub.Close()
+
+	moved := 0
+	for moved < limit {
+		if err := ctx.Err(); err != nil {
+			return moved, err
+		}
+		d, ok, err := ch.Get(t.DeadQueue(), false)
+		if err != nil {
+			return moved, fmt.Errorf("get from %q: %w", t.DeadQueue(), err)
+		}
+		if !ok {
+			break
+		}
+		msg := broker.CopyOf(&d)
+		for _, h := range []string{broker.HeaderAttempts, broker.HeaderRetryAt, broker.HeaderReason,
+			broker.HeaderDiedAt, broker.HeaderQueue, "x-death", "x-first-death-exchange",
+			"x-first-death-queue", "x-first-death-reason", "x-delivery-count"} {
+			delete(msg.Headers, h)
+		}
+		if err := pub.Publish(ctx, "", t.Queue, msg); err != nil {
+			// The dead message stays where it was.
+			return moved, errors.Join(fmt.Errorf("replay to %q: %w", t.Queue, err), ch.Nack(d.DeliveryTag, false, true))
+		}
+		if err := ch.Ack(d.DeliveryTag, false); err != nil {
+			// Its copy is in the queue: it may be handled twice, never lost.
+			return moved, fmt.Errorf("remove replayed message from %q: %w", t.DeadQueue(), err)
+		}
+		moved++
+	}
+	return moved, nil
+}
