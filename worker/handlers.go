@@ -29,6 +29,7 @@ func LogHandler(log *zap.Logger) Handler {
 			zap.String("routing_key", m.RoutingKey),
 			zap.String("content_type", m.ContentType),
 			zap.Bool("redelivered", m.Redelivered),
+			zap.Int("attempt", m.Attempt),
 			zap.Int("headers", len(m.Headers)),
 			zap.Int("size", len(m.Body)),
 			body)
