@@ -22,6 +22,7 @@ type session struct {
 	w      *Worker
 	ch     *amqp.Channel
 	copies *copier // publishes retry and dead copies on the same connection
+	acks   *acker
 
 	mu       sync.Mutex
 	inflight int           // deliveries handed to handlers and not yet settled
@@ -44,7 +45,9 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 		return fmt.Errorf("open channel: %w", err)
 	}
 	s := &session{w: w, ch: ch, copies: copies}
+	s.acks = newAcker(ch, w.metrics, w.cfg.Prefetch)
 	defer func() {
+		s.acks.stop()
 		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 			w.log.Debug("close channel", zap.Error(err))
 		}
@@ -100,6 +103,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 						break consume
 					}
 				}
+				s.acks.received(d.DeliveryTag)
 				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
 					if errors.Is(err, errDraining) {
 						return s.drain(hctx, tag, deliveries, closed)
@@ -153,6 +157,7 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 				deliveries = nil
 				continue
 			}
+			s.acks.received(d.DeliveryTag)
 			s.add()
 			s.settle(&d, Requeue)
 		case <-closed:
@@ -166,11 +171,13 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 	for {
 		select {
 		case <-s.idleChan():
+			s.acks.flushOwed()
 			w.log.Info("drained")
 			return nil
 		case <-closed:
 			return nil
 		case <-hctx.Done():
+			s.acks.flushOwed()
 			w.log.Warn("shutdown timeout: handing back unfinished messages", zap.Int("inflight", s.pending()))
 			return nil
 		case <-ticker.C:
@@ -180,24 +187,17 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 }
 
 // settle acks d on its own channel, or for Requeue nacks it back to the
-// queue, and counts its outcome. A retried, dead or deferred message is
-// acked: its copy is confirmed already. A delivery whose channel died
-// meanwhile is only counted as stale: the broker has requeued it.
+// queue; the acker counts its outcome once the broker has been told. A
+// retried, dead or deferred message is acked: its copy is confirmed
+// already. A delivery whose channel died meanwhile is only counted as
+// stale: the broker has requeued it.
 func (s *session) settle(d *amqp.Delivery, o Outcome) {
-	defer s.done()
-	var err error
 	if o == Requeue {
-		err = s.ch.Nack(d.DeliveryTag, false, true)
+		s.acks.nack(d.DeliveryTag)
 	} else {
-		err = s.ch.Ack(d.DeliveryTag, false)
+		s.acks.ack(d.DeliveryTag, o)
 	}
-	if err != nil {
-		s.w.metrics.stale.Inc()
-		s.w.log.Debug("channel closed before settling; the broker redelivers the message",
-			zap.Uint64("delivery_tag", d.DeliveryTag), zap.Stringer("outcome", o), zap.Error(err))
-		return
-	}
-	s.w.metrics.messages[o].Inc()
+	s.done()
 }
 
 func (s *session) add() {

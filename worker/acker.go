@@ -1,0 +1,233 @@
+package worker
+
+import (
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Ack coalescing: finished messages are acked together with one
+// basic.ack(multiple=true) up to the highest delivery tag below which every
+// message is finished, flushed when a batch fills or after ackDelay.
+const (
+	// ackDelay is the longest a finished message waits for its ack.
+	ackDelay = 5 * time.Millisecond
+	// maxAckBatch caps a batch; a batch is also at most a quarter of the
+	// prefetch, so that acks free the broker's window well before it runs
+	// dry.
+	maxAckBatch = 64
+)
+
+// tagState is where one delivery of a channel stands.
+type tagState uint8
+
+const (
+	running tagState = iota // with a handler, or waiting for one
+	toAck                   // finished; its ack is owed
+	settled                 // acked or nacked on the channel
+)
+
+// slot is one delivery tag's entry in the acker's window.
+type slot struct {
+	state   tagState
+	outcome Outcome
+}
+
+// acker settles the deliveries of one channel. Acks are coalesced; nacks go
+// out at once, one per message. Its window holds every tag from the lowest
+// unsettled one to the newest, so at most the prefetch count.
+type acker struct {
+	ch    amqp.Acknowledger // the channel that delivered the tags
+	m     *metrics
+	batch int
+
+	mu     sync.Mutex
+	base   uint64 // every tag up to base is settled
+	buf    []slot // buf[head:] is the window
+	head   int
+	window []slot // buf[head:]: window[i] is tag base+1+i
+	owed   int    // slots in state toAck
+	timer  *time.Timer
+	dead   bool // the channel failed an ack: what is owed is stale
+}
+
+func newAcker(ch amqp.Acknowledger, m *metrics, prefetch int) *acker {
+	return &acker{ch: ch, m: m, batch: min(max(prefetch/4, 1), maxAckBatch)}
+}
+
+// received enters a delivery tag, as it arrives, before any handler has it.
+func (a *acker) received(tag uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// Tags come in order, one by one; anything else is not ours to ack.
+	for next := a.base + uint64(len(a.window)) + 1; next < tag; next++ {
+		a.push(slot{state: settled})
+	}
+	a.push(slot{state: running})
+}
+
+// ack records that tag is finished with outcome o and owes an ack.
+func (a *acker) ack(tag uint64, o Outcome) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sl := a.slot(tag)
+	if sl == nil || sl.state != running {
+		return
+	}
+	if a.dead {
+		sl.state = settled
+		a.m.stale.Inc()
+		a.trim()
+		return
+	}
+	sl.state, sl.outcome = toAck, o
+	a.owed++
+	switch {
+	case a.owed >= a.batch:
+		a.flush(false)
+	case a.timer == nil:
+		a.timer = time.AfterFunc(ackDelay, a.flushOwed)
+	}
+}
+
+// nack hands tag back to the queue at once.
+func (a *acker) nack(tag uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	sl := a.slot(tag)
+	if sl == nil || sl.state != running {
+		return
+	}
+	sl.state = settled
+	if err := a.ch.Nack(tag, false, true); err != nil {
+		a.m.stale.Inc()
+	} else {
+		a.m.messages[Requeue].Inc()
+	}
+	a.trim()
+}
+
+// flushOwed sends every ack owed; the timer calls it, and the session before
+// it closes the channel.
+func (a *acker) flushOwed() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.flush(true)
+}
+
+// stop drops the timer; what is still owed is left to the broker, which
+// requeues it with the channel.
+func (a *acker) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	a.dead = true
+}
+
+// flush acks, with one multiple ack, every owed tag below the first running
+// one. With all, or when that freed nothing while a batch is owed (a slow
+// message holds the lowest tag), it acks the rest one by one: a finished
+// message never waits behind a slow one for longer than ackDelay.
+func (a *acker) flush(all bool) {
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	if a.owed == 0 || a.dead {
+		return
+	}
+	// The highest tag of the settled-or-owed prefix that is owed.
+	last := -1
+	for i, sl := range a.window {
+		if sl.state == running {
+			break
+		}
+		if sl.state == toAck {
+			last = i
+		}
+	}
+	if last >= 0 {
+		if err := a.ch.Ack(a.base+uint64(last)+1, true); err != nil {
+			a.fail()
+			return
+		}
+		for i := range a.window[:last+1] {
+			a.done(&a.window[i])
+		}
+		a.trim()
+	}
+	if a.owed > 0 && (all || last < 0) {
+		for i := range a.window {
+			if a.window[i].state != toAck {
+				continue
+			}
+			if err := a.ch.Ack(a.base+uint64(i)+1, false); err != nil {
+				a.fail()
+				return
+			}
+			a.done(&a.window[i])
+		}
+		a.trim()
+	}
+	if a.owed > 0 {
+		a.timer = time.AfterFunc(ackDelay, a.flushOwed)
+	}
+}
+
+// done counts an owed slot as acked.
+func (a *acker) done(sl *slot) {
+	if sl.state != toAck {
+		return
+	}
+	sl.state = settled
+	a.owed--
+	a.m.messages[sl.outcome].Inc()
+}
+
+// fail marks what is owed as stale: the channel is gone, and with it the
+// delivery tags; the broker has requeued those messages.
+func (a *acker) fail() {
+	a.dead = true
+	for i := range a.window {
+		if a.window[i].state == toAck {
+			a.window[i].state = settled
+			a.m.stale.Inc()
+		}
+	}
+	a.owed = 0
+	a.trim()
+}
+
+// push appends to the window, moving it to the front of its buffer when
+// that reclaims at least half of it: no allocation once the buffer fits
+// the prefetch.
+func (a *acker) push(sl slot) {
+	if a.head > 0 && a.head >= len(a.buf)/2 && len(a.buf) == cap(a.buf) {
+		n := copy(a.buf, a.buf[a.head:])
+		a.buf, a.head = a.buf[:n], 0
+	}
+	a.buf = append(a.buf, sl)
+	a.window = a.buf[a.head:]
+}
+
+// trim drops the settled prefix of the window.
+func (a *acker) trim() {
+	n := 0
+	for n < len(a.window) && a.window[n].state == settled {
+		n++
+	}
+	a.base += uint64(n)
+	a.head += n
+	a.window = a.buf[a.head:]
+}
+
+func (a *acker) slot(tag uint64) *slot {
+	if tag <= a.base || tag > a.base+uint64(len(a.window)) {
+		return nil
+	}
+	return &a.window[tag-a.base-1]
+}
