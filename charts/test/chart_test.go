@@ -1,0 +1,525 @@
+package charttest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
+	"helm.sh/helm/v3/pkg/action"
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+)
+
+// TestLint is `helm lint --strict` over every scenario: a warning fails.
+func TestLint(t *testing.T) {
+	for _, s := range scenarios(t) {
+		t.Run(s.name, func(t *testing.T) {
+			lint := action.NewLint()
+			lint.Strict = true
+			lint.Namespace = "default"
+			res := lint.Run([]string{chartDir}, s.values(t))
+			for _, m := range res.Messages {
+				t.Logf("lint: %s", m)
+			}
+			if len(res.Errors) > 0 {
+				t.Errorf("helm lint --strict (%s): %v", s.name, res.Errors)
+			}
+		})
+	}
+}
+
+// TestRender renders every scenario (decoding each object strictly is part
+// of render) and checks what holds for all of them.
+func TestRender(t *testing.T) {
+	for _, s := range scenarios(t) {
+		t.Run(s.name, func(t *testing.T) {
+			r := mustRender(t, s)
+			deps := all[*appsv1.Deployment](r)
+			if len(deps) != 1 {
+				t.Fatalf("%d Deployments rendered, want 1: %s", len(deps), r.names())
+			}
+			d := deps[0]
+			pod := d.Spec.Template.Spec
+			c := warrenContainer(t, d)
+
+			// The URL never appears in plain text: only the file variable.
+			env := envMap(c)
+			if _, ok := env["WARREN_AMQP_URL"]; ok {
+				t.Errorf("WARREN_AMQP_URL set in the Deployment; want only WARREN_AMQP_URL_FILE")
+			}
+			if got := env["WARREN_AMQP_URL_FILE"].Value; got != "/etc/warren/broker/url" {
+				t.Errorf("WARREN_AMQP_URL_FILE = %q, want /etc/warren/broker/url", got)
+			}
+			for _, sec := range all[*corev1.Secret](r) {
+				for _, v := range sec.Data {
+					if manifestContains(r, string(v), sec) {
+						t.Errorf("a value of Secret %s appears in another object", sec.Name)
+					}
+				}
+			}
+			mount := volumeMount(c, "broker")
+			if mount == nil || !mount.ReadOnly || mount.MountPath != "/etc/warren/broker" {
+				t.Errorf("broker volume mount = %+v, want read-only at /etc/warren/broker", mount)
+			}
+
+			// Secure defaults hold in every scenario.
+			if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+				t.Errorf("automountServiceAccountToken = %v, want false", pod.AutomountServiceAccountToken)
+			}
+			if pod.EnableServiceLinks == nil || *pod.EnableServiceLinks {
+				t.Errorf("enableServiceLinks = %v, want false", pod.EnableServiceLinks)
+			}
+			checkSecurityContext(t, pod, c)
+			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+				t.Errorf("resources = %+v, want cpu and memory requests and a memory limit", c.Resources)
+			}
+
+			// Probes on the health port, at the contract's paths.
+			port := healthPort(t, c)
+			if got, want := env["WARREN_HEALTH_ADDR"].Value, fmt.Sprintf(":%d", port); got != want {
+				t.Errorf("WARREN_HEALTH_ADDR = %q, want %q (the container port)", got, want)
+			}
+			for _, p := range []struct {
+				name  string
+				probe *corev1.Probe
+				path  string
+			}{
+				{"startupProbe", c.StartupProbe, "/livez"},
+				{"livenessProbe", c.LivenessProbe, "/livez"},
+				{"readinessProbe", c.ReadinessProbe, "/readyz"},
+			} {
+				if p.probe == nil || p.probe.HTTPGet == nil {
+					t.Errorf("%s = %+v, want an httpGet probe", p.name, p.probe)
+					continue
+				}
+				if p.probe.HTTPGet.Path != p.path || probePort(t, c, p.probe) != port {
+					t.Errorf("%s = %s:%s, want %s on port %d", p.name, p.probe.HTTPGet.Path, p.probe.HTTPGet.Port.String(), p.path, port)
+				}
+			}
+
+			// The grace period covers the shutdown timeout, with a margin.
+			shutdown := parseHMS(t, env["WARREN_SHUTDOWN_TIMEOUT"].Value)
+			if g := pod.TerminationGracePeriodSeconds; g == nil || *g < shutdown+5 {
+				t.Errorf("terminationGracePeriodSeconds = %v, want at least %d (WARREN_SHUTDOWN_TIMEOUT %s + 5)", g, shutdown+5, env["WARREN_SHUTDOWN_TIMEOUT"].Value)
+			}
+
+			// The helm test hook is rendered and never selected as a worker.
+			for _, p := range all[*corev1.Pod](r) {
+				if p.Annotations["helm.sh/hook"] != "test" {
+					t.Errorf("Pod %s rendered without the helm test hook annotation", p.Name)
+				}
+				if matches(d.Spec.Selector.MatchLabels, p.Labels) {
+					t.Errorf("test Pod %s matches the Deployment's selector", p.Name)
+				}
+			}
+			if !strings.Contains(r.notes, "warren publish") {
+				t.Errorf("NOTES.txt does not say how to publish a message:\n%s", r.notes)
+			}
+		})
+	}
+}
+
+// TestContractVariables checks that the chart can set every variable that
+// `warren help` lists (the daemon's contract), across the scenarios, and sets
+// no WARREN_ variable warren does not know.
+func TestContractVariables(t *testing.T) {
+	known := contractVariables(t)
+	set := map[string]bool{}
+	for _, s := range scenarios(t) {
+		r := mustRender(t, s)
+		for _, d := range all[*appsv1.Deployment](r) {
+			for _, e := range warrenContainer(t, d).Env {
+				if strings.HasPrefix(e.Name, "WARREN_") {
+					set[e.Name] = true
+					if !known[e.Name] && !slices.Contains(pendingVariables, e.Name) {
+						t.Errorf("scenario %s sets %s, which warren does not know", s.name, e.Name)
+					}
+				}
+			}
+		}
+	}
+	for name := range known {
+		// The URL only ever goes through the file.
+		if name != "WARREN_AMQP_URL" && !set[name] {
+			t.Errorf("%s (from warren help) is set by no scenario: the chart cannot set it, or ci/ lacks a scenario", name)
+		}
+	}
+	for _, name := range pendingVariables {
+		if !set[name] {
+			t.Errorf("%s is set by no scenario", name)
+		}
+	}
+}
+
+// pendingVariables are part of the contract while warren's retry and
+// dead-letter change lands; a binary without them warns "unknown variable
+// ignored" and runs.
+var pendingVariables = []string{"WARREN_RETRY_DELAYS", "WARREN_MAX_ATTEMPTS", "WARREN_DELIVERY_LIMIT"}
+
+// contractVariables runs `warren help` and returns the variables it lists.
+func contractVariables(t *testing.T) map[string]bool {
+	t.Helper()
+	out, err := exec.Command(warrenBinary(t), "help").Output()
+	if err != nil {
+		t.Fatalf("warren help: %v", err)
+	}
+	vars := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^(WARREN_[A-Z_]+)\s`).FindAllStringSubmatch(string(out), -1) {
+		vars[m[1]] = true
+	}
+	if len(vars) < 20 {
+		t.Fatalf("warren help lists %d variables, want 20 or more:\n%s", len(vars), out)
+	}
+	return vars
+}
+
+// TestTwoValues is the install the README leads with: queue name and
+// broker URL, and nothing optional rendered.
+func TestTwoValues(t *testing.T) {
+	r := mustRender(t, scenario{name: "two-values"})
+	var kinds []string
+	for _, o := range r.objects {
+		kinds = append(kinds, gvkOf(o).Kind)
+	}
+	slices.Sort(kinds)
+	want := []string{"Deployment", "Pod", "Role", "RoleBinding", "Secret", "ServiceAccount", "ServiceAccount"}
+	if !slices.Equal(kinds, want) {
+		t.Errorf("two values render %v, want %v", kinds, want)
+	}
+	d := find[*appsv1.Deployment](t, r, "warren")
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
+		t.Errorf("replicas = %v, want 1", d.Spec.Replicas)
+	}
+	sec := find[*corev1.Secret](t, r, "warren-broker")
+	if got := string(sec.Data["url"]); got != "amqp://warren:secret@rabbitmq.messaging.svc:5672/" {
+		t.Errorf("Secret url = %q, want the broker.url given", got)
+	}
+	env := envMap(warrenContainer(t, d))
+	for name, want := range map[string]string{
+		"WARREN_QUEUE":        "orders",
+		"WARREN_QUEUE_TYPE":   "classic",
+		"WARREN_DECLARE":      "true",
+		"WARREN_PREFETCH":     "16",
+		"WARREN_CONCURRENCY":  "4",
+		"WARREN_HANDLER":      "log",
+		"WARREN_RETRY_DELAYS": "1s,10s,1m",
+		"WARREN_MAX_ATTEMPTS": "5",
+		"WARREN_HEALTH_ADDR":  ":8080",
+		"WARREN_LOG_FORMAT":   "json",
+	} {
+		if got := env[name].Value; got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 35 {
+		t.Errorf("terminationGracePeriodSeconds = %d, want 35 (25s + 10)", g)
+	}
+}
+
+// TestScenarios checks what each ci/ scenario is for.
+func TestScenarios(t *testing.T) {
+	tests := []struct {
+		give  string // ci/<give>-values.yaml
+		check func(t *testing.T, r *rendered)
+	}{
+		{give: "http-sidecar", check: func(t *testing.T, r *rendered) {
+			d := find[*appsv1.Deployment](t, r, "warren")
+			if n := len(d.Spec.Template.Spec.Containers); n != 2 {
+				t.Errorf("%d containers, want warren and the app", n)
+			}
+			env := envMap(warrenContainer(t, d))
+			if env["WARREN_HANDLER"].Value != "http" || env["WARREN_HTTP_URL"].Value != "http://localhost:8000/messages" {
+				t.Errorf("handler env = %v %v, want http to the sidecar", env["WARREN_HANDLER"], env["WARREN_HTTP_URL"])
+			}
+			svc := find[*corev1.Service](t, r, "warren-metrics")
+			if svc.Spec.Ports[0].TargetPort.String() != "health" {
+				t.Errorf("Service targetPort = %s, want health", svc.Spec.Ports[0].TargetPort.String())
+			}
+		}},
+		{give: "exec", check: func(t *testing.T, r *rendered) {
+			d := find[*appsv1.Deployment](t, r, "warren")
+			c := warrenContainer(t, d)
+			env := envMap(c)
+			if env["WARREN_EXEC_COMMAND"].Value != "python3 /app/handle.py" || env["WARREN_EXEC_DEAD_EXIT_CODES"].Value != "3,4" {
+				t.Errorf("exec env = %v %v", env["WARREN_EXEC_COMMAND"], env["WARREN_EXEC_DEAD_EXIT_CODES"])
+			}
+			if c.Image != "ghcr.io/example/thumbnailer:2.0.1" {
+				t.Errorf("image = %q, want the derived image", c.Image)
+			}
+			if m := volumeMount(c, "tmp"); m == nil || m.MountPath != "/tmp" {
+				t.Errorf("tmp mount = %+v, want an emptyDir at /tmp", m)
+			}
+			if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 340 {
+				t.Errorf("terminationGracePeriodSeconds = %d, want 340 (5m30s + 10)", g)
+			}
+		}},
+		{give: "quorum-retry", check: func(t *testing.T, r *rendered) {
+			d := find[*appsv1.Deployment](t, r, "warren")
+			env := envMap(warrenContainer(t, d))
+			for name, want := range map[string]string{
+				"WARREN_QUEUE_TYPE":     "quorum",
+				"WARREN_EXCHANGE":       "events",
+				"WARREN_EXCHANGE_TYPE":  "topic",
+				"WARREN_BINDING_KEYS":   "payment.*,refund.created",
+				"WARREN_DELIVERY_LIMIT": "10",
+				"WARREN_RETRY_DELAYS":   "1s,10s,1m,10m",
+				"WARREN_MAX_ATTEMPTS":   "5",
+			} {
+				if got := env[name].Value; got != want {
+					t.Errorf("%s = %q, want %q", name, got, want)
+				}
+			}
+			pdb := find[*policyv1.PodDisruptionBudget](t, r, "warren")
+			if !matches(pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels) {
+				t.Errorf("PodDisruptionBudget selects %v, not the pods %v", pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
+			}
+			tsc := d.Spec.Template.Spec.TopologySpreadConstraints
+			if len(tsc) != 1 || tsc[0].LabelSelector == nil || !matches(tsc[0].LabelSelector.MatchLabels, d.Spec.Template.Labels) {
+				t.Errorf("topologySpreadConstraints = %+v, want the pods' selector filled in", tsc)
+			}
+		}},
+		{give: "existing-secret-tls", check: func(t *testing.T, r *rendered) {
+			if n := len(all[*corev1.Secret](r)); n != 0 {
+				t.Errorf("%d Secrets rendered, want none with an existing Secret", n)
+			}
+			d := find[*appsv1.Deployment](t, r, "warren")
+			if _, ok := d.Spec.Template.Annotations["checksum/secret"]; ok {
+				t.Errorf("checksum/secret set for a Secret the chart does not render")
+			}
+			c := warrenContainer(t, d)
+			env := envMap(c)
+			for name, want := range map[string]string{
+				"WARREN_TLS_CA_FILE":   "/etc/warren/tls/ca.crt",
+				"WARREN_TLS_CERT_FILE": "/etc/warren/tls/tls.crt",
+				"WARREN_TLS_KEY_FILE":  "/etc/warren/tls/tls.key",
+			} {
+				if got := env[name].Value; got != want {
+					t.Errorf("%s = %q, want %q", name, got, want)
+				}
+			}
+			if m := volumeMount(c, "tls"); m == nil || !m.ReadOnly {
+				t.Errorf("tls mount = %+v, want read-only", m)
+			}
+			v := volume(d, "broker")
+			if v.Secret.SecretName != "rabbitmq-credentials" || v.Secret.Items[0].Key != "amqp-url" {
+				t.Errorf("broker volume = %+v, want key amqp-url of rabbitmq-credentials", v.Secret)
+			}
+			if v := volume(d, "tls"); v.Secret.SecretName != "warren-client-tls" || *v.Secret.DefaultMode != 0o440 {
+				t.Errorf("tls volume = %+v, want warren-client-tls, mode 0440", v.Secret)
+			}
+			if got := d.Spec.Template.Spec.ServiceAccountName; got != "reports-worker" {
+				t.Errorf("serviceAccountName = %q, want reports-worker", got)
+			}
+		}},
+		{give: "keda", check: func(t *testing.T, r *rendered) {
+			d := find[*appsv1.Deployment](t, r, "warren")
+			if d.Spec.Replicas != nil {
+				t.Errorf("replicas = %d, want none: KEDA owns them", *d.Spec.Replicas)
+			}
+			so := find[*kedav1alpha1.ScaledObject](t, r, "warren")
+			if so.Spec.MinReplicaCount == nil || *so.Spec.MinReplicaCount != 0 || *so.Spec.MaxReplicaCount != 20 {
+				t.Errorf("ScaledObject replicas = %v..%v, want 0..20", so.Spec.MinReplicaCount, so.Spec.MaxReplicaCount)
+			}
+			if so.Spec.ScaleTargetRef.Name != d.Name {
+				t.Errorf("ScaledObject targets %q, want %q", so.Spec.ScaleTargetRef.Name, d.Name)
+			}
+			tr := so.Spec.Triggers[0]
+			if tr.Type != "rabbitmq" || tr.Metadata["queueName"] != "emails" || tr.Metadata["mode"] != "QueueLength" || tr.Metadata["value"] != "50" || tr.Metadata["activationValue"] != "0" {
+				t.Errorf("trigger = %+v", tr)
+			}
+			ta := find[*kedav1alpha1.TriggerAuthentication](t, r, tr.AuthenticationRef.Name)
+			ref := ta.Spec.SecretTargetRef[0]
+			if ref.Parameter != "host" || ref.Name != "warren-broker" || ref.Key != "url" {
+				t.Errorf("TriggerAuthentication = %+v, want host from the broker Secret", ref)
+			}
+		}},
+		{give: "hpa", check: func(t *testing.T, r *rendered) {
+			d := find[*appsv1.Deployment](t, r, "warren")
+			if d.Spec.Replicas != nil {
+				t.Errorf("replicas = %d, want none: the HPA owns them", *d.Spec.Replicas)
+			}
+			hpa := find[*autoscalingv2.HorizontalPodAutoscaler](t, r, "warren")
+			if *hpa.Spec.MinReplicas != 2 || hpa.Spec.MaxReplicas != 8 || len(hpa.Spec.Metrics) != 2 {
+				t.Errorf("HPA = %+v", hpa.Spec)
+			}
+		}},
+		{give: "everything", check: func(t *testing.T, r *rendered) {
+			find[*monitoringv1.ServiceMonitor](t, r, "warren-all")
+			pr := find[*monitoringv1.PrometheusRule](t, r, "warren-all")
+			var alerts []string
+			for _, rule := range pr.Spec.Groups[0].Rules {
+				alerts = append(alerts, rule.Alert)
+				if !strings.Contains(rule.Expr.String(), "warren_") {
+					t.Errorf("alert %s: expr %q uses no warren metric", rule.Alert, rule.Expr.String())
+				}
+			}
+			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors", "WarrenNotConsuming"}
+			if !slices.Equal(alerts, want) {
+				t.Errorf("alerts = %v, want %v", alerts, want)
+			}
+			find[*kedav1alpha1.ScaledObject](t, r, "warren-all")
+			find[*policyv1.PodDisruptionBudget](t, r, "warren-all")
+			d := find[*appsv1.Deployment](t, r, "warren-all")
+			if got := d.Spec.Template.Spec.PriorityClassName; got != "system-cluster-critical" {
+				t.Errorf("priorityClassName = %q", got)
+			}
+			if got := healthPort(t, warrenContainer(t, d)); got != 9090 {
+				t.Errorf("health port = %d, want 9090", got)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.give, func(t *testing.T) {
+			s := scenario{name: tt.give, file: filepath.Join(chartDir, "ci", tt.give+"-values.yaml")}
+			tt.check(t, mustRender(t, s))
+		})
+	}
+}
+
+// TestSecretChecksum checks that a changed URL rolls the pods and that
+// nothing else about the URL reaches the pod template.
+func TestSecretChecksum(t *testing.T) {
+	s := scenario{name: "two-values"}
+	checksum := func(sets ...string) string {
+		d := find[*appsv1.Deployment](t, mustRender(t, s, sets...), "warren")
+		return d.Spec.Template.Annotations["checksum/secret"]
+	}
+	a, b, c := checksum(), checksum(), checksum("broker.url=amqp://warren:rotated@rabbitmq:5672/")
+	if a == "" || a != b {
+		t.Errorf("checksum/secret = %q then %q, want the same non-empty value", a, b)
+	}
+	if a == c {
+		t.Errorf("checksum/secret unchanged (%q) after the URL changed", a)
+	}
+}
+
+// TestTerminationGrace checks the grace period against the shutdown timeout.
+func TestTerminationGrace(t *testing.T) {
+	tests := []struct {
+		give []string
+		want int64
+	}{
+		{give: nil, want: 35},
+		{give: []string{"shutdownTimeout=0s"}, want: 10},
+		{give: []string{"shutdownTimeout=2m"}, want: 130},
+		{give: []string{"shutdownTimeout=1h2m3s"}, want: 3733},
+		{give: []string{"shutdownTimeout=90s", "terminationGraceMarginSeconds=5"}, want: 95},
+	}
+	for _, tt := range tests {
+		r := mustRender(t, scenario{name: "two-values"}, tt.give...)
+		d := find[*appsv1.Deployment](t, r, "warren")
+		if got := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; got != tt.want {
+			t.Errorf("terminationGracePeriodSeconds with %v = %d, want %d", tt.give, got, tt.want)
+		}
+	}
+}
+
+// TestValuesRejected checks that wrong values stop the install with a
+// message naming the value.
+func TestValuesRejected(t *testing.T) {
+	tests := []struct {
+		give []string // --set, on top of the two values
+		want string   // in the error
+	}{
+		{give: []string{"replicaCount=abc"}, want: "at '/replicaCount': got string, want integer"},
+		{give: []string{"replicaCount=-1"}, want: "/replicaCount"},
+		{give: []string{"prefetch=0"}, want: "/prefetch"},
+		{give: []string{"prefetch=70000"}, want: "/prefetch"},
+		{give: []string{"queue.nmae=x"}, want: "additional properties 'nmae' not allowed"},
+		{give: []string{"replicas=2"}, want: "additional properties 'replicas' not allowed"},
+		{give: []string{"queue.name="}, want: "/queue/name"},
+		{give: []string{"queue.type=stream"}, want: "/queue/type"},
+		{give: []string{"handler.type=grpc"}, want: "/handler/type"},
+		{give: []string{"handler.type=http"}, want: "/handler/httpUrl"},
+		{give: []string{"handler.type=exec"}, want: "/handler/execCommand"},
+		{give: []string{"handler.timeout=soon"}, want: "/handler/timeout"},
+		{give: []string{"retry.delays={1s,later}"}, want: "/retry/delays/1"},
+		{give: []string{"retry.maxAttempts=0"}, want: "/retry/maxAttempts"},
+		{give: []string{"shutdownTimeout=25"}, want: "/shutdownTimeout"},
+		{give: []string{"log.level=verbose"}, want: "/log/level"},
+		{give: []string{"health.port=0"}, want: "/health/port"},
+		{give: []string{"broker.url=http://rabbitmq:15672/"}, want: "/broker/url"},
+		{give: []string{"concurrency=32"}, want: "concurrency (32) must be at most prefetch (16)"},
+		{give: []string{"broker.existingSecret=mine"}, want: "set broker.url or broker.existingSecret, not both"},
+		{give: []string{"queue.deliveryLimit=3"}, want: "queue.deliveryLimit needs queue.type quorum"},
+		{give: []string{"tls.enabled=true"}, want: "tls.enabled needs tls.existingSecret"},
+		{give: []string{"tls.certKey=tls.crt"}, want: "set tls.certKey and tls.keyKey together"},
+		{give: []string{"keda.enabled=true", "autoscaling.enabled=true"}, want: "choose one"},
+	}
+	for _, tt := range tests {
+		_, err := render(t, scenario{name: "two-values"}.values(t, tt.give...), "default")
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("render with %v = %v, want an error containing %q", tt.give, err, tt.want)
+		}
+	}
+	// Without the broker: the message says what to set.
+	opts := scenario{name: "no-broker", file: writeValues(t, "queue:\n  name: q\n")}
+	if _, err := render(t, opts.values(t), "default"); err == nil || !strings.Contains(err.Error(), "broker.url or broker.existingSecret is required") {
+		t.Errorf("render without a broker = %v, want it to ask for broker.url", err)
+	}
+}
+
+// TestValuesDocumented checks that every key of values.yaml has a comment
+// starting with its dotted name, or sits in a block whose comment does.
+func TestValuesDocumented(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	var path []string // key at each indentation level (2 spaces)
+	key := regexp.MustCompile(`^( *)([A-Za-z][A-Za-z0-9]*):`)
+	for i, line := range lines {
+		m := key.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		depth := len(m[1]) / 2
+		path = append(path[:min(depth, len(path))], m[2])
+		if len(path) != depth+1 {
+			continue // inside a list or a free-form default such as resources
+		}
+		name := strings.Join(path, ".")
+		var comment []string
+		for j := i - 1; j >= 0 && strings.HasPrefix(strings.TrimSpace(lines[j]), "#"); j-- {
+			comment = append([]string{strings.TrimSpace(lines[j])}, comment...)
+		}
+		isBlock := i+1 < len(lines) && strings.TrimSpace(line) == m[2]+":" && strings.HasPrefix(lines[i+1], m[1]+"  ")
+		switch {
+		case len(comment) > 0 && strings.HasPrefix(comment[0], "# "+name+" "):
+		case isBlock:
+			// A block such as image: or queue: is documented key by key.
+		case depth > 0 && inFreeForm(path):
+		default:
+			t.Errorf("values.yaml:%d: %s has no comment starting with %q", i+1, name, "# "+name)
+		}
+	}
+}
+
+// inFreeForm reports keys inside a default given as a Kubernetes object
+// (resources, probes, security contexts), documented as a whole.
+func inFreeForm(path []string) bool {
+	switch path[0] {
+	case "resources", "podSecurityContext", "securityContext", "startupProbe", "livenessProbe", "readinessProbe", "strategy":
+		return true
+	}
+	return false
+}
+
+func writeValues(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,324 @@
+// Package cluster runs a Kubernetes control plane on loopback for tests: etcd
+// from the system's etcd-server package and a kube-apiserver built from the
+// k8s.io/kubernetes module in ../../kube-apiserver. No controllers, no
+// kubelet: objects are stored and validated by the real API server, and
+// nothing runs them.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+)
+
+// Cluster is a running etcd and kube-apiserver.
+type Cluster struct {
+	// Kubeconfig is the path of a kubeconfig file that authenticates as a
+	// member of system:masters.
+	Kubeconfig string
+	// Config is the same as a client-go configuration.
+	Config *rest.Config
+}
+
+// Start starts etcd and kube-apiserver, each on free loopback ports, and
+// stops them when the test ends, failed or not. It skips the test when etcd
+// is not installed or the API server cannot be built (no module proxy and no
+// cached binary), unless requireCluster says that must not happen (in CI).
+func Start(t testing.TB) *Cluster {
+	t.Helper()
+	etcd, err := exec.LookPath("etcd")
+	if err != nil {
+		skipOrFail(t, "etcd not found (Debian: apt-get install etcd-server): %v", err)
+	}
+	apiserver, err := APIServer(t)
+	if errors.Is(err, errBuildImpossible) {
+		skipOrFail(t, "%v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dir := t.TempDir()
+	etcdURL := startEtcd(t, etcd, dir)
+	return startAPIServer(t, apiserver, dir, etcdURL)
+}
+
+// requireCluster reports whether a missing etcd or API server fails the test
+// instead of skipping it: in CI (CI=true) or with WARREN_TEST_REQUIRE_CLUSTER=1.
+func requireCluster() bool {
+	return os.Getenv("CI") == "true" || os.Getenv("WARREN_TEST_REQUIRE_CLUSTER") == "1"
+}
+
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if requireCluster() {
+		t.Fatalf("control plane unavailable: "+format, args...)
+	}
+	t.Skipf("skipped, no control plane: "+format+" (CI=true makes this a failure)", args...)
+}
+
+// freePort returns a loopback port nothing listens on right now.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// process is a started command whose exit is awaited by one goroutine.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+	err  error
+}
+
+// start runs a command with its output in dir/name.log and stops it in
+// t.Cleanup: SIGTERM, then SIGKILL after 10 s.
+func start(t testing.TB, dir, name string, argv ...string) *process {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatalf("create %s: %v", logPath, err)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	// Its own process group, so a Ctrl-C of `go test` reaches it only
+	// through this cleanup.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("%s log (last 4 KiB):\n%s", name, tail(logPath, 4096))
+		}
+	})
+	return p
+}
+
+// exited reports the process's end, if it has ended.
+func (p *process) exited() error {
+	select {
+	case <-p.done:
+		return fmt.Errorf("%s exited: %v; log:\n%s", p.name, p.err, tail(p.log, 4096))
+	default:
+		return nil
+	}
+}
+
+func tail(path string, n int64) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if int64(len(b)) > n {
+		b = b[int64(len(b))-n:]
+	}
+	return string(b)
+}
+
+// waitFor polls check until it returns nil, the process ends or the
+// deadline passes.
+func waitFor(p *process, timeout time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil {
+			return nil
+		}
+		if perr := p.exited(); perr != nil {
+			return perr
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %v: %w", p.name, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func startEtcd(t testing.TB, etcd, dir string) string {
+	t.Helper()
+	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	p := start(t, dir, "etcd", etcd,
+		"--name=test",
+		"--data-dir="+filepath.Join(dir, "etcd"),
+		"--listen-client-urls="+client,
+		"--advertise-client-urls="+client,
+		"--listen-peer-urls="+peer,
+		"--initial-advertise-peer-urls="+peer,
+		"--initial-cluster=test="+peer,
+		"--logger=zap",
+		"--log-level=warn",
+	)
+	err := waitFor(p, 30*time.Second, func() error {
+		resp, err := http.Get(client + "/health")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if !bytes.Contains(body, []byte(`"health":"true"`)) {
+			return fmt.Errorf("etcd /health: %s", body)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client
+}
+
+func startAPIServer(t testing.TB, apiserver, dir, etcdURL string) *Cluster {
+	t.Helper()
+	keyFile := filepath.Join(dir, "sa.key")
+	writeRSAKey(t, keyFile)
+	token := randomToken(t)
+	tokenFile := filepath.Join(dir, "tokens.csv")
+	// token,user,uid,"group1,group2"
+	writeFile(t, tokenFile, fmt.Sprintf("%s,warren-test,warren-test,\"system:masters\"\n", token))
+
+	port := freePort(t)
+	p := start(t, dir, "kube-apiserver", apiserver,
+		"--etcd-servers="+etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		fmt.Sprintf("--secure-port=%d", port),
+		"--cert-dir="+filepath.Join(dir, "certs"),
+		"--token-auth-file="+tokenFile,
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file="+keyFile,
+		"--service-account-signing-key-file="+keyFile,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		// The "kubernetes" Service's endpoints would point at 127.0.0.1,
+		// which the endpoint reconciler refuses.
+		"--endpoint-reconciler-type=none",
+		"--enable-priority-and-fairness=false",
+		"--v=1",
+	)
+	host := fmt.Sprintf("https://127.0.0.1:%d", port)
+	// The serving certificate is self-signed at start; the client skips
+	// verification of a server on loopback that the test itself started.
+	httpClient := &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
+	}
+	err := waitFor(p, 2*time.Minute, func() error {
+		req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, host+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz: %d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	writeFile(t, kubeconfig, fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+  - name: test
+    cluster:
+      server: %s
+      insecure-skip-tls-verify: true
+users:
+  - name: test
+    user:
+      token: %s
+contexts:
+  - name: test
+    context:
+      cluster: test
+      user: test
+      namespace: default
+current-context: test
+`, host, token))
+	return &Cluster{
+		Kubeconfig: kubeconfig,
+		Config: &rest.Config{
+			Host:            host,
+			BearerToken:     token,
+			TLSClientConfig: rest.TLSClientConfig{Insecure: true},
+			QPS:             100,
+			Burst:           200,
+		},
+	}
+}
+
+func writeRSAKey(t testing.TB, path string) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatalf("generate service account key: %v", err)
+	}
+	der := x509.MarshalPKCS1PrivateKey(key)
+	writeFile(t, path, string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: der})))
+}
+
+func randomToken(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatalf("token: %v", err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatalf("write %s: %v", path, err)
+	}
+}

@@ -1,0 +1,42 @@
+package cluster
+
+import (
+	"context"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+func TestStart(t *testing.T) {
+	c := Start(t)
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := cs.Discovery().ServerVersion()
+	if err != nil {
+		t.Fatalf("ServerVersion() = %v", err)
+	}
+	if v.Minor != "34" {
+		t.Errorf("ServerVersion() = %s, want 1.34", v.GitVersion)
+	}
+	if _, err := cs.CoreV1().Namespaces().Get(context.Background(), "default", metav1.GetOptions{}); err != nil {
+		t.Errorf("get namespace default: %v", err)
+	}
+}
+
+func TestRequiredVersion(t *testing.T) {
+	tests := []struct {
+		give, want string
+	}{
+		{give: "module x\n\nrequire k8s.io/kubernetes v1.34.4\n", want: "v1.34.4"},
+		{give: "require (\n\tk8s.io/kubernetes v1.34.2 // indirect\n)\n", want: "v1.34.2"},
+		{give: "require k8s.io/kubernetes-extra v1.0.0\n", want: ""},
+	}
+	for _, tt := range tests {
+		if got := requiredVersion(tt.give, "k8s.io/kubernetes"); got != tt.want {
+			t.Errorf("requiredVersion(%q) = %q, want %q", tt.give, got, tt.want)
+		}
+	}
+}

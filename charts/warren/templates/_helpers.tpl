@@ -1,0 +1,163 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "warren.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name. We truncate at 63 chars because
+some Kubernetes name fields are limited to this (by the DNS naming spec). If
+the release name contains the chart name it is used as the full name.
+*/}}
+{{- define "warren.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "warren.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels.
+*/}}
+{{- define "warren.labels" -}}
+helm.sh/chart: {{ include "warren.chart" . }}
+{{ include "warren.selectorLabels" . }}
+app.kubernetes.io/version: {{ (.Values.image.tag | default .Chart.AppVersion) | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: worker
+{{- end }}
+
+{{/*
+Selector labels.
+*/}}
+{{- define "warren.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "warren.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use.
+*/}}
+{{- define "warren.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "warren.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference: repository, then @digest or :tag (appVersion by default).
+*/}}
+{{- define "warren.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the broker URL, and its key.
+*/}}
+{{- define "warren.brokerSecretName" -}}
+{{- if .Values.broker.existingSecret }}
+{{- .Values.broker.existingSecret }}
+{{- else }}
+{{- printf "%s-broker" (include "warren.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "warren.brokerSecretKey" -}}
+{{- if .Values.broker.existingSecret }}
+{{- .Values.broker.existingSecretKey }}
+{{- else -}}
+url
+{{- end }}
+{{- end }}
+
+{{/*
+The name of the metrics Service, which is also the Prometheus job label the
+ServiceMonitor gives the series.
+*/}}
+{{- define "warren.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "warren.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+warren.durationSeconds turns a duration of hours, minutes and seconds
+("25s", "1m30s", "2h") into whole seconds; the schema admits only that form.
+*/}}
+{{- define "warren.durationSeconds" -}}
+{{- $total := 0 }}
+{{- range $part := regexFindAll "[0-9]+[hms]" . -1 }}
+{{- $n := trimSuffix "h" (trimSuffix "m" (trimSuffix "s" $part)) | atoi }}
+{{- if hasSuffix "h" $part }}{{ $total = add $total (mul $n 3600) }}
+{{- else if hasSuffix "m" $part }}{{ $total = add $total (mul $n 60) }}
+{{- else }}{{ $total = add $total $n }}
+{{- end }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+The pod's terminationGracePeriodSeconds: the shutdown timeout plus a margin,
+so the kubelet never kills warren while it drains.
+*/}}
+{{- define "warren.terminationGracePeriodSeconds" -}}
+{{- add (include "warren.durationSeconds" .Values.shutdownTimeout | atoi) .Values.terminationGraceMarginSeconds }}
+{{- end }}
+
+{{/*
+warren.validate stops the install with a message for what the schema cannot
+say: rules across several values.
+*/}}
+{{- define "warren.validate" -}}
+{{- if and .Values.broker.url .Values.broker.existingSecret }}
+{{- fail "set broker.url or broker.existingSecret, not both" }}
+{{- end }}
+{{- if not (or .Values.broker.url .Values.broker.existingSecret) }}
+{{- fail "broker.url or broker.existingSecret is required: --set-string broker.url=amqp://user:password@host:5672/" }}
+{{- end }}
+{{- if gt (int .Values.concurrency) (int .Values.prefetch) }}
+{{- fail (printf "concurrency (%v) must be at most prefetch (%v)" .Values.concurrency .Values.prefetch) }}
+{{- end }}
+{{- if and (eq .Values.handler.type "http") (not .Values.handler.httpUrl) }}
+{{- fail "handler.type http needs handler.httpUrl" }}
+{{- end }}
+{{- if and (eq .Values.handler.type "exec") (not .Values.handler.execCommand) }}
+{{- fail "handler.type exec needs handler.execCommand" }}
+{{- end }}
+{{- if and (gt (int .Values.queue.deliveryLimit) 0) (ne .Values.queue.type "quorum") }}
+{{- fail "queue.deliveryLimit needs queue.type quorum" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret" }}
+{{- end }}
+{{- if ne (empty .Values.tls.certKey) (empty .Values.tls.keyKey) }}
+{{- fail "set tls.certKey and tls.keyKey together, or neither" }}
+{{- end }}
+{{- if and .Values.keda.enabled .Values.autoscaling.enabled }}
+{{- fail "keda.enabled and autoscaling.enabled both scale the Deployment: choose one" }}
+{{- end }}
+{{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
+{{- fail "keda.minReplicaCount must be at most keda.maxReplicaCount" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
+{{- fail "autoscaling.minReplicas must be at most autoscaling.maxReplicas" }}
+{{- end }}
+{{- end }}
