@@ -22,7 +22,16 @@ export WARREN_AMQP_URL WARREN_TEST_AMQP_URL
 WARREN_QUEUE      ?= demo
 WARREN_LOG_FORMAT ?= console
 
-.PHONY: help build broker run test lint tidy-check clean
+# The chart's tests live in their own Go module (Helm and the Kubernetes
+# libraries stay out of the daemon's go.mod); their kube-apiserver is built
+# from charts/test/kube-apiserver and cached in /var/cache/warren-test.
+CHART_TEST := charts/test
+
+# `make image`: the container image, tagged with the version.
+IMAGE    ?= ghcr.io/warren-mq/warren
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+
+.PHONY: help build broker run test chart-test lint tidy-check image clean
 
 help: ## show this help
 	@echo 'Usage: make <target>   (VERSION=$(VERSION))'
@@ -38,21 +47,32 @@ broker: ## make sure a RabbitMQ broker answers at WARREN_AMQP_URL (starts a loca
 run: build broker ## run the worker on queue WARREN_QUEUE (demo) with console logs
 	env -u WARREN_TEST_AMQP_URL WARREN_QUEUE="$(WARREN_QUEUE)" WARREN_LOG_FORMAT="$(WARREN_LOG_FORMAT)" ./$(BIN)
 
-test: ## bring the broker up, then go test -race ./... against WARREN_TEST_AMQP_URL
+test: ## bring the broker up, then go test -race ./... against WARREN_TEST_AMQP_URL, then the chart's tests
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	$(GO) test -race -count=1 -p 2 -timeout 20m ./...
+	cd $(CHART_TEST) && $(GO) test -race -count=1 -p 2 -timeout 30m ./...
 
-lint: ## fail if gofmt would change a .go file, then go vet
+chart-test: ## the chart's tests only: lint, render, install into a local kube-apiserver, run as the kubelet would
+	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
+	cd $(CHART_TEST) && $(GO) test -race -count=1 -p 2 -timeout 30m ./...
+
+lint: ## fail if gofmt would change a .go file, then go vet (the daemon and the chart's tests)
 	@echo '$(GOFMT) -l <git ls-files *.go>'
 	@unformatted="$$(git ls-files -z --cached --others --exclude-standard -- '*.go' | xargs -0 -r $(GOFMT) -l)"; \
 	if [ -n "$$unformatted" ]; then \
 		echo 'gofmt -w needed on:'; echo "$$unformatted"; exit 1; \
 	fi
 	$(GO) vet ./...
+	cd $(CHART_TEST) && $(GO) vet ./...
 
-tidy-check: ## fail if go mod tidy changes go.mod / go.sum
+tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	$(GO) mod tidy
-	git diff --exit-code go.mod go.sum
+	cd $(CHART_TEST) && $(GO) mod tidy
+	cd $(CHART_TEST)/kube-apiserver && $(GO) mod tidy
+	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-apiserver/go.mod $(CHART_TEST)/kube-apiserver/go.sum
+
+image: ## build the container image IMAGE:VERSION with docker (needs a daemon that can pull the base images)
+	docker build --build-arg VERSION="$(VERSION)" --build-arg REVISION="$(REVISION)" -t "$(IMAGE):$(VERSION)" .
 
 clean: ## remove bin/
 	rm -rf bin/
