@@ -338,8 +338,12 @@ func TestScenarios(t *testing.T) {
 			}
 			ta := find[*kedav1alpha1.TriggerAuthentication](t, r, tr.AuthenticationRef.Name)
 			ref := ta.Spec.SecretTargetRef[0]
-			if ref.Parameter != "host" || ref.Name != "warren-broker" || ref.Key != "url" {
+			if ref.Parameter != "host" || ref.Name != "warren-broker" || ref.Key != "keda-host" {
 				t.Errorf("TriggerAuthentication = %+v, want host from the broker Secret", ref)
+			}
+			sec := find[*corev1.Secret](t, r, "warren-broker")
+			if got, want := string(sec.Data["keda-host"]), "amqp://warren:secret@rabbitmq.messaging.svc:5672/"; got != want {
+				t.Errorf("Secret keda-host = %q, want %q", got, want)
 			}
 		}},
 		{give: "hpa", check: func(t *testing.T, r *rendered) {
@@ -382,6 +386,36 @@ func TestScenarios(t *testing.T) {
 			s := scenario{name: tt.give, file: filepath.Join(chartDir, "ci", tt.give+"-values.yaml")}
 			tt.check(t, mustRender(t, s))
 		})
+	}
+}
+
+// TestKedaHost checks the one URL KEDA reads, from several nodes or from
+// an existing Secret.
+func TestKedaHost(t *testing.T) {
+	tests := []struct {
+		give    []string
+		wantKey string
+		wantURL string // under wantKey in the chart's Secret; empty: not checked
+	}{
+		{
+			give:    []string{"broker.url=amqp://u:p@node-0:5672/\\, amqp://u:p@node-1:5672/"},
+			wantKey: "keda-host", wantURL: "amqp://u:p@node-0:5672/",
+		},
+		{give: []string{"broker.url=", "broker.existingSecret=mine", "broker.existingSecretKey=amqp"}, wantKey: "amqp"},
+		{give: []string{"keda.hostKey=one-node"}, wantKey: "one-node"},
+	}
+	for _, tt := range tests {
+		r := mustRender(t, scenario{name: "two-values"}, append([]string{"keda.enabled=true"}, tt.give...)...)
+		ta := find[*kedav1alpha1.TriggerAuthentication](t, r, "warren")
+		if got := ta.Spec.SecretTargetRef[0].Key; got != tt.wantKey {
+			t.Errorf("with %v KEDA reads key %q, want %q", tt.give, got, tt.wantKey)
+		}
+		if tt.wantURL != "" {
+			sec := find[*corev1.Secret](t, r, "warren-broker")
+			if got := string(sec.Data[tt.wantKey]); got != tt.wantURL {
+				t.Errorf("with %v Secret %s = %q, want %q", tt.give, tt.wantKey, got, tt.wantURL)
+			}
+		}
 	}
 }
 
@@ -471,6 +505,37 @@ func TestValuesRejected(t *testing.T) {
 // TestValuesDocumented checks that every key of values.yaml has a comment
 // starting with its dotted name, or sits in a block whose comment does.
 func TestValuesDocumented(t *testing.T) {
+	documentedValues(t)
+}
+
+// TestReadmeValues checks that the chart's README has a row for every
+// documented key of values.yaml, and none for a key that is gone.
+func TestReadmeValues(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `([A-Za-z0-9.]+)` \\|").FindAllStringSubmatch(string(b), -1) {
+		rows[m[1]] = true
+	}
+	keys := documentedValues(t)
+	for _, k := range keys {
+		if !rows[k] {
+			t.Errorf("charts/warren/README.md has no row for %s", k)
+		}
+		delete(rows, k)
+	}
+	for k := range rows {
+		t.Errorf("charts/warren/README.md has a row for %s, which values.yaml lacks", k)
+	}
+}
+
+// documentedValues checks the comments of values.yaml and returns the keys
+// documented one by one.
+func documentedValues(t *testing.T) []string {
+	t.Helper()
+	var keys []string
 	b, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
 	if err != nil {
 		t.Fatal(err)
@@ -495,14 +560,16 @@ func TestValuesDocumented(t *testing.T) {
 		}
 		isBlock := i+1 < len(lines) && strings.TrimSpace(line) == m[2]+":" && strings.HasPrefix(lines[i+1], m[1]+"  ")
 		switch {
+		case depth > 0 && inFreeForm(path):
 		case len(comment) > 0 && strings.HasPrefix(comment[0], "# "+name+" "):
+			keys = append(keys, name)
 		case isBlock:
 			// A block such as image: or queue: is documented key by key.
-		case depth > 0 && inFreeForm(path):
 		default:
 			t.Errorf("values.yaml:%d: %s has no comment starting with %q", i+1, name, "# "+name)
 		}
 	}
+	return keys
 }
 
 // inFreeForm reports keys inside a default given as a Kubernetes object

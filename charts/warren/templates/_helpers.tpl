@@ -91,6 +91,19 @@ url
 {{- end }}
 
 {{/*
+The key of the broker Secret that KEDA reads the URL from.
+*/}}
+{{- define "warren.kedaHostKey" -}}
+{{- if .Values.keda.hostKey }}
+{{- .Values.keda.hostKey }}
+{{- else if .Values.broker.existingSecret }}
+{{- .Values.broker.existingSecretKey }}
+{{- else -}}
+keda-host
+{{- end }}
+{{- end }}
+
+{{/*
 The name of the metrics Service, which is also the Prometheus job label the
 ServiceMonitor gives the series.
 */}}
