@@ -163,7 +163,7 @@ func TestContractVariables(t *testing.T) {
 // pendingVariables are part of the contract while warren's retry and
 // dead-letter change lands; a binary without them warns "unknown variable
 // ignored" and runs.
-var pendingVariables = []string{"WARREN_RETRY_DELAYS", "WARREN_MAX_ATTEMPTS", "WARREN_DELIVERY_LIMIT"}
+var pendingVariables = []string{"WARREN_RETRY_DELAYS", "WARREN_MAX_ATTEMPTS", "WARREN_DELIVERY_LIMIT", "WARREN_EXEC_ENV"}
 
 // contractVariables runs `warren help` and returns the variables it lists.
 func contractVariables(t *testing.T) map[string]bool {
@@ -249,8 +249,16 @@ func TestScenarios(t *testing.T) {
 			d := find[*appsv1.Deployment](t, r, "warren")
 			c := warrenContainer(t, d)
 			env := envMap(c)
-			if env["WARREN_EXEC_COMMAND"].Value != "python3 /app/handle.py" || env["WARREN_EXEC_DEAD_EXIT_CODES"].Value != "3,4" {
-				t.Errorf("exec env = %v %v", env["WARREN_EXEC_COMMAND"], env["WARREN_EXEC_DEAD_EXIT_CODES"])
+			for name, want := range map[string]string{
+				"WARREN_HANDLER":              "exec",
+				"WARREN_EXEC_COMMAND":         "python3 /app/handle.py",
+				"WARREN_EXEC_DEAD_EXIT_CODES": "3,4",
+				"WARREN_EXEC_ENV":             "THUMBNAIL_SIZE",
+				"THUMBNAIL_SIZE":              "256",
+			} {
+				if got := env[name].Value; got != want {
+					t.Errorf("%s = %q, want %q", name, got, want)
+				}
 			}
 			if c.Image != "ghcr.io/example/thumbnailer:2.0.1" {
 				t.Errorf("image = %q, want the derived image", c.Image)
@@ -488,6 +496,7 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"tls.enabled=true"}, want: "tls.enabled needs tls.existingSecret"},
 		{give: []string{"tls.certKey=tls.crt"}, want: "set tls.certKey and tls.keyKey together"},
 		{give: []string{"keda.enabled=true", "autoscaling.enabled=true"}, want: "choose one"},
+		{give: []string{"handler.execEnv={WARREN_AMQP_URL_FILE}"}, want: "/handler/execEnv/0"},
 	}
 	for _, tt := range tests {
 		_, err := render(t, scenario{name: "two-values"}.values(t, tt.give...), "default")

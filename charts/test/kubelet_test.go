@@ -54,7 +54,8 @@ func TestKubeletContract(t *testing.T) {
 			scenario: ciScenario("exec"),
 			// The image's python3 script is the user's; the shell is enough
 			// to see warren run the command and ack on exit 0.
-			sets: []string{`handler.execCommand=test -n "$WARREN_MESSAGE_ID" && cat >/dev/null`},
+			// THUMBNAIL_SIZE comes from extraEnv through handler.execEnv.
+			sets: []string{`handler.execCommand=test -n "$WARREN_MESSAGE_ID" && test "$THUMBNAIL_SIZE" = 256 && cat >/dev/null`},
 		},
 		{name: "http-sidecar", scenario: ciScenario("http-sidecar"), http: true},
 		{name: "quorum-retry", scenario: ciScenario("quorum-retry"), publish: []string{"-routing-key", "payment.created"}},
