@@ -31,7 +31,7 @@ CHART_TEST := charts/test
 IMAGE    ?= ghcr.io/warren-mq/warren
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: help build broker run test chart-test lint tidy-check image clean
+.PHONY: help build broker run test chart-test bench lint tidy-check image clean
 
 help: ## show this help
 	@echo 'Usage: make <target>   (VERSION=$(VERSION))'
@@ -55,6 +55,14 @@ test: ## bring the broker up, then go test -race ./... against WARREN_TEST_AMQP_
 chart-test: ## the chart's tests only: lint, render, install into a local kube-apiserver, run as the kubelet would
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && $(GO) test -race -count=1 -p 2 -timeout 30m ./...
+
+bench: build ## measure warren against reference consumers on the local broker; prints the table
+	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
+	@command -v amqp-consume >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q amqp-tools >/dev/null; } || \
+		echo 'amqp-consume (Debian amqp-tools) missing: the exec comparison is skipped'
+	$(GO) run ./cmd/warren-bench -warren $(BIN) $(BENCHFLAGS)
+	$(GO) test -run '^$$' -bench BenchmarkDrain -benchtime 100000x ./worker/
 
 lint: ## fail if gofmt would change a .go file, then go vet (the daemon and the chart's tests)
 	@echo '$(GOFMT) -l <git ls-files *.go>'

@@ -7,14 +7,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/internal/brokertest"
 )
@@ -574,4 +579,101 @@ func TestDeliveryLimitEndsCrashLoop(t *testing.T) {
 		t.Errorf("warren dead list = %d:\n%s\nwant the crashing message, dead-lettered by the delivery limit", code, out)
 	}
 	t.Logf("%d crashes before the broker gave up on the message", crashes)
+}
+
+// plainBinary is warren built without the race detector, whose shadow
+// memory would swamp a memory measurement.
+var (
+	plainBinaryOnce sync.Once
+	plainBinary     string
+	plainBinaryErr  error
+)
+
+func buildPlain(t *testing.T) string {
+	t.Helper()
+	plainBinaryOnce.Do(func() {
+		plainBinary = filepath.Join(filepath.Dir(binary), "warren-norace")
+		out, err := exec.Command("go", "build", "-o", plainBinary, ".").CombinedOutput()
+		if err != nil {
+			plainBinaryErr = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if plainBinaryErr != nil {
+		t.Fatalf("build warren: %v", plainBinaryErr)
+	}
+	return plainBinary
+}
+
+// rss returns the resident memory of a process, in bytes.
+func rss(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("read process status: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc status")
+	return 0
+}
+
+func TestMemoryBoundedBySlowHandler(t *testing.T) {
+	q := brokertest.Queue(t)
+	// A handler far slower than the queue: 4 at a time, 50 ms each.
+	var handled atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		time.Sleep(50 * time.Millisecond)
+		handled.Add(1)
+	}))
+	defer srv.Close()
+	brokertest.DeclareQueue(t, q, amqp.Table{amqp.QueueTypeArg: "classic"})
+	body := strings.Repeat("k", 1024)
+	bodies := make([]string, 20_000)
+	for i := range bodies {
+		bodies[i] = fmt.Sprintf("%05d%s", i, body[5:])
+	}
+	brokertest.Publish(t, q, bodies...)
+
+	binary := buildPlain(t)
+	addr := freeAddr(t)
+	cmd := exec.Command(binary)
+	cmd.Env = append(baseEnv(), brokerEnv(q)...)
+	cmd.Env = append(cmd.Env, "WARREN_HEALTH_ADDR="+addr, "WARREN_HANDLER=http", "WARREN_HTTP_URL="+srv.URL,
+		"WARREN_PREFETCH=1000", "WARREN_CONCURRENCY=4", "WARREN_LOG_LEVEL=warn")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	brokertest.WaitFor(t, 20*time.Second, "handling under way", func() bool { return handled.Load() > 20 })
+	// Sample for a few seconds, while 1000 messages sit prefetched and
+	// thousands more wait in the queue.
+	var peak, early int64
+	for i := 0; i < 40; i++ {
+		r := rss(t, cmd.Process.Pid)
+		peak = max(peak, r)
+		if i == 10 {
+			early = r
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	last := rss(t, cmd.Process.Pid)
+	t.Logf("RSS: %.1f MiB after 1 s, %.1f MiB after 4 s, peak %.1f MiB; %d handled",
+		float64(early)/(1<<20), float64(last)/(1<<20), float64(peak)/(1<<20), handled.Load())
+	if peak > 64<<20 {
+		t.Errorf("peak RSS %.1f MiB at prefetch 1000 with 1 KiB messages, want under 64 MiB", float64(peak)/(1<<20))
+	}
+	if last > early+8<<20 {
+		t.Errorf("RSS grew from %.1f to %.1f MiB with a handler slower than the queue, want it flat", float64(early)/(1<<20), float64(last)/(1<<20))
+	}
+	if n := brokertest.Ready(t, q); n < 10_000 {
+		t.Errorf("only %d messages left waiting in the queue: the test did not hold the handler slower than the queue", n)
+	}
 }

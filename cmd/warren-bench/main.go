@@ -1,0 +1,50 @@
+// Command warren-bench measures warren against reference consumers on the
+// local broker and prints one table ("make bench").
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/warren-mq/warren/internal/bench"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	binary := flag.String("warren", "bin/warren", "the warren binary to measure")
+	n := flag.Int("n", 100_000, "messages per drain")
+	quick := flag.Bool("quick", false, "a short run, to check that the benchmark works")
+	types := flag.String("queue-types", "classic,quorum", "queue types to drain")
+	verbose := flag.Bool("v", false, "log each run")
+	flag.Parse()
+
+	url := os.Getenv("WARREN_TEST_AMQP_URL")
+	if url == "" {
+		url = "amqp://guest:guest@localhost:5672/"
+	}
+	e := bench.Env{URL: url, Binary: *binary}
+	if *verbose {
+		e.Log = os.Stderr
+	}
+	o := bench.Options{Messages: *n, Tutorial: *n / 5, Handler: *n / 5, ExecN: 2000, QueueTypes: strings.Split(*types, ",")}
+	if *quick {
+		o = bench.Options{Messages: 5000, Tutorial: 1000, Handler: 2000, ExecN: 200, QueueTypes: o.QueueTypes}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	fmt.Printf("warren-bench %s: %d CPUs, %s, %d messages of 100 B per drain\n\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), o.Messages)
+	if err := bench.Run(ctx, e, o, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "warren-bench:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,483 @@
+// Package bench measures warren against reference consumers on the same
+// broker in the same run: drain rates, latency, the HTTP and exec handlers,
+// publishing, and warren's peak memory.
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Env is what every scenario needs.
+type Env struct {
+	URL    string // the broker
+	Binary string // the warren binary
+	Log    io.Writer
+}
+
+// Result is one measured run.
+type Result struct {
+	Rate     float64       // messages per second
+	Duration time.Duration // the whole run
+	PeakRSS  int64         // bytes; 0 when not measured
+}
+
+func (e Env) logf(format string, args ...any) {
+	if e.Log != nil {
+		fmt.Fprintf(e.Log, format+"\n", args...)
+	}
+}
+
+func queueName(prefix string) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("warren-bench.%s.%x", prefix, b)
+}
+
+// Fill declares a durable queue of type qt named after prefix and publishes
+// n persistent messages of size bytes to it, confirmed.
+func (e Env) Fill(prefix, qt string, n, size int) (string, error) {
+	q := queueName(prefix)
+	conn, err := amqp.Dial(e.URL)
+	if err != nil {
+		return "", fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return "", fmt.Errorf("open channel: %w", err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{amqp.QueueTypeArg: qt}); err != nil {
+		return "", fmt.Errorf("declare %q: %w", q, err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		return "", fmt.Errorf("confirm mode: %w", err)
+	}
+	body := make([]byte, size)
+	for i := range body {
+		body[i] = 'a' + byte(i%26)
+	}
+	const window = 1000
+	pending := make([]*amqp.DeferredConfirmation, 0, window)
+	for i := 0; i < n; i++ {
+		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body})
+		if err != nil {
+			return "", fmt.Errorf("publish: %w", err)
+		}
+		pending = append(pending, dc)
+		if len(pending) == window {
+			if !pending[len(pending)-1].Wait() {
+				return "", errors.New("publish not confirmed")
+			}
+			pending = pending[:0]
+		}
+	}
+	for _, dc := range pending {
+		if !dc.Wait() {
+			return "", errors.New("publish not confirmed")
+		}
+	}
+	return q, nil
+}
+
+// Delete deletes the queues.
+func (e Env) Delete(queues ...string) {
+	conn, err := amqp.Dial(e.URL)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	for _, q := range queues {
+		if ch, err := conn.Channel(); err == nil {
+			_, _ = ch.QueueDelete(q, false, false, false)
+			ch.Close()
+		}
+	}
+}
+
+// PlainDrain consumes n messages from q as a plain amqp091-go consumer:
+// prefetch, and an ack with multiple=true every ackEvery messages.
+func (e Env) PlainDrain(q string, n, prefetch, ackEvery int) (Result, error) {
+	conn, err := amqp.Dial(e.URL)
+	if err != nil {
+		return Result{}, fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return Result{}, fmt.Errorf("open channel: %w", err)
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		return Result{}, fmt.Errorf("qos: %w", err)
+	}
+	start := time.Now()
+	ds, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		return Result{}, fmt.Errorf("consume: %w", err)
+	}
+	got := 0
+	for d := range ds {
+		got++
+		if got%ackEvery == 0 || got == n {
+			if err := d.Ack(true); err != nil {
+				return Result{}, fmt.Errorf("ack: %w", err)
+			}
+		}
+		if got == n {
+			break
+		}
+	}
+	took := time.Since(start)
+	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, nil
+}
+
+// Warren runs the warren binary with env until it has settled n messages
+// (warren_messages_total), and measures the rate from the moment it was
+// ready, and its peak resident memory.
+func (e Env) Warren(env []string, n int) (Result, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return Result{}, err
+	}
+	cmd := exec.Command(e.Binary)
+	cmd.Env = append(append(os.Environ(), "WARREN_AMQP_URL="+e.URL, "WARREN_HEALTH_ADDR="+addr, "WARREN_LOG_LEVEL=warn"), env...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return Result{}, fmt.Errorf("start warren: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	base := "http://" + addr
+	deadline := time.Now().Add(10 * time.Minute)
+	var start time.Time
+	var startCount float64
+	for {
+		if time.Now().After(deadline) {
+			stop()
+			return Result{}, errors.New("warren did not finish in 10 minutes")
+		}
+		select {
+		case err := <-exited:
+			return Result{}, fmt.Errorf("warren exited: %v", err)
+		default:
+		}
+		if start.IsZero() {
+			if resp, err := http.Get(base + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					start = time.Now()
+					startCount, _ = settled(base)
+				}
+			}
+		} else if c, err := settled(base); err == nil && c >= float64(n) {
+			took := time.Since(start)
+			rss := peakRSS(cmd.Process.Pid)
+			stop()
+			return Result{Rate: (float64(n) - startCount) / took.Seconds(), Duration: took, PeakRSS: rss}, nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// settled returns the messages warren has settled, from its metrics.
+func settled(base string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "warren_messages_total{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			sum += v
+		}
+	}
+	return sum, sc.Err()
+}
+
+// peakRSS reads a process's peak resident set size.
+func peakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			f := strings.Fields(line)
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// HTTPServer is a local endpoint that answers 204 at once and counts, and
+// when the request carries X-Warren-Header-X-Sent (Unix nanoseconds),
+// records the latency since.
+type HTTPServer struct {
+	URL   string
+	count atomic.Int64
+	mu    sync.Mutex
+	lat   []time.Duration
+	srv   *http.Server
+	done  chan struct{}
+}
+
+// StartHTTP starts an HTTPServer; Close stops it.
+func StartHTTP() (*HTTPServer, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	s := &HTTPServer{URL: "http://" + ln.Addr().String() + "/", done: make(chan struct{})}
+	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		defer close(s.done)
+		_ = s.srv.Serve(ln)
+	}()
+	return s, nil
+}
+
+func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	_, _ = io.Copy(io.Discard, r.Body)
+	if v := r.Header.Get("X-Warren-Header-X-Sent"); v != "" {
+		if ns, err := strconv.ParseInt(v, 10, 64); err == nil {
+			d := time.Since(time.Unix(0, ns))
+			s.mu.Lock()
+			s.lat = append(s.lat, d)
+			s.mu.Unlock()
+		}
+	}
+	s.count.Add(1)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// Close stops the server.
+func (s *HTTPServer) Close() {
+	_ = s.srv.Close()
+	<-s.done
+}
+
+// Latencies returns and clears the latencies recorded.
+func (s *HTTPServer) Latencies() []time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.lat
+	s.lat = nil
+	return l
+}
+
+// BareHTTP posts n bodies of size bytes to url from concurrency goroutines
+// with one keep-alive client: what the HTTP handler is compared with.
+func BareHTTP(url string, n, size, concurrency int) (Result, error) {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = concurrency
+	client := &http.Client{Transport: t}
+	body := make([]byte, size)
+	var next atomic.Int64
+	var firstErr error
+	var once sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(n) {
+				resp, err := client.Post(url, "application/octet-stream", bytes.NewReader(body))
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, firstErr
+}
+
+// AMQPConsume drains n messages from q with Debian's amqp-consume running
+// command per message.
+func (e Env) AMQPConsume(q string, n int, command string) (Result, error) {
+	u, err := amqp.ParseURI(e.URL)
+	if err != nil {
+		return Result{}, err
+	}
+	// amqp-consume: no trailing slash (it would name the empty vhost).
+	url := fmt.Sprintf("amqp://%s:%s@%s:%d", u.Username, u.Password, u.Host, u.Port)
+	start := time.Now()
+	cmd := exec.Command("amqp-consume", "--url="+url, "-q", q, "-c", strconv.Itoa(n), "--", "/bin/sh", "-c", command)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Result{}, fmt.Errorf("amqp-consume: %w: %s", err, out)
+	}
+	took := time.Since(start)
+	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, nil
+}
+
+// Publish runs warren publish -count n and times it.
+func (e Env) Publish(q string, n int) (Result, error) {
+	start := time.Now()
+	cmd := exec.Command(e.Binary, "publish", "-count", strconv.Itoa(n), strings.Repeat("x", 100))
+	cmd.Env = append(os.Environ(), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q, "WARREN_RETRY_DELAYS=", "WARREN_LOG_LEVEL=warn")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return Result{}, fmt.Errorf("warren publish: %w: %s", err, out)
+	}
+	took := time.Since(start)
+	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, nil
+}
+
+// Paced publishes n messages to q at rate messages per second, each with
+// an x-sent header holding the time it was sent.
+func (e Env) Paced(ctx context.Context, q string, rate, n int) error {
+	conn, err := amqp.Dial(e.URL)
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		// Each message at its time: a ticker would drop ticks when late.
+		if wait := time.Until(start.Add(time.Duration(i) * time.Second / time.Duration(rate))); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+		err := ch.Publish("", q, false, false, amqp.Publishing{
+			DeliveryMode: amqp.Persistent,
+			Headers:      amqp.Table{"x-sent": strconv.FormatInt(time.Now().UnixNano(), 10)},
+			Body:         make([]byte, 100),
+		})
+		if err != nil {
+			return fmt.Errorf("publish: %w", err)
+		}
+	}
+	return nil
+}
+
+// PlainLatency consumes n messages from q like PlainDrain's consumer, acking
+// each, and records the latency from each message's x-sent header.
+func (e Env) PlainLatency(ctx context.Context, q string, prefetch, n int) ([]time.Duration, error) {
+	conn, err := amqp.Dial(e.URL)
+	if err != nil {
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		return nil, err
+	}
+	ds, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		return nil, err
+	}
+	var lat []time.Duration
+	for {
+		select {
+		case <-ctx.Done():
+			return lat, nil
+		case d, ok := <-ds:
+			if !ok {
+				return lat, nil
+			}
+			if v, ok := d.Headers["x-sent"].(string); ok {
+				if ns, err := strconv.ParseInt(v, 10, 64); err == nil {
+					lat = append(lat, time.Since(time.Unix(0, ns)))
+				}
+			}
+			_ = d.Ack(false)
+			if len(lat) == n {
+				return lat, nil
+			}
+		}
+	}
+}
+
+// Percentile returns the p-th percentile of ds (p in 0..100).
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(float64(len(s)-1) * p / 100)
+	return s[i]
+}
+
+// Median returns the median rate of rs.
+func Median(rs []Result) float64 {
+	if len(rs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = r.Rate
+	}
+	sort.Float64s(v)
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+// MaxRSS returns the highest peak RSS of rs.
+func MaxRSS(rs []Result) int64 {
+	var m int64
+	for _, r := range rs {
+		m = max(m, r.PeakRSS)
+	}
+	return m
+}
