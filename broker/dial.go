@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -29,8 +30,19 @@ const handshakeTimeout = 15 * time.Second
 type Dialer struct {
 	// URLs are the nodes of one cluster, amqp:// or amqps://.
 	URLs []string
-	// TLS configures amqps:// connections; nil means the system roots.
+	// URLFile, if set, names a file holding the URLs, comma-separated (a
+	// mounted Secret). It wins over URLs and is read again on every Dial,
+	// so that a rotated password takes effect at the next reconnect,
+	// without a restart.
+	URLFile string
+	// TLS configures amqps:// connections; nil means the system roots. It
+	// is cloned for each connection, and its ServerName, if empty, set
+	// from the host of the URL dialled.
 	TLS *tls.Config
+	// TLSFiles, if set, wins over TLS: the files are read again on every
+	// Dial, so that a renewed certificate takes effect at the next
+	// reconnect.
+	TLSFiles *TLSFiles
 	// Heartbeat is the AMQP heartbeat interval; 0 means DefaultHeartbeat.
 	Heartbeat time.Duration
 	// Name is shown as the connection name in the management UI and
@@ -45,22 +57,41 @@ type Dialer struct {
 // Dial connects to one node, trying each node at most once. The error names
 // the nodes by their redacted URL, never with a password.
 func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
-	if len(d.URLs) == 0 {
+	urls := d.URLs
+	if d.URLFile != "" {
+		b, err := os.ReadFile(d.URLFile)
+		if err != nil {
+			return nil, "", fmt.Errorf("dial: read the URL file: %w", err)
+		}
+		urls = ParseURLs(string(b))
+	}
+	if len(urls) == 0 {
 		return nil, "", fmt.Errorf("dial: no broker URL")
+	}
+	var tlsConfig *tls.Config
+	if d.TLSFiles != nil {
+		c, err := d.TLSFiles.Load()
+		if err != nil {
+			return nil, "", fmt.Errorf("dial: %w", err)
+		}
+		tlsConfig = c
+	} else if d.TLS != nil {
+		tlsConfig = d.TLS
 	}
 	d.mu.Lock()
 	if !d.started {
-		d.next = rand.IntN(len(d.URLs))
+		d.next = rand.IntN(len(urls))
 		d.started = true
 	}
-	start := d.next
+	// The list may have changed since the last dial.
+	start := d.next % len(urls)
 	d.mu.Unlock()
 
 	var errs []error
-	for i := range d.URLs {
-		idx := (start + i) % len(d.URLs)
-		u := d.URLs[idx]
-		conn, err := d.dialOne(ctx, u)
+	for i := range urls {
+		idx := (start + i) % len(urls)
+		u := urls[idx]
+		conn, err := d.dialOne(ctx, u, tlsConfig)
 		if err == nil {
 			d.mu.Lock()
 			// Stay on this node for the next dial; a failure moves on.
@@ -74,7 +105,7 @@ func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
 		}
 	}
 	d.mu.Lock()
-	d.next = (start + 1) % len(d.URLs)
+	d.next = (start + 1) % len(urls)
 	d.mu.Unlock()
 	if len(errs) == 1 {
 		return nil, "", fmt.Errorf("dial %w", errs[0])
@@ -82,7 +113,17 @@ func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
 	return nil, "", fmt.Errorf("dial: every node failed: %w", joinErrors(errs))
 }
 
-func (d *Dialer) dialOne(ctx context.Context, rawURL string) (*amqp.Connection, error) {
+func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Config) (*amqp.Connection, error) {
+	if tlsConfig != nil {
+		// amqp091-go writes the URL's host into an empty ServerName of the
+		// configuration it is given: on a shared one, the first node's
+		// name would then be checked against every other node's
+		// certificate.
+		tlsConfig = tlsConfig.Clone()
+		if uri, err := amqp.ParseURI(rawURL); err == nil && tlsConfig.ServerName == "" {
+			tlsConfig.ServerName = uri.Host
+		}
+	}
 	hb := d.Heartbeat
 	if hb <= 0 {
 		hb = DefaultHeartbeat
@@ -95,7 +136,7 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string) (*amqp.Connection, 
 		Heartbeat:       hb,
 		Locale:          "en_US",
 		Properties:      props,
-		TLSClientConfig: d.TLS,
+		TLSClientConfig: tlsConfig,
 		Dial: func(network, addr string) (net.Conn, error) {
 			dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
@@ -114,7 +155,7 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string) (*amqp.Connection, 
 	}
 	conn, err := amqp.DialConfig(rawURL, cfg)
 	if err != nil {
-		return nil, scrub(err, rawURL)
+		return nil, scrub(explainDial(err), rawURL)
 	}
 	return conn, nil
 }

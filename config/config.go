@@ -4,7 +4,6 @@ package config
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +59,9 @@ type Config struct {
 	Exec struct {
 		Command       string `desc:"exec handler: command run with /bin/sh -c per message, body on stdin"`
 		DeadExitCodes []int  `split_words:"true" desc:"exec handler: exit codes that mean dead, not retry"`
+		// Env names the variables of warren's environment passed on to the
+		// command, beyond the few every program expects.
+		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
 	}
 	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages"`
 	Heartbeat       time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
@@ -117,6 +119,7 @@ var wants = map[string]string{
 	"WARREN_HTTP_URL":             "an http:// or https:// URL",
 	"WARREN_EXEC_COMMAND":         "a shell command",
 	"WARREN_EXEC_DEAD_EXIT_CODES": "exit codes from 1 to 255, comma-separated",
+	"WARREN_EXEC_ENV":             "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
 	"WARREN_SHUTDOWN_TIMEOUT":     "a duration of 0s or more, such as 25s",
 	"WARREN_HEARTBEAT":            "a duration from 1s to 10m, such as 10s",
 	"WARREN_HEALTH_ADDR":          "a listen address such as :8080 or 127.0.0.1:8080",
@@ -171,12 +174,10 @@ func (c *Config) resolve() error {
 	for i, k := range c.BindingKeys {
 		c.BindingKeys[i] = strings.TrimSpace(k)
 	}
-	c.URLs = nil
-	for _, u := range strings.Split(raw, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			c.URLs = append(c.URLs, u)
-		}
+	for i, k := range c.Exec.Env {
+		c.Exec.Env[i] = strings.TrimSpace(k)
 	}
+	c.URLs = broker.ParseURLs(raw)
 	tlsConfig, err := c.loadTLS()
 	if err != nil {
 		return err
@@ -256,6 +257,11 @@ func (c *Config) Validate() error {
 			return bad("WARREN_EXEC_DEAD_EXIT_CODES", strings.Join(codes, ","))
 		}
 	}
+	for _, name := range c.Exec.Env {
+		if !envName(name) || strings.HasPrefix(name, Prefix+"_") {
+			return bad("WARREN_EXEC_ENV", strings.Join(c.Exec.Env, ","))
+		}
+	}
 	switch c.Handler {
 	case HandlerLog, HandlerNoop:
 	case HandlerHTTP:
@@ -285,6 +291,23 @@ func redactURL(u string) string {
 	return broker.Redact(u)
 }
 
+// envName reports whether s can name an environment variable that a
+// shell sees: a letter or underscore, then letters, digits, underscores.
+func envName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r == '_', r >= 'A' && r <= 'Z', r >= 'a' && r <= 'z':
+		case r >= '0' && r <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 func validAddr(addr string) bool {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -299,12 +322,8 @@ func validAddr(addr string) bool {
 func (c *Config) loadTLS() (*tls.Config, error) {
 	t := &tls.Config{MinVersion: tls.VersionTLS12}
 	if c.TLS.CAFile != "" {
-		pem, err := os.ReadFile(c.TLS.CAFile)
+		pool, err := broker.LoadCA(c.TLS.CAFile)
 		if err != nil {
-			return nil, bad("WARREN_TLS_CA_FILE", c.TLS.CAFile)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
 			return nil, bad("WARREN_TLS_CA_FILE", c.TLS.CAFile)
 		}
 		t.RootCAs = pool
@@ -316,13 +335,22 @@ func (c *Config) loadTLS() (*tls.Config, error) {
 	case c.TLS.KeyFile == "":
 		return nil, &Error{Var: "WARREN_TLS_KEY_FILE", Unset: true, Want: wants["WARREN_TLS_KEY_FILE"]}
 	default:
-		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
+		cert, err := broker.LoadKeyPair(c.TLS.CertFile, c.TLS.KeyFile)
 		if err != nil {
 			return nil, bad("WARREN_TLS_CERT_FILE", c.TLS.CertFile)
 		}
 		t.Certificates = []tls.Certificate{cert}
 	}
 	return t, nil
+}
+
+// TLSFiles returns the TLS files to read again on every connection, or nil
+// when none is set (the system roots, no client certificate).
+func (c *Config) TLSFiles() *broker.TLSFiles {
+	if c.TLS.CAFile == "" && c.TLS.CertFile == "" && c.TLS.KeyFile == "" {
+		return nil
+	}
+	return &broker.TLSFiles{CA: c.TLS.CAFile, Cert: c.TLS.CertFile, Key: c.TLS.KeyFile}
 }
 
 // Topology returns the queue and bindings the configuration names.

@@ -11,15 +11,19 @@ import (
 	"encoding/pem"
 	"errors"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/broker"
 )
 
 // unsetenv removes name from the environment until the test ends. Unlike
@@ -135,6 +139,12 @@ func TestLoadDefaults(t *testing.T) {
 	if c.TLSConfig.RootCAs != nil || len(c.TLSConfig.Certificates) != 0 {
 		t.Errorf("Load().TLSConfig = %+v, want no CA and no client certificate without the TLS files", c.TLSConfig)
 	}
+	if f := c.TLSFiles(); f != nil {
+		t.Errorf("Load().TLSFiles() = %+v, want nil without the TLS files", f)
+	}
+	if len(c.Exec.Env) != 0 {
+		t.Errorf("Load().Exec.Env = %q, want nothing passed on by default", c.Exec.Env)
+	}
 	if topo := c.Topology(); topo.Queue != "q" || !topo.Declare || topo.QueueType != "classic" {
 		t.Errorf("Topology() = %+v, want queue q, classic, declared", topo)
 	}
@@ -192,6 +202,25 @@ func TestLoad(t *testing.T) {
 			check: func(t *testing.T, c *Config) {
 				if c.Exec.Command != "./run" || !slices.Equal(c.Exec.DeadExitCodes, []int{3, 75}) {
 					t.Errorf("Exec = %+v, want ./run with dead codes [3 75]", c.Exec)
+				}
+			},
+		},
+		{
+			name: "exec environment passed on",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HANDLER": "exec", "WARREN_EXEC_COMMAND": "./run", "WARREN_EXEC_ENV": "API_TOKEN, _x,PYTHONPATH"},
+			check: func(t *testing.T, c *Config) {
+				if want := []string{"API_TOKEN", "_x", "PYTHONPATH"}; !slices.Equal(c.Exec.Env, want) {
+					t.Errorf("Exec.Env = %q, want %q", c.Exec.Env, want)
+				}
+			},
+		},
+		{
+			name: "tls files kept to be read again",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_TLS_CA_FILE": caFile, "WARREN_TLS_CERT_FILE": caFile, "WARREN_TLS_KEY_FILE": keyFile},
+			check: func(t *testing.T, c *Config) {
+				want := broker.TLSFiles{CA: caFile, Cert: caFile, Key: keyFile}
+				if got := c.TLSFiles(); got == nil || *got != want {
+					t.Errorf("TLSFiles() = %+v, want %+v", got, want)
 				}
 			},
 		},
@@ -307,6 +336,10 @@ func TestLoadErrors(t *testing.T) {
 		{"log format", with("WARREN_LOG_FORMAT", "text"), `WARREN_LOG_FORMAT="text": want json or console`},
 		{"dead exit code 0", with("WARREN_EXEC_DEAD_EXIT_CODES", "0"), `WARREN_EXEC_DEAD_EXIT_CODES="0": want exit codes from 1 to 255, comma-separated`},
 		{"dead exit code 300", with("WARREN_EXEC_DEAD_EXIT_CODES", "3,300"), `WARREN_EXEC_DEAD_EXIT_CODES="3,300": want exit codes from 1 to 255, comma-separated`},
+		{"exec env of warren's own", with("WARREN_EXEC_ENV", "HOME2,WARREN_AMQP_URL"), `WARREN_EXEC_ENV="HOME2,WARREN_AMQP_URL": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},
+		{"exec env not a name", with("WARREN_EXEC_ENV", "A=B"), `WARREN_EXEC_ENV="A=B": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},
+		{"exec env starts with a digit", with("WARREN_EXEC_ENV", "1X"), `WARREN_EXEC_ENV="1X": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},
+		{"exec env empty name", with("WARREN_EXEC_ENV", "A,,B"), `WARREN_EXEC_ENV="A,,B": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},
 		{"dead exit code x", with("WARREN_EXEC_DEAD_EXIT_CODES", "x"), `WARREN_EXEC_DEAD_EXIT_CODES="x": want exit codes from 1 to 255, comma-separated`},
 		{"health addr without colon", with("WARREN_HEALTH_ADDR", "8080"), `WARREN_HEALTH_ADDR="8080": want a listen address such as :8080 or 127.0.0.1:8080`},
 		{"health addr bad port", with("WARREN_HEALTH_ADDR", ":http"), `WARREN_HEALTH_ADDR=":http": want a listen address such as :8080 or 127.0.0.1:8080`},
@@ -506,4 +539,73 @@ func leaks(text, pw string, env map[string]string) bool {
 		return false
 	}
 	return strings.Contains(text, pw)
+}
+
+// FuzzLoadLists feeds arbitrary values to the list and number variables
+// that FuzzLoad leaves alone. Load must not panic, and must either return
+// a configuration within every limit or an *Error naming a variable.
+func FuzzLoadLists(f *testing.F) {
+	f.Add("1s,10s,1m", "5", "0", "classic", "", "", "10s", ":8080")
+	f.Add("", "1000", "20", "quorum", "3,75", "API_TOKEN,PYTHONPATH", "1s", "127.0.0.1:0")
+	f.Add("0s,-1s", "0", "-1", "stream", "0,256", "WARREN_AMQP_URL", "0", "8080")
+	f.Add("1ms,24h1ns", "1001", "1001", "", "x", "A=B", "10m1s", "[::1]:99999")
+	f.Add(",,", "1e3", "0x10", "Quorum", "255,,1", "1X,_", "1h", ":http")
+	clearEnv(f)
+	f.Fuzz(func(t *testing.T, delays, attempts, limit, queueType, deadCodes, execEnv, heartbeat, healthAddr string) {
+		env := map[string]string{
+			"WARREN_QUEUE":                "q",
+			"WARREN_RETRY_DELAYS":         delays,
+			"WARREN_MAX_ATTEMPTS":         attempts,
+			"WARREN_DELIVERY_LIMIT":       limit,
+			"WARREN_QUEUE_TYPE":           queueType,
+			"WARREN_EXEC_DEAD_EXIT_CODES": deadCodes,
+			"WARREN_EXEC_ENV":             execEnv,
+			"WARREN_HEARTBEAT":            heartbeat,
+			"WARREN_HEALTH_ADDR":          healthAddr,
+		}
+		for k, v := range env {
+			if strings.IndexByte(v, 0) >= 0 {
+				t.Skip("an environment variable cannot hold NUL")
+			}
+			t.Setenv(k, v)
+		}
+		c, err := Load()
+		if err != nil {
+			var cerr *Error
+			if !errors.As(err, &cerr) || !strings.HasPrefix(err.Error(), cerr.Var) || !strings.HasPrefix(cerr.Var, "WARREN_") {
+				t.Fatalf("Load() = %v (%T), want an *Error that starts with the variable's name", err, err)
+			}
+			return
+		}
+		for _, d := range c.RetryDelays {
+			if d < time.Millisecond || d > 24*time.Hour {
+				t.Fatalf("Load() accepted the retry delay %s", d)
+			}
+		}
+		for _, code := range c.Exec.DeadExitCodes {
+			if code < 1 || code > 255 {
+				t.Fatalf("Load() accepted the dead exit code %d", code)
+			}
+		}
+		for _, name := range c.Exec.Env {
+			if name == "" || strings.HasPrefix(name, "WARREN_") || strings.ContainsAny(name, "= ,") {
+				t.Fatalf("Load() accepted %q in WARREN_EXEC_ENV", name)
+			}
+		}
+		switch {
+		case c.MaxAttempts < 1 || c.MaxAttempts > 1000:
+			t.Fatalf("Load() accepted WARREN_MAX_ATTEMPTS=%d", c.MaxAttempts)
+		case c.DeliveryLimit < 0 || c.DeliveryLimit > 1000 || c.DeliveryLimit > 0 && c.QueueType != "quorum":
+			t.Fatalf("Load() accepted WARREN_DELIVERY_LIMIT=%d with %s", c.DeliveryLimit, c.QueueType)
+		case c.QueueType != "classic" && c.QueueType != "quorum":
+			t.Fatalf("Load() accepted WARREN_QUEUE_TYPE=%q", c.QueueType)
+		case c.Heartbeat < time.Second || c.Heartbeat > 10*time.Minute:
+			t.Fatalf("Load() accepted WARREN_HEARTBEAT=%s", c.Heartbeat)
+		}
+		if _, port, err := net.SplitHostPort(c.HealthAddr); err != nil {
+			t.Fatalf("Load() accepted WARREN_HEALTH_ADDR=%q: %v", c.HealthAddr, err)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			t.Fatalf("Load() accepted WARREN_HEALTH_ADDR=%q", c.HealthAddr)
+		}
+	})
 }

@@ -424,3 +424,120 @@ func TestNewDefaults(t *testing.T) {
 		t.Errorf("Addr before Listen = %v, want nil", s.Addr())
 	}
 }
+
+// TestGarbageRequests sends what no probe or scraper sends: the server
+// answers each with an error or hangs up, within its timeouts, and serves
+// the probes throughout and after.
+func TestGarbageRequests(t *testing.T) {
+	s, base := startServer(t, Config{}, func(s *Server) {
+		s.timeouts.readHeader = 500 * time.Millisecond
+		s.timeouts.read = time.Second
+	})
+	binary := make([]byte, 4096)
+	for i := range binary {
+		binary[i] = byte(i*7 + i/256)
+	}
+	tlsHello := []byte{0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03}
+	for _, tt := range []struct {
+		name string
+		give string
+		want string // start of the reply; "" for a hang-up without one
+	}{
+		{"binary", string(binary), "HTTP/1.1 400"},
+		{"tls hello", string(tlsHello), "HTTP/1.1 400"},
+		{"http2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/1.1 400"},
+		{"unknown version", "GET /livez HTTP/9.9\r\nHost: x\r\n\r\n", "HTTP/1.1 505"},
+		{"nul in method", "G\x00T /livez HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"},
+		{"nul in header", "GET /livez HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "HTTP/1.1 400"},
+		{"header too large", "GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 64<<10) + "\r\n\r\n", "HTTP/1.1 431"},
+		{"long path", "GET /" + strings.Repeat("a", 64<<10) + " HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 431"},
+		{"no host", "GET /livez HTTP/1.1\r\n\r\n", "HTTP/1.1 400"},
+		// Valid requests the server does not serve close only when asked
+		// to; otherwise they stay open until the idle timeout.
+		{"smuggling", "POST /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 405"},
+		{"bad chunk", "POST /livez HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "HTTP/1.1 405"},
+		{"body never sent", "POST /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\nabc", "HTTP/1.1 405"},
+		{"only a newline", "\r\n", ""},
+		{"connect", "CONNECT warren:443 HTTP/1.1\r\nHost: warren:443\r\nConnection: close\r\n\r\n", "HTTP/1.1 404"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			reply := rawExchange(t, s.Addr().String(), tt.give)
+			if !strings.HasPrefix(reply, tt.want) {
+				t.Errorf("reply to %.40q = %.60q, want it to start with %q", tt.give, reply, tt.want)
+			}
+			if strings.Contains(reply, "200 OK") {
+				t.Errorf("reply to %.40q served a probe: %.200q", tt.give, reply)
+			}
+			if got := do(t, http.MethodGet, base+"/livez"); got.status != http.StatusOK {
+				t.Errorf("GET /livez after %s = %d, want 200", tt.name, got.status)
+			}
+		})
+	}
+}
+
+// rawExchange writes req on a new connection and returns what the server
+// replies until it hangs up; it fails the test if the server keeps the
+// connection open past its timeouts.
+func rawExchange(t *testing.T, addr, req string) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer conn.Close()
+	// A server that answers early may reset the rest of a large write.
+	_, _ = conn.Write([]byte(req))
+	if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(conn)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("server still holds the connection after 5s; replied %.60q", b)
+	}
+	return string(b)
+}
+
+// TestSlowClientsDoNotStarveProbes holds many connections open the way
+// slow or stalled clients do; the probes are served meanwhile, and the
+// server drops the stalled ones at its header timeout.
+func TestSlowClientsDoNotStarveProbes(t *testing.T) {
+	const readHeader = 500 * time.Millisecond
+	s, base := startServer(t, Config{}, func(s *Server) { s.timeouts.readHeader = readHeader })
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for range 200 {
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Write([]byte("GET /metrics HTTP/1.1\r\nHost: x\r\n")); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	start := time.Now()
+	if got := do(t, http.MethodGet, base+"/readyz"); got.status != http.StatusOK {
+		t.Errorf("GET /readyz with 200 stalled clients = %d, want 200", got.status)
+	}
+	if d := time.Since(start); d > readHeader {
+		t.Errorf("GET /readyz with 200 stalled clients took %s, want it served at once", d)
+	}
+	for i, c := range conns {
+		if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("stalled client %d still connected after 5s", i)
+		}
+		if len(b) > 0 && !strings.HasPrefix(string(b), "HTTP/1.1 4") {
+			t.Fatalf("stalled client %d got %.60q, want nothing or a 4xx", i, b)
+		}
+	}
+}

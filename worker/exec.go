@@ -37,7 +37,8 @@ type Exec struct {
 	DeadExitCodes []int
 	// Env is the environment the command inherits, before the message's
 	// variables are added; nil means none. Pass os.Environ() filtered with
-	// ExecEnv, so that the broker URL never reaches the command.
+	// ExecEnv, so that warren's broker URL, TLS files and the rest of its
+	// environment never reach the command.
 	Env []string
 	// Logger receives the command's output.
 	Logger *zap.Logger
@@ -46,12 +47,30 @@ type Exec struct {
 	Grace time.Duration
 }
 
-// ExecEnv returns environ without the variables that hold secrets of
-// warren's own (the broker URL), for Exec.Env.
-func ExecEnv(environ []string) []string {
-	return slices.DeleteFunc(slices.Clone(environ), func(kv string) bool {
-		return strings.HasPrefix(kv, "WARREN_AMQP_URL")
-	})
+// execBaseEnv are the variables of warren's environment that every
+// command gets: what programs expect to find (the search path, the home
+// and user, the locale, the time zone, the temporary directory).
+var execBaseEnv = []string{"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR"}
+
+// ExecEnv returns the environment a command starts from, for Exec.Env:
+// from environ, PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ
+// and TMPDIR, and the variables named in pass. Anything else of warren's
+// environment stays out (it may hold secrets of other containers of the
+// pod), and so does every WARREN_* variable, even when named: warren's
+// own settings hold the broker URL and TLS files, and the command's
+// WARREN_* variables describe its message.
+func ExecEnv(environ, pass []string) []string {
+	var env []string
+	for _, kv := range environ {
+		name, _, ok := strings.Cut(kv, "=")
+		if !ok || strings.HasPrefix(name, "WARREN_") {
+			continue
+		}
+		if slices.Contains(execBaseEnv, name) || strings.HasPrefix(name, "LC_") || slices.Contains(pass, name) {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // Handle runs the command for m.

@@ -219,45 +219,76 @@ func TestExecEnvironmentWithNUL(t *testing.T) {
 }
 
 func TestExecEnv(t *testing.T) {
+	warren := []string{
+		"PATH=/bin", "HOME=/root", "LANG=C.UTF-8", "LC_ALL=C", "TZ=UTC", "TMPDIR=/tmp",
+		"WARREN_AMQP_URL=amqp://u:secret@h/", "WARREN_AMQP_URL_FILE=/run/secrets/url",
+		"WARREN_TLS_CA_FILE=/run/tls/ca.pem", "WARREN_TLS_KEY_FILE=/run/tls/key.pem", "WARREN_QUEUE=q",
+		"DATABASE_PASSWORD=hunter2", "AWS_SECRET_ACCESS_KEY=x", "KUBERNETES_SERVICE_HOST=10.0.0.1",
+		"API_TOKEN=t0ken", "MY_WARREN_AMQP_URL=x", "NOEQUALS",
+	}
+	base := []string{"PATH=/bin", "HOME=/root", "LANG=C.UTF-8", "LC_ALL=C", "TZ=UTC", "TMPDIR=/tmp"}
 	for _, tt := range []struct {
-		give []string
+		name string
+		give []string // names passed on
 		want []string
 	}{
-		{nil, nil},
-		{
-			[]string{"PATH=/bin", "WARREN_AMQP_URL=amqp://u:secret@h/", "HOME=/root", "WARREN_AMQP_URL_FILE=/run/secrets/url", "WARREN_QUEUE=q"},
-			[]string{"PATH=/bin", "HOME=/root", "WARREN_QUEUE=q"},
-		},
-		{[]string{"MY_WARREN_AMQP_URL=x", "WARREN_AMQP=x"}, []string{"MY_WARREN_AMQP_URL=x", "WARREN_AMQP=x"}},
+		{"nothing to pass", nil, base},
+		{"a name passed", []string{"API_TOKEN"}, append(slices.Clone(base), "API_TOKEN=t0ken")},
+		{"names passed in any order", []string{"MY_WARREN_AMQP_URL", "API_TOKEN"}, append(slices.Clone(base), "API_TOKEN=t0ken", "MY_WARREN_AMQP_URL=x")},
+		{"warren's own never", []string{"WARREN_AMQP_URL", "WARREN_TLS_KEY_FILE", "WARREN_QUEUE"}, base},
+		{"a missing name", []string{"ABSENT"}, base},
 	} {
-		before := slices.Clone(tt.give)
-		if got := ExecEnv(tt.give); !slices.Equal(got, tt.want) {
-			t.Errorf("ExecEnv(%q) = %q, want %q", tt.give, got, tt.want)
-		}
-		if !slices.Equal(tt.give, before) {
-			t.Errorf("ExecEnv changed its argument to %q", tt.give)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			before := slices.Clone(warren)
+			if got := ExecEnv(warren, tt.give); !slices.Equal(got, tt.want) {
+				t.Errorf("ExecEnv(warren's environment, %q) = %q, want %q", tt.give, got, tt.want)
+			}
+			if !slices.Equal(warren, before) {
+				t.Errorf("ExecEnv changed its argument to %q", warren)
+			}
+		})
+	}
+	if got := ExecEnv(nil, []string{"PATH"}); got != nil {
+		t.Errorf("ExecEnv(nil) = %q, want nil", got)
 	}
 }
 
 // TestExecSecretsDoNotReachCommand runs a command the way warren does, with
-// the broker URL in its own environment.
+// the broker URL, TLS files and another program's secret in its own
+// environment.
 func TestExecSecretsDoNotReachCommand(t *testing.T) {
 	verifyNoLeaks(t)
 	t.Setenv("WARREN_AMQP_URL", "amqp://u:s3cret@h/")
 	t.Setenv("WARREN_AMQP_URL_FILE", "/run/secrets/url")
+	t.Setenv("WARREN_TLS_KEY_FILE", "/run/tls/s3cret-key.pem")
+	t.Setenv("WARREN_EXEC_ENV", "PASSED_ON")
+	t.Setenv("PASSED_ON", "yes")
+	t.Setenv("SIDECAR_TOKEN", "s3cret-token")
 	e, _ := newExec(t, "")
-	e.Env = ExecEnv(os.Environ())
-	got := envOf(t, e, &Message{})
+	e.Env = ExecEnv(os.Environ(), []string{"PASSED_ON"})
+	got := envOf(t, e, &Message{MessageID: "m-1"})
 	for k, v := range got {
-		if strings.HasPrefix(k, "WARREN_AMQP_URL") || strings.Contains(v, "s3cret") {
-			t.Errorf("command saw %s=%q, want the broker URL kept from it", k, v)
+		if strings.Contains(v, "s3cret") || k == "SIDECAR_TOKEN" || k == "WARREN_EXEC_ENV" {
+			t.Errorf("command saw %s=%q, want it kept from the command", k, v)
+		}
+		if strings.HasPrefix(k, "WARREN_") && !strings.HasPrefix(k, "WARREN_HEADER_") && !slices.Contains(messageVars, k) {
+			t.Errorf("command saw %s=%q, want only the message's WARREN_* variables", k, v)
 		}
 	}
-	if got["PATH"] != os.Getenv("PATH") {
-		t.Errorf("command saw PATH=%q, want %q", got["PATH"], os.Getenv("PATH"))
+	for _, name := range []string{"PATH", "PASSED_ON"} {
+		if got[name] != os.Getenv(name) {
+			t.Errorf("command saw %s=%q, want %q", name, got[name], os.Getenv(name))
+		}
+	}
+	if got["WARREN_MESSAGE_ID"] != "m-1" {
+		t.Errorf("command saw WARREN_MESSAGE_ID=%q, want m-1", got["WARREN_MESSAGE_ID"])
 	}
 }
+
+// messageVars are the variables that describe a message to a command,
+// besides one WARREN_HEADER_* per header.
+var messageVars = []string{"WARREN_MESSAGE_ID", "WARREN_CORRELATION_ID", "WARREN_CONTENT_TYPE",
+	"WARREN_EXCHANGE", "WARREN_ROUTING_KEY", "WARREN_REDELIVERED", "WARREN_ATTEMPT"}
 
 // processGone reports whether pid has exited: no such process, or a
 // zombie nobody reaped yet, or the pid now belongs to another program.

@@ -119,14 +119,24 @@ func validHeaderName(s string) bool {
 
 // sanitizeHeaderValue drops the bytes an HTTP header value cannot hold:
 // the control characters but tab. net/http refuses to send a request with
-// any of them, which would fail the message on every delivery.
+// any of them, which would fail the message on every delivery. Other
+// bytes, UTF-8 or not, pass as they are (HTTP allows them as obs-text).
 func sanitizeHeaderValue(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < ' ' && r != '\t' || r == 0x7f {
-			return -1
+	clean := func(c byte) bool { return c >= ' ' && c != 0x7f || c == '\t' }
+	i := 0
+	for i < len(s) && clean(s[i]) {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	b := []byte(s[:i])
+	for ; i < len(s); i++ {
+		if clean(s[i]) {
+			b = append(b, s[i])
 		}
-		return r
-	}, s)
+	}
+	return string(b)
 }
 
 // parseRetryAfter reads a Retry-After header: seconds or an HTTP date.

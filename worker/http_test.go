@@ -303,6 +303,17 @@ func TestHTTPRequest(t *testing.T) {
 			},
 		},
 		{
+			// HTTP carries any byte from 0x80 up (obs-text); warren passes
+			// them as they are rather than turning them into U+FFFD.
+			name: "bytes not UTF-8",
+			give: &Message{Headers: amqp.Table{"x-latin1": "caf\xe9", "x-raw": []byte{'a', 0xff, 0, 'b'}}, CorrelationID: "\xc3\x28"},
+			want: map[string]string{
+				"X-Warren-Header-X-Latin1": "caf\xe9",
+				"X-Warren-Header-X-Raw":    "a\xffb",
+				"X-Warren-Correlation-Id":  "\xc3\x28",
+			},
+		},
+		{
 			name: "control characters in properties",
 			give: &Message{ContentType: "text/plain\n", CorrelationID: "c\x00-1", RoutingKey: "k\x1b[31m"},
 			want: map[string]string{

@@ -223,8 +223,12 @@ func connectionName(cfg *config.Config) string {
 	return "warren"
 }
 
+// dialer returns the dialer of cfg's broker. The URL file and TLS files,
+// if set, are read again on every dial: a rotated Secret takes effect at
+// the next reconnect, without a restart.
 func dialer(cfg *config.Config, name string) *broker.Dialer {
-	return &broker.Dialer{URLs: cfg.URLs, TLS: cfg.TLSConfig, Heartbeat: cfg.Heartbeat, Name: name}
+	return &broker.Dialer{URLs: cfg.URLs, URLFile: cfg.AMQP.URLFile, TLS: cfg.TLSConfig, TLSFiles: cfg.TLSFiles(),
+		Heartbeat: cfg.Heartbeat, Name: name}
 }
 
 func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
@@ -235,7 +239,7 @@ func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
 		return &worker.Exec{
 			Command:       cfg.Exec.Command,
 			DeadExitCodes: cfg.Exec.DeadExitCodes,
-			Env:           worker.ExecEnv(os.Environ()),
+			Env:           worker.ExecEnv(os.Environ(), cfg.Exec.Env),
 			Logger:        logger.Named("exec"),
 		}
 	case config.HandlerHTTP:

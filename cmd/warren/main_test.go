@@ -493,8 +493,11 @@ func TestDeadListAndReplay(t *testing.T) {
 	// The command fails until the test "fixes" it, then records each body
 	// with the attempt it came at.
 	command := fmt.Sprintf(`[ -e %[1]s ] || { echo "not yet" >&2; exit 1; }; echo "$(cat) $WARREN_ATTEMPT" >> %[2]s`, fixed, filepath.Join(dir, "done"))
+	// One handler at a time: the test reads the dead messages in the order
+	// they died, and two handlers at once would race to the dead-letter
+	// queue.
 	env := append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND="+command,
-		"WARREN_RETRY_DELAYS=100ms", "WARREN_MAX_ATTEMPTS=2")
+		"WARREN_RETRY_DELAYS=100ms", "WARREN_MAX_ATTEMPTS=2", "WARREN_CONCURRENCY=1")
 	p := startWarren(t, env)
 	p.waitStatus(t, "/readyz", http.StatusOK)
 	brokertest.Publish(t, q, "first", "second")

@@ -181,10 +181,19 @@ func Counts(t testing.TB, queue string) (ready, unacked, consumers int) {
 }
 
 // Ready returns the number of ready messages in queue, read with a passive
-// declaration; it needs no rabbitmqctl.
+// declaration; it needs no rabbitmqctl. Its connection is closed at once:
+// tests poll it, and a broker has only so many file descriptors.
 func Ready(t testing.TB, queue string) int {
 	t.Helper()
-	ch := Channel(t)
+	conn, err := amqp.Dial(URL())
+	if err != nil {
+		t.Fatalf("dial test broker (start one with `make broker`, or set WARREN_TEST_AMQP_URL): %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("open channel: %v", err)
+	}
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatalf("inspect queue %q: %v", queue, err)

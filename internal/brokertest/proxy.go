@@ -1,6 +1,7 @@
 package brokertest
 
 import (
+	"encoding/binary"
 	"net"
 	"net/url"
 	"sync"
@@ -10,44 +11,91 @@ import (
 // Proxy is a TCP proxy in front of the test broker, to cut links and
 // refuse connections the way a network does.
 type Proxy struct {
-	ln     net.Listener
-	target string
+	ln      net.Listener
+	target  string
+	baseURL string
 
-	mu     sync.Mutex
-	refuse bool
-	stall  bool
-	deaf   bool // drop what the broker sends only
-	links  map[net.Conn]struct{}
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	refuse   bool
+	stall    bool
+	deaf     bool // drop what the broker sends only
+	midCut   bool // cut the next link half-way through a frame
+	midCuts  int  // links cut half-way through a frame
+	links    map[net.Conn]struct{}
+	accepted int
+	wg       sync.WaitGroup
 }
 
 // NewProxy starts a proxy to the test broker; it stops when the test ends.
 func NewProxy(t testing.TB) *Proxy {
 	t.Helper()
-	u, err := url.Parse(URL())
-	if err != nil {
-		t.Fatalf("parse test broker URL: %v", err)
-	}
-	target := u.Host
-	if u.Port() == "" {
-		target = net.JoinHostPort(u.Hostname(), "5672")
-	}
+	return NewProxyTo(t, URL())
+}
+
+// NewProxyTo starts a proxy to the broker at brokerURL; it stops when the
+// test ends.
+func NewProxyTo(t testing.TB, brokerURL string) *Proxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &Proxy{ln: ln, target: target, links: make(map[net.Conn]struct{})}
+	p := &Proxy{ln: ln, target: hostPort(t, brokerURL), baseURL: brokerURL, links: make(map[net.Conn]struct{})}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.Close)
 	return p
 }
 
-// URL returns the test broker's URL with the proxy as its host.
+// URL returns the broker's URL with the proxy as its host.
 func (p *Proxy) URL() string {
-	u, _ := url.Parse(URL())
+	u, _ := url.Parse(p.baseURL)
 	u.Host = p.ln.Addr().String()
 	return u.String()
+}
+
+// Accepted returns how many connections the proxy forwarded.
+func (p *Proxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
+}
+
+// CutMidFrame makes the proxy cut the next link that receives a frame from
+// the broker with a payload of 2 bytes or more (a delivery, say) half-way
+// through that payload: the client gets part of a frame, then the end of
+// the stream. MidFrameCuts counts the cuts done.
+func (p *Proxy) CutMidFrame() {
+	p.mu.Lock()
+	p.midCut = true
+	p.mu.Unlock()
+}
+
+// MidFrameCuts returns how many links CutMidFrame cut.
+func (p *Proxy) MidFrameCuts() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.midCuts
+}
+
+// wantMidCut reports whether a mid-frame cut is wanted.
+func (p *Proxy) wantMidCut() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.midCut
+}
+
+// tookMidCut records a mid-frame cut; it reports false if another link
+// took it first.
+func (p *Proxy) tookMidCut() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.midCut {
+		return false
+	}
+	p.midCut = false
+	p.midCuts++
+	return true
 }
 
 // Refuse makes the proxy close new connections at once (true), as a
@@ -119,6 +167,7 @@ func (p *Proxy) accept() {
 		p.mu.Lock()
 		p.links[c] = struct{}{}
 		p.links[up] = struct{}{}
+		p.accepted++
 		p.mu.Unlock()
 		p.wg.Add(2)
 		go p.pipe(c, up, true)
@@ -131,10 +180,23 @@ func (p *Proxy) accept() {
 func (p *Proxy) pipe(dst, src net.Conn, fromBroker bool) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
+	var frames frameCursor
 	for {
 		n, err := src.Read(buf)
 		if n > 0 && !p.stalled(fromBroker) {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			chunk := buf[:n]
+			cut := -1
+			if fromBroker {
+				cut = frames.advance(chunk, p.wantMidCut())
+			}
+			if cut >= 0 {
+				if p.tookMidCut() {
+					_, _ = dst.Write(chunk[:cut])
+					break
+				}
+				frames.advance(chunk[cut:], false) // another link took the cut
+			}
+			if _, werr := dst.Write(chunk); werr != nil {
 				break
 			}
 		}
@@ -148,4 +210,45 @@ func (p *Proxy) pipe(dst, src net.Conn, fromBroker bool) {
 	delete(p.links, dst)
 	delete(p.links, src)
 	p.mu.Unlock()
+}
+
+// frameCursor follows the frame boundaries of the AMQP stream a broker
+// sends: each frame is a 7-byte header (type, channel, payload size), the
+// payload, and an end byte.
+type frameCursor struct {
+	head  [7]byte
+	headN int // bytes of the current header seen
+	size  int // payload size of the current frame
+	left  int // bytes of its payload and end byte still to come; 0 in a header
+}
+
+// advance moves the cursor over p. If wantCut, it stops at the first byte
+// half-way through the payload of a frame of 2 bytes of payload or more,
+// and returns its offset in p: p[:offset] ends inside that payload, and
+// the cursor is at offset. It returns -1 when p holds no such byte.
+func (c *frameCursor) advance(p []byte, wantCut bool) int {
+	for i := 0; i < len(p); {
+		if c.left == 0 {
+			c.head[c.headN] = p[i]
+			c.headN++
+			i++
+			if c.headN == len(c.head) {
+				c.size = int(binary.BigEndian.Uint32(c.head[3:]))
+				c.left = c.size + 1
+				c.headN = 0
+			}
+			continue
+		}
+		pos := c.size + 1 - c.left // payload bytes already seen
+		if wantCut && c.size >= 2 && pos <= c.size/2 {
+			if cut := i + c.size/2 - pos; cut < len(p) {
+				c.left -= cut - i
+				return cut
+			}
+		}
+		k := min(c.left, len(p)-i)
+		c.left -= k
+		i += k
+	}
+	return -1
 }
