@@ -198,9 +198,22 @@ func (c *Config) Validate() error {
 		}
 		return &Error{Var: urlVar, Unset: true, Want: wants["WARREN_AMQP_URL"]}
 	}
-	for _, u := range c.URLs {
-		if _, err := amqp.ParseURI(u); err != nil {
+	var first amqp.URI
+	for i, u := range c.URLs {
+		uri, err := amqp.ParseURI(u)
+		if err != nil {
 			return &Error{Var: urlVar, Value: redactURL(u), Want: wants["WARREN_AMQP_URL"]}
+		}
+		if i == 0 {
+			first = uri
+			continue
+		}
+		// The nodes of one cluster share its users and vhosts: a list
+		// that mixes them is two brokers, or a typo, and failing over to
+		// the odd node would consume elsewhere or be refused.
+		if what := differs(first, uri); what != "" {
+			return &Error{Var: urlVar, Value: redactURL(u),
+				Want: "the nodes of one cluster: every URL with the user, password and vhost of the first (this one has another " + what + ")"}
 		}
 	}
 	switch {
@@ -279,6 +292,20 @@ func (c *Config) Validate() error {
 		return bad("WARREN_HANDLER", c.Handler)
 	}
 	return nil
+}
+
+// differs names what of user, password and vhost b has that a has not,
+// or returns "" when they agree. It never says what the password is.
+func differs(a, b amqp.URI) string {
+	switch {
+	case a.Username != b.Username:
+		return "user"
+	case a.Password != b.Password:
+		return "password"
+	case a.Vhost != b.Vhost:
+		return "vhost"
+	}
+	return ""
 }
 
 // redactURL returns one of the broker URLs fit for an error message:

@@ -188,6 +188,18 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			// The nodes of a cluster: one user, password and vhost, any
+			// hosts and ports; amqp://h and amqp://h:5672/ are the same
+			// user (guest) and vhost (/).
+			name: "urls of one cluster",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_AMQP_URL": "amqp://u:p@n0:5672/v,amqp://u:p@n1:5673/v,amqp://u:p@n2/v"},
+			check: func(t *testing.T, c *Config) {
+				if len(c.URLs) != 3 {
+					t.Errorf("URLs = %q, want 3", c.URLs)
+				}
+			},
+		},
+		{
 			name: "http handler",
 			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HANDLER": "http", "WARREN_HTTP_URL": "https://svc/hook"},
 			check: func(t *testing.T, c *Config) {
@@ -298,6 +310,7 @@ func TestLoadErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
 	emptyFile := writeFile(t, "empty", "\n")
 	const urlWant = "want amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost"
+	const clusterWant = "want the nodes of one cluster: every URL with the user, password and vhost of the first (this one has another "
 
 	for _, tt := range []struct {
 		name string
@@ -350,6 +363,13 @@ func TestLoadErrors(t *testing.T) {
 		// the error.
 		{"comma in password", with("WARREN_AMQP_URL", "amqp://user:1234,s3cret@host/"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
 		{"commas in password", with("WARREN_AMQP_URL", "amqp://user:1,s3cret,x@host/"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
+		// The nodes of one cluster share its credentials and vhost.
+		{"urls with two vhosts", with("WARREN_AMQP_URL", "amqp://u:s3cret@a/,amqp://u:s3cret@b/other"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/other": ` + clusterWant + "vhost)"},
+		{"urls with two users", with("WARREN_AMQP_URL", "amqp://u:s3cret@a/,amqp://v:s3cret@b/"), `WARREN_AMQP_URL="amqp://v:xxxxx@b/": ` + clusterWant + "user)"},
+		{"urls with two passwords", with("WARREN_AMQP_URL", "amqp://u:s3cret@a/,amqp://u:s3cret2@b/"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/": ` + clusterWant + "password)"},
+		{"default user beside another", with("WARREN_AMQP_URL", "amqp://a/,amqp://u:s3cret@b/"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/": ` + clusterWant + "user)"},
+		{"default vhost beside another", with("WARREN_AMQP_URL", "amqp://u:p@a:5672,amqp://u:p@b/%2Fx"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/%2Fx": ` + clusterWant + "vhost)"},
+		{"url file with two vhosts", with("WARREN_AMQP_URL_FILE", writeFile(t, "two-vhosts", "amqp://u:s3cret@a/v,amqp://u:s3cret@b/w\n")), `WARREN_AMQP_URL_FILE="amqp://u:xxxxx@b/w": ` + clusterWant + "vhost)"},
 		{"url without scheme", with("WARREN_AMQP_URL", "localhost:5672"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
 		{"url file holds a bad url", with("WARREN_AMQP_URL_FILE", writeFile(t, "bad-url", "http://user:s3cret@host/\n")), `WARREN_AMQP_URL_FILE="http://user:xxxxx@host/": ` + urlWant},
 		{"url file missing", with("WARREN_AMQP_URL_FILE", missing), `WARREN_AMQP_URL_FILE="` + missing + `": want a readable file holding the broker URL (no such file or directory)`},

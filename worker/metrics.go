@@ -17,6 +17,7 @@ type metrics struct {
 	connected   prometheus.Gauge
 	reconnects  prometheus.Counter
 	consuming   prometheus.Gauge
+	brokerInfo  *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -60,12 +61,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_consuming",
 			Help: "1 while warren consumes its queue (ready), else 0.",
 		}),
+		brokerInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "warren_broker_info",
+			Help: "1 for the broker node (host:port) warren is connected to, 0 for the one it last lost; other nodes have no series.",
+		}, []string{"node"}),
 	}
 	for o := Outcome(0); o < numOutcomes; o++ {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming, m.brokerInfo} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
@@ -80,4 +85,19 @@ type copyMetrics struct {
 
 func newCopyMetrics(v *prometheus.CounterVec) copyMetrics {
 	return copyMetrics{confirmed: v.WithLabelValues("confirmed"), failed: v.WithLabelValues("failed")}
+}
+
+// setNode records the node, host:port, that warren is connected to (up)
+// or has just lost (!up). One series only: a replica's node is a fact, and
+// old nodes must not pile up as series.
+func (m *metrics) setNode(node string, up bool) {
+	m.brokerInfo.Reset()
+	if node == "" {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.brokerInfo.WithLabelValues(node).Set(v)
 }

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -253,10 +255,13 @@ func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
 			}
 			continue
 		}
+		addr := nodeAddr(node)
 		w.metrics.connected.Set(1)
-		w.log.Info("connected", zap.String("node", node))
+		w.metrics.setNode(addr, true)
+		w.log.Info("connected", zap.String("node", node), zap.String("broker_node", addr))
 		err = w.serveConnection(ctx, hctx, conn, jobs, &bo)
 		w.metrics.connected.Set(0)
+		w.metrics.setNode(addr, false)
 		if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
 			w.log.Debug("close connection", zap.Error(cerr))
 		}
@@ -265,7 +270,7 @@ func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
 		}
 		w.metrics.reconnects.Inc()
 		w.setNotReady("connection lost: " + err.Error())
-		w.log.Info("connection lost", zap.String("node", node), zap.Error(err))
+		w.log.Info("connection lost", zap.String("node", node), zap.String("broker_node", addr), zap.Error(err))
 		if !w.sleep(ctx, bo.next()) {
 			return
 		}
@@ -339,4 +344,22 @@ func (w *Worker) recovered() { w.reported = "" }
 // worker chooses it, rather than the library, to cancel it on drain.
 func (w *Worker) consumerTag(n int) string {
 	return fmt.Sprintf("%s-%d", w.cfg.ConsumerTag, n)
+}
+
+// nodeAddr returns the host:port of the node a Dialer reached, given as a
+// URL without password: the label of warren_broker_info, which must carry
+// neither user nor password. A port left out is AMQP's default.
+func nodeAddr(node string) string {
+	u, err := url.Parse(node)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "5672"
+	if u.Scheme == "amqps" {
+		port = "5671"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -739,4 +740,72 @@ func ExampleHandlerFunc() {
 	_ = w // run it with w.Run(ctx) until ctx is cancelled
 	fmt.Println("ready to run")
 	// Output: ready to run
+}
+
+// TestFailsOverToAnotherNode runs a worker on two "nodes" (two proxies to
+// the test broker): when the node it is on goes away, it moves to the
+// other one, and warren_broker_info names the node it is on, host:port,
+// with no user or password.
+func TestFailsOverToAnotherNode(t *testing.T) {
+	q := brokertest.Queue(t)
+	nodes := []*brokertest.Proxy{brokertest.NewProxy(t), brokertest.NewProxy(t)}
+	addr := func(p *brokertest.Proxy) string {
+		u, err := url.Parse(p.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u.Host
+	}
+	rec := newRecorder(nil)
+	h := start(t, worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{nodes[0].URL(), nodes[1].URL()}, Name: brokertest.Name(t)},
+		Topology: topology(q), Handler: rec,
+	})
+	h.waitReady(t)
+	on := func() int {
+		for i, p := range nodes {
+			if h.metric(t, "warren_broker_info", "node", addr(p)) == 1 {
+				return i
+			}
+		}
+		return -1
+	}
+	first := on()
+	if first < 0 {
+		t.Fatalf("warren_broker_info names neither %s nor %s", addr(nodes[0]), addr(nodes[1]))
+	}
+	brokertest.Publish(t, q, "before")
+	brokertest.WaitFor(t, 10*time.Second, "first message handled", func() bool { return rec.count("before") == 1 })
+
+	// The node dies: its links are cut and it refuses new ones.
+	cut := time.Now()
+	nodes[first].Refuse(true)
+	nodes[first].Cut()
+	other := 1 - first
+	brokertest.WaitFor(t, 10*time.Second, "worker on the other node", func() bool {
+		return on() == other && h.w.Ready() == nil
+	})
+	t.Logf("moved from %s to %s in %s", addr(nodes[first]), addr(nodes[other]), time.Since(cut).Round(time.Millisecond))
+	if got := h.metric(t, "warren_broker_info", "node", addr(nodes[first])); got != 0 {
+		t.Errorf("warren_broker_info{node=%q} = %v after the move, want 0 or no series", addr(nodes[first]), got)
+	}
+	brokertest.Publish(t, q, "after")
+	brokertest.WaitFor(t, 10*time.Second, "message handled on the other node", func() bool { return rec.count("after") == 1 })
+
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "warren_broker_info" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if strings.Contains(l.GetValue(), "guest") || strings.Contains(l.GetValue(), "@") {
+					t.Errorf("warren_broker_info label %s=%q holds credentials", l.GetName(), l.GetValue())
+				}
+			}
+		}
+	}
 }
