@@ -149,3 +149,57 @@ func Replay(ctx context.Context, conn *amqp.Connection, t broker.Topology, limit
 	}
 	return moved, nil
 }
+
+// Dial opens a connection to a node of the cluster, as broker.Dialer.Dial
+// does: each call moves on to the next node after a failure.
+type Dial func(ctx context.Context) (*amqp.Connection, string, error)
+
+// ReplayAcross replays as Replay does, and rides through the loss of its
+// connection: it dials again, with backoff for at most retryFor, and goes
+// on from where it was, on whichever node answers. The limit (0: all the
+// messages there when it starts) holds across connections. A dead message
+// whose copy was confirmed but whose ack was lost with the connection is
+// handed back by the broker and replayed again: a duplicate is possible, a
+// loss is not.
+func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, retryFor time.Duration) (int, error) {
+	conn, _, err := dial(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if limit <= 0 {
+		n, _, err := List(ctx, conn, t, 0)
+		if err != nil {
+			conn.Close()
+			return 0, err
+		}
+		limit = n
+	}
+	moved := 0
+	wait := 100 * time.Millisecond
+	for {
+		lostWatch := broker.LostWatch(conn)
+		n, err := Replay(ctx, conn, t, limit-moved)
+		moved += n
+		lost := err != nil && ctx.Err() == nil && lostWatch()
+		conn.Close()
+		if err == nil || !lost || ctx.Err() != nil || moved >= limit {
+			return moved, err
+		}
+		deadline := time.Now().Add(retryFor)
+		for {
+			conn, _, err = dial(ctx)
+			if err == nil {
+				break
+			}
+			if time.Now().Add(wait).After(deadline) {
+				return moved, fmt.Errorf("connection lost, no node reached within %s: %w", retryFor, err)
+			}
+			select {
+			case <-ctx.Done():
+				return moved, ctx.Err()
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, 5*time.Second)
+		}
+	}
+}

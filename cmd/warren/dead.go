@@ -27,6 +27,7 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dead "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var n, limit *int
+	var retryFor *time.Duration
 	switch args[0] {
 	case "list":
 		n = fs.Int("n", 10, "show the first `N` messages")
@@ -36,6 +37,7 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 		}
 	case "replay":
 		limit = fs.Int("limit", 0, "replay at most `N` messages (0: all there when it starts)")
+		retryFor = fs.Duration("retry-for", time.Minute, "once a connection is lost, how long to keep trying the nodes to go on (0: give up at once)")
 		fs.Usage = func() {
 			fmt.Fprintln(stderr, "Usage: warren dead replay [-limit N]\n\nMoves messages from WARREN_QUEUE.dead back to WARREN_QUEUE, their attempts\nreset; each is removed from the dead-letter queue only once its copy is\nconfirmed. Safe while warren consumes.\n\nFlags:")
 			fs.PrintDefaults()
@@ -50,7 +52,7 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitConfig
 	}
-	if (n != nil && *n < 0) || (limit != nil && *limit < 0) {
+	if (n != nil && *n < 0) || (limit != nil && *limit < 0) || (retryFor != nil && *retryFor < 0) {
 		fmt.Fprintln(stderr, "warren dead: counts must be 0 or more")
 		return exitConfig
 	}
@@ -62,29 +64,29 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	conn, _, err := dialer(cfg, connectionName(cfg)+"-dead").Dial(ctx)
+	dial := dialer(cfg, connectionName(cfg)+"-dead").Dial
+	topo := cfg.Topology()
+	if limit != nil {
+		moved, err := deadletter.ReplayAcross(ctx, dial, topo, *limit, *retryFor)
+		fmt.Fprintf(stdout, "replayed %d messages from %s to %s\n", moved, topo.DeadQueue(), topo.Queue)
+		if err != nil {
+			logger.Error("replay dead messages", zap.Error(err))
+			return exitFatal
+		}
+		return exitOK
+	}
+	conn, _, err := dial(ctx)
 	if err != nil {
 		logger.Error("connect", zap.Error(err))
 		return exitFatal
 	}
 	defer conn.Close()
-	topo := cfg.Topology()
-
-	if n != nil {
-		count, entries, err := deadletter.List(ctx, conn, topo, *n)
-		if err != nil {
-			logger.Error("list dead messages", zap.Error(err))
-			return exitFatal
-		}
-		printEntries(stdout, topo.DeadQueue(), count, entries)
-		return exitOK
-	}
-	moved, err := deadletter.Replay(ctx, conn, topo, *limit)
-	fmt.Fprintf(stdout, "replayed %d messages from %s to %s\n", moved, topo.DeadQueue(), topo.Queue)
+	count, entries, err := deadletter.List(ctx, conn, topo, *n)
 	if err != nil {
-		logger.Error("replay dead messages", zap.Error(err))
+		logger.Error("list dead messages", zap.Error(err))
 		return exitFatal
 	}
+	printEntries(stdout, topo.DeadQueue(), count, entries)
 	return exitOK
 }
 

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
@@ -27,8 +28,9 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	routingKey := fs.String("routing-key", "", "routing key (default WARREN_QUEUE, or the first of WARREN_BINDING_KEYS with WARREN_EXCHANGE)")
 	count := fs.Int("count", 1, "publish each body this many times")
 	contentType := fs.String("content-type", "text/plain", "content type of the messages")
+	retryFor := fs.Duration("retry-for", time.Minute, "once a connection is lost, how long to keep trying the nodes to send the unconfirmed messages again (0: give up at once)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: warren publish [flags] [body ...]\n\nPublishes each body, or each line of stdin when there is none, to\nWARREN_EXCHANGE (or the default exchange, to WARREN_QUEUE), persistent and\nconfirmed. Exits 1 if any message was not confirmed.\n\nFlags:")
+		fmt.Fprintln(stderr, "Usage: warren publish [flags] [body ...]\n\nPublishes each body, or each line of stdin when there is none, to\nWARREN_EXCHANGE (or the default exchange, to WARREN_QUEUE), persistent and\nconfirmed. When its connection is lost, the messages whose confirm was lost\nare sent again, with the same message id, on another node of\nWARREN_AMQP_URL. Exits 1 if any message was not confirmed.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -56,31 +58,35 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	conn, node, err := dialer(cfg, connectionName(cfg)+"-publish").Dial(ctx)
-	if err != nil {
-		logger.Error("connect", zap.Error(err))
-		return exitFatal
+	if *retryFor < 0 {
+		fmt.Fprintf(stderr, "warren publish: -retry-for=%s: want 0 or more\n", *retryFor)
+		return exitConfig
 	}
-	defer conn.Close()
-	logger.Debug("connected", zap.String("node", node))
+	stream := &broker.Stream{
+		Dial:     dialer(cfg, connectionName(cfg)+"-publish").Dial,
+		Window:   publishWindow,
+		RetryFor: *retryFor,
+		Connected: func(node string, lost error) {
+			if lost != nil {
+				logger.Warn("connection lost; sending the unconfirmed messages again", zap.String("node", node), zap.Error(lost))
+				return
+			}
+			logger.Debug("connected", zap.String("node", node))
+		},
+	}
 	if cfg.Declare {
-		ch, err := conn.Channel()
-		if err != nil {
-			logger.Error("open channel", zap.Error(err))
-			return exitFatal
+		stream.Setup = func(conn *amqp.Connection) error {
+			ch, err := conn.Channel()
+			if err != nil {
+				return fmt.Errorf("open channel: %w", err)
+			}
+			defer ch.Close()
+			if err := cfg.Topology().Apply(ch); err != nil {
+				return fmt.Errorf("declare topology: %w", err)
+			}
+			return nil
 		}
-		if err := cfg.Topology().Apply(ch); err != nil {
-			logger.Error("declare topology", zap.Error(err))
-			return exitFatal
-		}
-		ch.Close()
 	}
-	p, err := broker.NewPublisher(conn)
-	if err != nil {
-		logger.Error("open publisher", zap.Error(err))
-		return exitFatal
-	}
-	defer p.Close()
 
 	var total int
 	msgs := func(yield func(amqp.Publishing) bool) {
@@ -93,8 +99,11 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	confirmed, err := p.PublishAll(ctx, cfg.Exchange, key, publishWindow, msgs)
-	fmt.Fprintf(stdout, "published %d of %d messages\n", confirmed, total)
+	confirmed, err := stream.Publish(ctx, cfg.Exchange, key, msgs)
+	if err == nil || total > 0 {
+		// Nothing was read when no node could be reached at all.
+		fmt.Fprintf(stdout, "published %d of %d messages\n", confirmed, total)
+	}
 	if err != nil || confirmed != total {
 		logger.Error("publish", zap.Int("confirmed", confirmed), zap.Int("total", total), zap.Error(err))
 		return exitFatal

@@ -1,0 +1,236 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"math/rand/v2"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Stream publishes a run of messages through the nodes of a cluster, with
+// confirms, and rides through the loss of its connection: the messages
+// whose confirm was lost with the connection are not counted as
+// published; they are sent again, with the same message id, on a
+// connection to another node. A message that was stored before its
+// confirm was lost is then in the queue twice: a duplicate is possible, a
+// loss is not.
+type Stream struct {
+	// Dial opens a connection to a node; Dialer.Dial moves on to the next
+	// node after a failure.
+	Dial func(ctx context.Context) (*amqp.Connection, string, error)
+	// Setup, if set, runs on every new connection before publishing
+	// (declaring the topology, say).
+	Setup func(conn *amqp.Connection) error
+	// Window is how many messages are kept unconfirmed at most.
+	Window int
+	// RetryFor is how long to keep dialling, with backoff, once a
+	// connection was lost; 0 gives up at the first loss. The first dial is
+	// not retried: a broker that cannot be reached at all is an error.
+	RetryFor time.Duration
+	// Connected, if set, is told of every connection opened: the node
+	// (its URL without password), and the error that lost the previous
+	// one (nil for the first).
+	Connected func(node string, lost error)
+}
+
+// lossGrace is how long an error waits for its connection to be seen
+// closed: a write can fail on a dead link a moment before the library
+// closes the connection.
+const lossGrace = time.Second
+
+// LostWatch returns a function that reports whether conn is lost, after
+// an error on it: a lost connection calls for another node, while a
+// channel error (a missing exchange, say) does not. Call it once conn is
+// open; the function may be called any number of times.
+func LostWatch(conn *amqp.Connection) func() bool {
+	closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+	return func() bool {
+		if conn.IsClosed() {
+			return true
+		}
+		t := time.NewTimer(lossGrace)
+		defer t.Stop()
+		select {
+		case <-closed:
+			return true
+		case <-t.C:
+			return conn.IsClosed()
+		}
+	}
+}
+
+// errLost marks an error that lost the connection: the stream dials again.
+type errLost struct{ err error }
+
+func (e *errLost) Error() string { return e.err.Error() }
+func (e *errLost) Unwrap() error { return e.err }
+
+// Publish publishes every message of msgs to exchange with key, and
+// returns how many the broker confirmed. It goes on after a refused or
+// unroutable message and returns the first such error; it stops at an
+// error of the channel (a missing exchange, say), at the end of ctx, and
+// when no node could be reached for RetryFor after a loss. Messages
+// without a message id get one, so that copies sent again carry the
+// same.
+func (s *Stream) Publish(ctx context.Context, exchange, key string, msgs iter.Seq[amqp.Publishing]) (int, error) {
+	next, stop := iter.Pull(msgs)
+	defer stop()
+	st := &streamState{next: next}
+	var lost error
+	for {
+		conn, node, err := s.Dial(ctx)
+		if err != nil {
+			if lost == nil {
+				return st.confirmed, err
+			}
+			return st.confirmed, fmt.Errorf("%d messages not confirmed, no node reached within %s: %w", len(st.resend), s.RetryFor, err)
+		}
+		if s.Connected != nil {
+			s.Connected(node, lost)
+		}
+		err = s.publishOn(ctx, conn, exchange, key, st)
+		conn.Close()
+		var le *errLost
+		if err == nil {
+			return st.confirmed, st.firstErr
+		}
+		if !errors.As(err, &le) || ctx.Err() != nil || s.RetryFor <= 0 {
+			if n := len(st.resend); n > 0 {
+				err = fmt.Errorf("%d messages not confirmed: %w", n, err)
+			}
+			return st.confirmed, err
+		}
+		lost = le.err
+		if err := s.redial(ctx, st); err != nil {
+			return st.confirmed, fmt.Errorf("%d messages not confirmed: %w", len(st.resend), errors.Join(lost, err))
+		}
+	}
+}
+
+// redial waits until a node answers, with backoff, for at most RetryFor.
+// It dials to find out and closes the connection at once: Publish dials
+// again and so starts from the node that answered.
+func (s *Stream) redial(ctx context.Context, st *streamState) error {
+	deadline := time.Now().Add(s.RetryFor)
+	wait := 100 * time.Millisecond
+	for {
+		conn, _, err := s.Dial(ctx)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		if time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// streamState is what a Stream carries from one connection to the next.
+type streamState struct {
+	next      func() (amqp.Publishing, bool)
+	resend    []amqp.Publishing // sent on a lost connection, unconfirmed: sent first on the next
+	confirmed int
+	firstErr  error // the first refused or unroutable message
+}
+
+// take returns the next message to send: one to send again, or a new one.
+func (st *streamState) take() (amqp.Publishing, bool) {
+	if len(st.resend) > 0 {
+		m := st.resend[0]
+		st.resend = st.resend[1:]
+		return m, true
+	}
+	m, ok := st.next()
+	if ok && m.MessageId == "" {
+		m.MessageId = newID()
+	}
+	return m, ok
+}
+
+type inFlight struct {
+	msg amqp.Publishing
+	p   *Pending
+}
+
+// publishOn publishes on conn until the messages run out or conn fails,
+// in which case it puts back every unconfirmed message and returns an
+// *errLost.
+func (s *Stream) publishOn(ctx context.Context, conn *amqp.Connection, exchange, key string, st *streamState) error {
+	lost := LostWatch(conn)
+	var pending []inFlight
+	// giveBack puts the unconfirmed messages back, in the order they were
+	// sent, before those still waiting to be sent again.
+	giveBack := func(err error, extra ...amqp.Publishing) error {
+		back := make([]amqp.Publishing, 0, len(pending)+len(extra)+len(st.resend))
+		for _, f := range pending {
+			back = append(back, f.msg)
+		}
+		back = append(back, extra...)
+		st.resend = append(back, st.resend...)
+		if ctx.Err() == nil && lost() {
+			return &errLost{err: err}
+		}
+		return err
+	}
+	if s.Setup != nil {
+		if err := s.Setup(conn); err != nil {
+			return giveBack(err)
+		}
+	}
+	p, err := NewPublisher(conn)
+	if err != nil {
+		return giveBack(err)
+	}
+	defer p.Close()
+	window := min(max(s.Window, 1), maxReturns)
+	wait := func() error {
+		f := pending[0]
+		err := p.Wait(ctx, f.p)
+		switch {
+		case err == nil:
+			st.confirmed++
+		case errors.Is(err, ErrNacked) || errors.Is(err, ErrUnroutable):
+			if st.firstErr == nil {
+				st.firstErr = err
+			}
+		default:
+			return giveBack(err)
+		}
+		pending = pending[1:]
+		return nil
+	}
+	for {
+		if len(pending) == window {
+			if err := wait(); err != nil {
+				return err
+			}
+		}
+		msg, ok := st.take()
+		if !ok {
+			break
+		}
+		m, err := p.Send(ctx, exchange, key, msg)
+		if err != nil {
+			return giveBack(err, msg)
+		}
+		pending = append(pending, inFlight{msg: msg, p: m})
+	}
+	for len(pending) > 0 {
+		if err := wait(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
