@@ -140,7 +140,7 @@ func TestContractVariables(t *testing.T) {
 			for _, e := range warrenContainer(t, d).Env {
 				if strings.HasPrefix(e.Name, "WARREN_") {
 					set[e.Name] = true
-					if !known[e.Name] && !slices.Contains(pendingVariables, e.Name) {
+					if !known[e.Name] {
 						t.Errorf("scenario %s sets %s, which warren does not know", s.name, e.Name)
 					}
 				}
@@ -153,17 +153,7 @@ func TestContractVariables(t *testing.T) {
 			t.Errorf("%s (from warren help) is set by no scenario: the chart cannot set it, or ci/ lacks a scenario", name)
 		}
 	}
-	for _, name := range pendingVariables {
-		if !set[name] {
-			t.Errorf("%s is set by no scenario", name)
-		}
-	}
 }
-
-// pendingVariables are part of the contract while warren's retry and
-// dead-letter change lands; a binary without them warns "unknown variable
-// ignored" and runs.
-var pendingVariables = []string{"WARREN_RETRY_DELAYS", "WARREN_MAX_ATTEMPTS", "WARREN_DELIVERY_LIMIT", "WARREN_EXEC_ENV"}
 
 // contractVariables runs `warren help` and returns the variables it lists.
 func contractVariables(t *testing.T) map[string]bool {
