@@ -494,6 +494,12 @@ func TestValuesRejected(t *testing.T) {
 			t.Errorf("render with %v = %v, want an error containing %q", tt.give, err, tt.want)
 		}
 	}
+	// What the schema leaves free-form is checked by decoding strictly
+	// into the Kubernetes types: a misspelt field fails.
+	typo := scenario{name: "typo", file: writeValues(t, "queue:\n  name: q\nbroker:\n  url: amqp://h/\nextraContainers:\n  - name: app\n    imagee: example/app:1\n")}
+	if _, err := render(t, typo.values(t), "default"); err == nil || !strings.Contains(err.Error(), `unknown field "spec.template.spec.containers[1].imagee"`) {
+		t.Errorf("render with a misspelt container field = %v, want an unknown field error", err)
+	}
 	// Without the broker: the message says what to set.
 	opts := scenario{name: "no-broker", file: writeValues(t, "queue:\n  name: q\n")}
 	if _, err := render(t, opts.values(t), "default"); err == nil || !strings.Contains(err.Error(), "broker.url or broker.existingSecret is required") {
