@@ -43,6 +43,7 @@ func TestKubeletContract(t *testing.T) {
 		sets     []string // beyond queue.name, broker.url and health.port
 		publish  []string // flags of warren publish
 		http     bool     // a sidecar on localhost takes the messages
+		inflight bool     // SIGTERM while the handler runs: the drain finishes it
 	}{
 		{name: "two-values", scenario: scenario{name: "two-values"}},
 		{
@@ -52,6 +53,12 @@ func TestKubeletContract(t *testing.T) {
 			// to see warren run the command and ack on exit 0.
 			// THUMBNAIL_SIZE comes from extraEnv through handler.execEnv.
 			sets: []string{`handler.execCommand=test -n "$WARREN_MESSAGE_ID" && test "$THUMBNAIL_SIZE" = 256 && cat >/dev/null`},
+		},
+		{
+			name:     "exec-sigterm-in-flight",
+			scenario: ciScenario("exec"),
+			sets:     []string{"handler.execCommand=cat >/dev/null && sleep 3", "shutdownTimeout=25s"},
+			inflight: true,
 		},
 		{name: "http-sidecar", scenario: ciScenario("http-sidecar"), http: true},
 		{name: "quorum-retry", scenario: ciScenario("quorum-retry"), publish: []string{"-routing-key", "payment.created"}},
@@ -85,9 +92,11 @@ func TestKubeletContract(t *testing.T) {
 			port := healthPort(t, c)
 
 			// Startup, then liveness and readiness, as the kubelet runs them.
-			p.probe(t, "startup", c.StartupProbe, port, true)
-			p.probe(t, "liveness", c.LivenessProbe, port, true)
-			p.probe(t, "readiness", c.ReadinessProbe, port, false)
+			// Readiness has the startup allowance: a slow broker delays it
+			// without restarting anything.
+			p.probe(t, "startup", c.StartupProbe, port, time.Time{})
+			p.probe(t, "liveness", c.LivenessProbe, port, time.Time{})
+			p.probe(t, "readiness", c.ReadinessProbe, port, p.started.Add(allowance(c.StartupProbe)+allowance(c.ReadinessProbe)))
 
 			body := "hello from " + tt.name
 			pub := exec.Command(bin, append(append([]string{"publish"}, tt.publish...), body)...)
@@ -95,7 +104,11 @@ func TestKubeletContract(t *testing.T) {
 			if out, err := pub.CombinedOutput(); err != nil {
 				t.Fatalf("warren publish: %v\n%s", err, out)
 			}
-			p.waitMetric(t, `warren_messages_total{outcome="ack"}`, 1, 30*time.Second)
+			if tt.inflight {
+				p.waitMetric(t, "warren_inflight_messages", 1, 30*time.Second)
+			} else {
+				p.waitMetric(t, `warren_messages_total{outcome="ack"}`, 1, 30*time.Second)
+			}
 			if sidecar != nil {
 				if got := sidecar.bodies(); !slices.Contains(got, body) {
 					t.Errorf("sidecar got %q, want %q", got, body)
@@ -110,6 +123,16 @@ func TestKubeletContract(t *testing.T) {
 			}
 			if elapsed > grace/2 {
 				t.Errorf("SIGTERM took %v, want well within terminationGracePeriodSeconds (%v)", elapsed, grace)
+			}
+			if tt.inflight {
+				// The handler finished within the shutdown timeout: acked,
+				// not handed back.
+				if n := queueLength(t, amqpURL, queue); n != 0 {
+					t.Errorf("queue holds %d messages after the drain, want 0 (acked)", n)
+				}
+				if !strings.Contains(p.logs.String(), `"drained"`) {
+					t.Errorf("no drained line in warren's log")
+				}
 			}
 			p.checkNothingWritten(t)
 			checkLogs(t, p.logs.String(), amqpURL)
@@ -154,6 +177,7 @@ func freePort(t testing.TB) int {
 // pod is warren started the way the kubelet starts the container.
 type pod struct {
 	cmd     *exec.Cmd
+	started time.Time
 	env     []string
 	root    string // stands for the container's filesystem: mounts live under it
 	tmp     string // the emptyDir mounted at /tmp, if any
@@ -285,6 +309,7 @@ func startPod(t *testing.T, r *rendered, img image, bin string) *pod {
 		t.Fatalf("start %v: %v", argv, err)
 	}
 	p.cmd = cmd
+	p.started = time.Now()
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
@@ -391,13 +416,23 @@ func mkdirAll(t *testing.T, dir string, mode os.FileMode) {
 	}
 }
 
+// allowance is how long a probe may fail before the kubelet acts:
+// initialDelaySeconds plus failureThreshold periods.
+func allowance(pr *corev1.Probe) time.Duration {
+	if pr == nil {
+		return 0
+	}
+	return time.Duration(pr.InitialDelaySeconds)*time.Second +
+		time.Duration(orDefault(pr.FailureThreshold, 3))*time.Duration(orDefault(pr.PeriodSeconds, 10))*time.Second
+}
+
 // probe runs an HTTP probe as the kubelet does: after initialDelaySeconds,
 // one attempt every periodSeconds, each bounded by timeoutSeconds, passing
-// at successThreshold successes in a row. It fails the test when
-// failureThreshold attempts in a row fail: for a startup or liveness probe
-// the kubelet would kill the container then; for readiness, a pod that was
-// never ready within that many periods is as good as stuck.
-func (p *pod) probe(t *testing.T, name string, pr *corev1.Probe, port int, kills bool) {
+// at successThreshold successes in a row. Without a deadline (startup,
+// liveness) it fails the test when failureThreshold attempts in a row fail,
+// when the kubelet would kill the container; with one (readiness, which
+// never kills) when the deadline passes first.
+func (p *pod) probe(t *testing.T, name string, pr *corev1.Probe, port int, deadline time.Time) {
 	t.Helper()
 	if pr == nil || pr.HTTPGet == nil {
 		t.Fatalf("%s probe: none rendered", name)
@@ -426,12 +461,12 @@ func (p *pod) probe(t *testing.T, name string, pr *corev1.Probe, port int, kills
 			continue
 		}
 		successes = 0
-		if failures++; failures >= failureThreshold {
-			what := "the pod would never be ready"
-			if kills {
-				what = "the kubelet would kill the container"
-			}
-			t.Fatalf("%s probe GET %s failed %d times, %v apart: %s; last: %v", name, url, failures, period, what, lastErr)
+		failures++
+		if deadline.IsZero() && failures >= failureThreshold {
+			t.Fatalf("%s probe GET %s failed %d times, %v apart: the kubelet would kill the container; last: %v", name, url, failures, period, lastErr)
+		}
+		if !deadline.IsZero() && attempt.Add(period).After(deadline) {
+			t.Fatalf("%s probe GET %s still failing after %v, the rendered allowance; last: %v", name, url, time.Since(p.started).Round(time.Second), lastErr)
 		}
 	}
 }
@@ -566,6 +601,31 @@ func parseURL(s string) (string, error) {
 		return "", err
 	}
 	return u.Password, nil
+}
+
+// queueLength is the number of ready messages in a queue.
+func queueLength(t *testing.T, amqpURL, queue string) int {
+	t.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue,
+		true,  // durable
+		false, // autoDelete
+		false, // exclusive
+		false, // noWait
+		nil)
+	if err != nil {
+		t.Fatalf("inspect queue %s: %v", queue, err)
+	}
+	return q.Messages
 }
 
 // deleteTopology deletes what warren declared for a test: the queue, its
