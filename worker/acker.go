@@ -129,9 +129,11 @@ func (a *acker) stop() {
 }
 
 // flush acks, with one multiple ack, every owed tag below the first running
-// one. With all, or when that freed nothing while a batch is owed (a slow
-// message holds the lowest tag), it acks the rest one by one: a finished
-// message never waits behind a slow one for longer than ackDelay.
+// one. With all (the timer fired: a slow message holds the lowest tag), it
+// acks the rest one by one: a finished message never waits behind a slow
+// one for longer than ackDelay. A full batch alone does not do that: under
+// load a handler goroutine that waits to be scheduled holds the lowest tag
+// for a moment, and acking one by one then costs a write per message.
 func (a *acker) flush(all bool) {
 	if a.timer != nil {
 		a.timer.Stop()
@@ -160,7 +162,7 @@ func (a *acker) flush(all bool) {
 		}
 		a.trim()
 	}
-	if a.owed > 0 && (all || last < 0) {
+	if a.owed > 0 && all {
 		for i := range a.window {
 			if a.window[i].state != toAck {
 				continue

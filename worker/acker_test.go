@@ -110,8 +110,13 @@ func TestAckerCoalesces(t *testing.T) {
 			want: "ack 2, ack 3",
 		},
 		{
-			name: "a slow message does not hold a full batch", prefetch: 8,
+			name: "a full batch behind a slow message waits for the timer", prefetch: 8,
 			give: []step{"+1", "+2", "+3", "a2", "a3"},
+			want: "",
+		},
+		{
+			name: "then the timer acks it one by one", prefetch: 8,
+			give: []step{"+1", "+2", "+3", "a2", "a3", "flush"},
 			want: "ack 2, ack 3",
 		},
 		{
