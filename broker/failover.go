@@ -63,6 +63,9 @@ func LostWatch(conn *amqp.Connection) func() bool {
 	}
 }
 
+// errClosed stands for a confirm not waited for.
+var errClosed = errors.New("connection closed")
+
 // errLost marks an error that lost the connection: the stream dials again.
 type errLost struct{ err error }
 
@@ -169,17 +172,41 @@ type inFlight struct {
 // *errLost.
 func (s *Stream) publishOn(ctx context.Context, conn *amqp.Connection, exchange, key string, st *streamState) error {
 	lost := LostWatch(conn)
-	var pending []inFlight
+	var (
+		pending []inFlight
+		p       *Publisher
+	)
 	// giveBack puts the unconfirmed messages back, in the order they were
-	// sent, before those still waiting to be sent again.
+	// sent, before those still waiting to be sent again. Confirms that
+	// arrived before the loss still count: only the messages whose confirm
+	// was lost are sent again.
 	giveBack := func(err error, extra ...amqp.Publishing) error {
+		isLost := ctx.Err() == nil && lost()
 		back := make([]amqp.Publishing, 0, len(pending)+len(extra)+len(st.resend))
+		hctx, cancel := context.WithTimeout(ctx, lossGrace)
+		defer cancel()
 		for _, f := range pending {
-			back = append(back, f.msg)
+			// The library settles every outstanding confirm when the
+			// channel closes: this does not block on a lost connection.
+			werr := errClosed
+			if isLost {
+				werr = p.Wait(hctx, f.p)
+			}
+			switch {
+			case werr == nil:
+				st.confirmed++
+			case errors.Is(werr, ErrNacked) || errors.Is(werr, ErrUnroutable):
+				if st.firstErr == nil {
+					st.firstErr = werr
+				}
+			default:
+				back = append(back, f.msg)
+			}
 		}
+		pending = nil
 		back = append(back, extra...)
 		st.resend = append(back, st.resend...)
-		if ctx.Err() == nil && lost() {
+		if isLost {
 			return &errLost{err: err}
 		}
 		return err
@@ -189,7 +216,8 @@ func (s *Stream) publishOn(ctx context.Context, conn *amqp.Connection, exchange,
 			return giveBack(err)
 		}
 	}
-	p, err := NewPublisher(conn)
+	var err error
+	p, err = NewPublisher(conn)
 	if err != nil {
 		return giveBack(err)
 	}

@@ -95,14 +95,18 @@ func (p *Publisher) Wait(ctx context.Context, m *Pending) error {
 	// frames on in order: a return for m is already buffered.
 	p.mu.Lock()
 	defer p.mu.Unlock()
+drain:
 	for {
 		select {
-		case r := <-p.returns:
+		case r, ok := <-p.returns:
+			if !ok {
+				// Closed with the channel: receiving again would spin.
+				break drain
+			}
 			p.returned[r.MessageId] = struct{}{}
-			continue
 		default:
+			break drain
 		}
-		break
 	}
 	if _, ok := p.returned[m.id]; ok {
 		delete(p.returned, m.id)
