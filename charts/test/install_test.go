@@ -65,6 +65,7 @@ func TestInstall(t *testing.T) {
 
 	for _, s := range scenarios(t) {
 		t.Run(s.name, func(t *testing.T) {
+			t.Parallel() // each in its own namespace
 			ns := "s-" + s.name
 			if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 				t.Fatalf("create namespace %s: %v", ns, err)
