@@ -155,6 +155,11 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 	}
 	conn, err := amqp.DialConfig(rawURL, cfg)
 	if err != nil {
+		if tlsConfig != nil && strings.HasPrefix(rawURL, "amqps://") && causeless(err) {
+			if why := probeTLS(ctx, rawURL, tlsConfig); why != nil {
+				err = fmt.Errorf("%w, after the broker ended the TLS session: %w", err, why)
+			}
+		}
 		return nil, scrub(explainDial(err), rawURL)
 	}
 	return conn, nil

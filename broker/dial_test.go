@@ -140,9 +140,15 @@ func TestDialTLS(t *testing.T) {
 					_, refused := proxy.Handshakes()
 					return len(refused) > 0
 				})
+				// Two when warren went back to read the alert it missed.
 				ok, refused := proxy.Handshakes()
-				if ok != 0 || len(refused) != 1 || !strings.Contains(refused[0].Error(), tt.wantProxy) {
-					t.Errorf("listener saw %d handshakes done and %v refused, want one refused saying %q", ok, refused, tt.wantProxy)
+				if ok != 0 || len(refused) == 0 || len(refused) > 2 {
+					t.Errorf("listener saw %d handshakes done and %d refused, want one or two refused", ok, len(refused))
+				}
+				for _, err := range refused {
+					if !strings.Contains(err.Error(), tt.wantProxy) {
+						t.Errorf("listener refused a handshake with %q, want %q", err, tt.wantProxy)
+					}
 				}
 			}
 		})

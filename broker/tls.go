@@ -1,12 +1,16 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -79,6 +83,53 @@ func ParseURLs(raw string) []string {
 		}
 	}
 	return urls
+}
+
+// causeless reports whether a dial error says nothing of its cause: with
+// TLS 1.3 a server checks the client certificate after the client's side
+// of the handshake is done, and its alert may end the connection before
+// amqp091-go reads it, which then reports only that the connection is
+// closed.
+func causeless(err error) bool {
+	text := err.Error()
+	return errors.Is(err, amqp.ErrClosed) || strings.Contains(text, "EOF") ||
+		strings.Contains(text, "connection reset by peer") || strings.Contains(text, "broken pipe") ||
+		strings.Contains(text, "use of closed network connection")
+}
+
+// probeTLS dials rawURL again, completes the TLS handshake and starts the
+// AMQP one, to read why the broker ends the session: it returns the TLS
+// alert it sent ("remote error: tls: certificate required"), or nil if
+// there was none.
+func probeTLS(ctx context.Context, rawURL string, config *tls.Config) error {
+	uri, err := amqp.ParseURI(rawURL)
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: config}
+	c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port)))
+	if err != nil {
+		return alertOf(err)
+	}
+	defer c.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(deadline)
+	}
+	if _, err := c.Write([]byte("AMQP\x00\x00\x09\x01")); err != nil {
+		return alertOf(err)
+	}
+	_, err = c.Read(make([]byte, 1))
+	return alertOf(err)
+}
+
+// alertOf returns err if it is a TLS alert from the peer, else nil.
+func alertOf(err error) error {
+	if err != nil && strings.Contains(err.Error(), "remote error: tls: ") {
+		return err
+	}
+	return nil
 }
 
 // explain adds to a dial error what it means and what to change, for the

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Proxy is a TCP proxy in front of the test broker, to cut links and
@@ -140,6 +141,8 @@ func (p *Proxy) Cut() {
 
 // Close stops the proxy and cuts its links.
 func (p *Proxy) Close() {
+	p.Stall(false)
+	p.StallFromBroker(false)
 	p.ln.Close()
 	p.Cut()
 	p.wg.Wait()
@@ -204,12 +207,28 @@ func (p *Proxy) pipe(dst, src net.Conn, fromBroker bool) {
 			break
 		}
 	}
+	if fromBroker {
+		// A stalled link is a partition: the broker closing its end does
+		// not reach the client either, until the stall ends or the client
+		// gives up on its own.
+		for p.stalled(true) && p.open(dst) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
 	delete(p.links, dst)
 	delete(p.links, src)
 	p.mu.Unlock()
+}
+
+// open reports whether c is a link the proxy has not closed yet.
+func (p *Proxy) open(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.links[c]
+	return ok
 }
 
 // frameCursor follows the frame boundaries of the AMQP stream a broker
