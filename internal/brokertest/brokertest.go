@@ -243,8 +243,13 @@ func eval(t testing.TB, connName, code string) string {
 
 // connectionsNamed is an Erlang list of the pids of the connections whose
 // client gave the connection name Name.
+// Connections that close meanwhile, or have no client properties yet,
+// are skipped rather than failing the whole call.
 const connectionsNamed = `[C || C <- rabbit_networking:connections(),
-	begin [{client_properties, Ps}] = rabbit_reader:info(C, [client_properties]),
+	begin Ps = try rabbit_reader:info(C, [client_properties]) of
+			[{client_properties, P}] when is_list(P) -> P;
+			_ -> []
+		catch _:_ -> [] end,
 	lists:keyfind(<<"connection_name">>, 1, Ps) =:= {<<"connection_name">>, longstr, Name} end]`
 
 // CloseConnections makes the broker close every connection named name
@@ -266,7 +271,8 @@ func CloseConnections(t testing.TB, name string) int {
 func FailChannels(t testing.TB, name string) int {
 	t.Helper()
 	out := eval(t, name, `Cs = `+connectionsNamed+`,
-		Chs = [Ch || Ch <- rabbit_channel:list(), begin [{connection, C}] = rabbit_channel:info(Ch, [connection]), lists:member(C, Cs) end],
+		Chs = [Ch || Ch <- rabbit_channel:list(), begin Conn = try rabbit_channel:info(Ch, [connection]) of
+				[{connection, C}] -> C; _ -> none catch _:_ -> none end, lists:member(Conn, Cs) end],
 		[rabbit_channel:do(Ch, {'basic.ack', 4294967295, false}) || Ch <- Chs], length(Chs).`)
 	var n int
 	fmt.Sscan(strings.TrimSpace(out), &n)
