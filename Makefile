@@ -31,7 +31,7 @@ CHART_TEST := charts/test
 IMAGE    ?= ghcr.io/warren-mq/warren
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: help build broker run test chart-test bench lint tidy-check image clean
+.PHONY: help build broker run test chart-test cluster-test bench lint tidy-check image clean
 
 help: ## show this help
 	@echo 'Usage: make <target>   (VERSION=$(VERSION))'
@@ -55,6 +55,9 @@ test: ## bring the broker up, then go test -race ./... against WARREN_TEST_AMQP_
 chart-test: ## the chart's tests only: lint, render, install into a local kube-apiserver, run as the kubelet would
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && $(GO) test -race -count=1 -p 2 -timeout 30m ./...
+
+cluster-test: ## warren through the loss of any node of a 3-node cluster the tests start (root; WARREN_CLUSTER=short for CI's profile)
+	WARREN_CLUSTER="$${WARREN_CLUSTER:-full}" $(GO) test -count=1 -v -p 1 -timeout 60m -run 'TestCluster$$' ./cluster/ ./internal/brokertest/
 
 bench: build ## measure warren against reference consumers on the local broker; prints the table
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"

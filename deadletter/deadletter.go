@@ -157,10 +157,12 @@ type Dial func(ctx context.Context) (*amqp.Connection, string, error)
 // ReplayAcross replays as Replay does, and rides through the loss of its
 // connection: it dials again, with backoff for at most retryFor, and goes
 // on from where it was, on whichever node answers. The limit (0: all the
-// messages there when it starts) holds across connections. A dead message
-// whose copy was confirmed but whose ack was lost with the connection is
-// handed back by the broker and replayed again: a duplicate is possible, a
-// loss is not.
+// messages there when it starts) holds across connections, plus one per
+// connection lost: a dead message whose copy was confirmed but whose ack
+// was lost with the connection is handed back by the broker and replayed
+// again, counted twice. After a loss, a queue found empty before the limit
+// is watched for up to 30 s for the messages the lost connection held to
+// come back. A duplicate is possible, a loss is not.
 func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, retryFor time.Duration) (int, error) {
 	conn, _, err := dial(ctx)
 	if err != nil {
@@ -176,13 +178,34 @@ func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, 
 	}
 	moved := 0
 	wait := 100 * time.Millisecond
+	hadLoss := false
 	for {
 		lostWatch := broker.LostWatch(conn)
 		n, err := Replay(ctx, conn, t, limit-moved)
 		moved += n
 		lost := err != nil && ctx.Err() == nil && lostWatch()
+		if err == nil && hadLoss && moved < limit && reappears(ctx, conn, t) {
+			// A message the lost connection held is back in the queue.
+			conn.Close()
+			conn, _, err = dial(ctx)
+			if err != nil {
+				return moved, err
+			}
+			continue
+		}
 		conn.Close()
-		if err == nil || !lost || ctx.Err() != nil || moved >= limit {
+		if err == nil || !lost || ctx.Err() != nil {
+			return moved, err
+		}
+		hadLoss = true
+		if moved > 0 {
+			// The ack of the last message moved may have been lost with
+			// the connection: the broker then hands it back and it is
+			// replayed again, counted twice. One more keeps the oldest
+			// message still there from being left behind.
+			limit++
+		}
+		if moved >= limit {
 			return moved, err
 		}
 		deadline := time.Now().Add(retryFor)
@@ -202,4 +225,24 @@ func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, 
 			wait = min(2*wait, 5*time.Second)
 		}
 	}
+}
+
+// heldFor bounds the wait for messages that a lost connection held to be
+// handed back: the broker notices a dead client within a few heartbeats.
+const heldFor = 30 * time.Second
+
+// reappears waits up to heldFor for the dead-letter queue of t to hold
+// messages again, and reports whether it does.
+func reappears(ctx context.Context, conn *amqp.Connection, t broker.Topology) bool {
+	deadline := time.Now().Add(heldFor)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if n, _, err := List(ctx, conn, t, 0); err != nil || n > 0 {
+			return err == nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	return false
 }
