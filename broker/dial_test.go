@@ -63,13 +63,14 @@ func TestDialTLS(t *testing.T) {
 	const secret = "Tls-S3cret-pw"
 
 	for _, tt := range []struct {
-		name      string
-		cert      tls.Certificate
-		mutual    bool // the listener requires a client certificate
-		files     broker.TLSFiles
-		plain     bool // dial the broker's plain AMQP port with amqps://
-		wantErr   []string
-		wantProxy string // what the listener says of the failed handshake
+		name       string
+		cert       tls.Certificate
+		mutual     bool // the listener requires a client certificate
+		files      broker.TLSFiles
+		plain      bool   // dial the broker's plain AMQP port with amqps://
+		maxVersion uint16 // the listener's highest TLS version; 0: the default
+		wantErr    []string
+		wantProxy  string // what the listener says of the failed handshake
 	}{
 		{name: "good CA", cert: good.TLS, files: broker.TLSFiles{CA: caFile}},
 		{name: "wrong CA", cert: good.TLS, files: broker.TLSFiles{CA: otherCAFile},
@@ -91,6 +92,8 @@ func TestDialTLS(t *testing.T) {
 			wantErr: []string{"refused warren's client certificate"}, wantProxy: "certificate has expired"},
 		{name: "broker without TLS", plain: true, files: broker.TLSFiles{CA: caFile},
 			wantErr: []string{"does not speak TLS"}},
+		{name: "broker at TLS 1.1", cert: good.TLS, maxVersion: tls.VersionTLS11, files: broker.TLSFiles{CA: caFile},
+			wantErr: []string{"protocol version", "TLS 1.2 or later"}, wantProxy: "client offered only unsupported versions"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var u string
@@ -106,7 +109,12 @@ func TestDialTLS(t *testing.T) {
 				if !tt.mutual {
 					clientCAs = nil
 				}
-				proxy = brokertest.NewTLSProxy(t, brokertest.URL(), tt.cert, clientCAs)
+				if tt.maxVersion != 0 {
+					proxy = brokertest.NewTLSProxyConfig(t, brokertest.URL(), &tls.Config{
+						Certificates: []tls.Certificate{tt.cert}, MinVersion: tls.VersionTLS10, MaxVersion: tt.maxVersion})
+				} else {
+					proxy = brokertest.NewTLSProxy(t, brokertest.URL(), tt.cert, clientCAs)
+				}
 				u = tlsURL(t, "localhost", proxy.Port(), "")
 			}
 			d := &broker.Dialer{URLs: []string{u}}

@@ -158,6 +158,8 @@ func explainDial(err error) error {
 		strings.Contains(text, "remote error: tls: revoked certificate"), strings.Contains(text, "remote error: tls: unsupported certificate"),
 		strings.Contains(text, "remote error: tls: unknown certificate"): // and "unknown certificate authority"
 		return fmt.Errorf("%w (the broker refused warren's client certificate)", err)
+	case strings.Contains(text, "tls: protocol version not supported"):
+		return fmt.Errorf("%w (the broker does not offer TLS 1.2 or later, which warren requires)", err)
 	case strings.Contains(text, "remote error: tls: "):
 		return fmt.Errorf("%w (the broker refused the TLS handshake)", err)
 	case strings.Contains(text, "tls: first record does not look like a TLS handshake"):

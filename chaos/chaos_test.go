@@ -39,11 +39,17 @@ type profile struct {
 }
 
 var profiles = map[string]profile{
-	"short": {name: "short", messages: 3000, poisonEvery: 100, flakyEvery: 25, span: 60 * time.Second,
+	// The spans are longer than the faults take, so that the queue never
+	// runs dry while they are injected; once they are over, the endpoint
+	// takes the rest at full speed.
+	"short": {name: "short", messages: 3000, poisonEvery: 100, flakyEvery: 25, span: 2 * time.Minute,
 		closes: 5, appRestarts: 1, nodeRestarts: 1, burst: 100_000},
-	"full": {name: "full", messages: 10_000, poisonEvery: 100, flakyEvery: 25, span: 150 * time.Second,
+	"full": {name: "full", messages: 10_000, poisonEvery: 100, flakyEvery: 25, span: 6 * time.Minute,
 		closes: 20, appRestarts: 3, nodeRestarts: 1, burst: 100_000},
 }
+
+// settle is how long the replicas consume between two faults; see record.
+const settle = 3 * time.Second
 
 // chosen returns the profile WARREN_CHAOS names, or skips the test.
 func chosen(t *testing.T) profile {
@@ -222,6 +228,10 @@ func (s *suite) faults(t *testing.T, qt string) {
 	}
 	record := func(fault string, depth int, start time.Time, detect time.Duration) {
 		report = append(report, healed{fault: fault, backlog: depth, detect: detect, heal: time.Since(start)})
+		// The next fault comes once the replicas consumed a while: warren
+		// counts a connection that served less than 2 s as a failed one,
+		// and backs off further after it (up to 30 s).
+		time.Sleep(settle)
 	}
 
 	// SIGKILL a replica while the endpoint answers some of its messages:
@@ -279,10 +289,17 @@ func (s *suite) faults(t *testing.T, qt string) {
 	waitHealed("stalled link", before, 0)
 	record("stall replica-0's link", depth, start, detect)
 
-	// A link cut half-way through a frame the broker sends.
+	// A link cut half-way through a frame the broker sends. A few more
+	// messages make sure that deliveries are under way.
 	before, depth, start = lost(), backlog(), time.Now()
 	cuts := proxy.MidFrameCuts()
 	proxy.CutMidFrame()
+	extra := make([]string, 30)
+	for i := range extra {
+		extra[i] = fmt.Sprintf("cut-%02d", i)
+	}
+	bodies = append(bodies, extra...)
+	publishAll(t, s.url, q, extra)
 	brokertest.WaitFor(t, 30*time.Second, "a link cut mid-frame", func() bool { return proxy.MidFrameCuts() > cuts })
 	waitHealed("link cut mid-frame", before, 0)
 	record("cut replica-0's link mid-frame", depth, start, 0)

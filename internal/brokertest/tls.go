@@ -189,6 +189,13 @@ func NewTLSProxy(t testing.TB, brokerURL string, cert tls.Certificate, clientCAs
 		config.ClientCAs = clientCAs
 		config.ClientAuth = tls.RequireAndVerifyClientCert
 	}
+	return NewTLSProxyConfig(t, brokerURL, config)
+}
+
+// NewTLSProxyConfig starts a TLS listener on 127.0.0.1 with config,
+// forwarding to the broker at brokerURL.
+func NewTLSProxyConfig(t testing.TB, brokerURL string, config *tls.Config) *TLSProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("TLS proxy listen: %v", err)
