@@ -83,10 +83,10 @@ tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-apiserver/go.mod $(CHART_TEST)/kube-apiserver/go.sum
 
 .PHONY: chaos chaos-short
-chaos: ## the fault suite, full profile (root, rabbitmq-server): 3 warren processes through broker restarts, kills, stalls; about 10 min
+chaos: ## the fault suite, full profile (root, rabbitmq-server): 3 warren processes through broker restarts, kills, stalls; about 5 min
 	WARREN_CHAOS=full $(GO) test -count=1 -v -timeout 30m -run '^TestChaos$$' ./chaos/
 
-chaos-short: ## the fault suite's CI profile, a few minutes
+chaos-short: ## the fault suite's CI profile, about 3 min
 	WARREN_CHAOS=short $(GO) test -count=1 -v -timeout 20m -run '^TestChaos$$' ./chaos/
 
 image: ## build the container image IMAGE:VERSION with docker (needs a daemon that can pull the base images)

@@ -39,12 +39,13 @@ type profile struct {
 }
 
 var profiles = map[string]profile{
-	// The spans are longer than the faults take, so that the queue never
-	// runs dry while they are injected; once they are over, the endpoint
-	// takes the rest at full speed.
-	"short": {name: "short", messages: 3000, poisonEvery: 100, flakyEvery: 25, span: 2 * time.Minute,
+	// The spans are nearly twice what the faults take here (about 1 and 2
+	// minutes), so that the queue does not run dry while they are
+	// injected, and most messages go through them; once they are over,
+	// the endpoint takes the rest at full speed.
+	"short": {name: "short", messages: 3000, poisonEvery: 100, flakyEvery: 25, span: 100 * time.Second,
 		closes: 5, appRestarts: 1, nodeRestarts: 1, burst: 100_000},
-	"full": {name: "full", messages: 10_000, poisonEvery: 100, flakyEvery: 25, span: 6 * time.Minute,
+	"full": {name: "full", messages: 10_000, poisonEvery: 100, flakyEvery: 25, span: 200 * time.Second,
 		closes: 20, appRestarts: 3, nodeRestarts: 1, burst: 100_000},
 }
 
@@ -228,6 +229,9 @@ func (s *suite) faults(t *testing.T, qt string) {
 	}
 	record := func(fault string, depth int, start time.Time, detect time.Duration) {
 		report = append(report, healed{fault: fault, backlog: depth, detect: detect, heal: time.Since(start)})
+		if depth == 0 {
+			t.Errorf("the queue was empty when the suite injected %q: the fault hit no message; make the profile's span longer", fault)
+		}
 		// The next fault comes once the replicas consumed a while: warren
 		// counts a connection that served less than 2 s as a failed one,
 		// and backs off further after it (up to 30 s).
