@@ -118,6 +118,11 @@ func TestRetriesWaitInRetryQueuesThenDeadLetter(t *testing.T) {
 			if at, ok := d.Headers[broker.HeaderDiedAt].(time.Time); !ok || time.Since(at) > time.Minute {
 				t.Errorf("dead copy %s = %v, want the time it died", broker.HeaderDiedAt, d.Headers[broker.HeaderDiedAt])
 			}
+			// An outcome is counted once its ack went out, which acks
+			// coalesce for up to a few ms after the copy was confirmed.
+			brokertest.WaitFor(t, 5*time.Second, "the dead message counted", func() bool {
+				return h.metric(t, "warren_messages_total", "outcome", "dead") == 1
+			})
 			for name, want := range map[string]float64{
 				"warren_messages_total|outcome|retry":           3,
 				"warren_messages_total|outcome|dead":            1,
