@@ -82,6 +82,11 @@ tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	cd $(CHART_TEST)/kube-apiserver && $(GO) mod tidy
 	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-apiserver/go.mod $(CHART_TEST)/kube-apiserver/go.sum
 
+.PHONY: e2e
+e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load; about 3 min (+8 cold)
+	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
+	cd $(CHART_TEST) && WARREN_E2E=1 $(GO) test -count=1 -v -timeout 30m -run '^TestE2E$$' ./e2e/
+
 .PHONY: chaos chaos-short
 chaos: ## the fault suite, full profile (root, rabbitmq-server): 3 warren processes through broker restarts, kills, stalls; about 5 min
 	WARREN_CHAOS=full $(GO) test -count=1 -v -timeout 30m -run '^TestChaos$$' ./chaos/

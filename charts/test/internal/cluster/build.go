@@ -16,10 +16,18 @@ import (
 	"time"
 )
 
-// errBuildImpossible marks an API server that cannot be built here: no go
-// command, or no way to download the modules. Any other build error is a
-// failure.
-var errBuildImpossible = errors.New("kube-apiserver cannot be built")
+// errBuildImpossible marks a control-plane binary that cannot be built here:
+// no go command, or no way to download the modules. Any other build error is
+// a failure.
+var errBuildImpossible = errors.New("control-plane binary cannot be built")
+
+// The control-plane components, each built from the main module of the same
+// name in charts/test.
+const (
+	KubeAPIServer         = "kube-apiserver"
+	KubeControllerManager = "kube-controller-manager"
+	KubeScheduler         = "kube-scheduler"
+)
 
 // networkErrors are what `go build` says when the module proxy is out of
 // reach.
@@ -29,16 +37,25 @@ var networkErrors = []string{
 	"GOPROXY=off", "module lookup disabled", "GOFLAGS=-mod=vendor",
 }
 
-// APIServer returns the path of a kube-apiserver binary built from the
-// module in charts/test/kube-apiserver. The binary is cached outside the
-// repository, under a name made of the k8s.io/kubernetes version and a hash
-// of that module's files and the Go version, so CI runs and later sessions
-// on the same machine reuse it: the cold build takes about 4 minutes on 2
-// cores. The cache is $WARREN_TEST_CACHE, else /var/cache/warren-test when
-// writable, else the user's cache directory.
+// APIServer returns the path of a kube-apiserver binary: Binary(t,
+// KubeAPIServer).
 func APIServer(t testing.TB) (string, error) {
 	t.Helper()
-	src, err := sourceDir()
+	return Binary(t, KubeAPIServer)
+}
+
+// Binary returns the path of a control-plane binary (KubeAPIServer,
+// KubeControllerManager or KubeScheduler) built from the module in
+// charts/test/<component>. The binary is cached outside the repository,
+// under a name made of the k8s.io/kubernetes version and a hash of that
+// module's files and the Go version, so CI runs and later sessions on the
+// same machine reuse it: a cold build takes about 4 minutes on 2 cores (the
+// second and third component reuse most of the first's compiled packages).
+// The cache is $WARREN_TEST_CACHE, else /var/cache/warren-test when
+// writable, else the user's cache directory.
+func Binary(t testing.TB, component string) (string, error) {
+	t.Helper()
+	src, err := sourceDir(component)
 	if err != nil {
 		return "", err
 	}
@@ -50,13 +67,14 @@ func APIServer(t testing.TB) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(cache, fmt.Sprintf("kube-apiserver-%s-%s", version, key))
+	bin := filepath.Join(cache, fmt.Sprintf("%s-%s-%s", component, version, key))
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
 
-	// One build at a time, across test processes.
-	unlock, err := lock(filepath.Join(cache, "kube-apiserver.lock"))
+	// One build at a time, across test processes: two go builds of
+	// k8s.io/kubernetes at once only slow each other down.
+	unlock, err := lock(filepath.Join(cache, "build.lock"))
 	if err != nil {
 		return "", err
 	}
@@ -69,7 +87,7 @@ func APIServer(t testing.TB) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: go not found: %v", errBuildImpossible, err)
 	}
-	t.Logf("building kube-apiserver %s into %s (about 4 minutes on 2 cores, once per version)", version, bin)
+	t.Logf("building %s %s into %s (minutes on 2 cores, once per version)", component, version, bin)
 	started := time.Now()
 	tmp := bin + ".tmp"
 	cmd := exec.Command(goCmd, "build", "-trimpath", "-o", tmp, ".")
@@ -81,27 +99,27 @@ func APIServer(t testing.TB) (string, error) {
 		msg := strings.TrimSpace(string(out))
 		for _, s := range networkErrors {
 			if strings.Contains(msg, s) {
-				return "", fmt.Errorf("%w: the Go module proxy is out of reach and no binary is cached in %s: %s", errBuildImpossible, cache, lastLines(msg, 5))
+				return "", fmt.Errorf("%w: the Go module proxy is out of reach and no %s is cached in %s: %s", errBuildImpossible, component, cache, lastLines(msg, 5))
 			}
 		}
-		return "", fmt.Errorf("build kube-apiserver %s: %v\n%s", version, err, lastLines(msg, 30))
+		return "", fmt.Errorf("build %s %s: %v\n%s", component, version, err, lastLines(msg, 30))
 	}
 	if err := os.Rename(tmp, bin); err != nil {
-		return "", fmt.Errorf("cache kube-apiserver: %w", err)
+		return "", fmt.Errorf("cache %s: %w", component, err)
 	}
-	t.Logf("built kube-apiserver %s in %v", version, time.Since(started).Round(time.Second))
+	t.Logf("built %s %s in %v", component, version, time.Since(started).Round(time.Second))
 	return bin, nil
 }
 
-// sourceDir is charts/test/kube-apiserver, found from this file's path.
-func sourceDir() (string, error) {
+// sourceDir is charts/test/<component>, found from this file's path.
+func sourceDir(component string) (string, error) {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
-		return "", errors.New("locate kube-apiserver sources: no caller information")
+		return "", fmt.Errorf("locate %s sources: no caller information", component)
 	}
-	dir := filepath.Join(filepath.Dir(file), "..", "..", "kube-apiserver")
+	dir := filepath.Join(filepath.Dir(file), "..", "..", component)
 	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
-		return "", fmt.Errorf("locate kube-apiserver sources: %w", err)
+		return "", fmt.Errorf("locate %s sources: %w", component, err)
 	}
 	return dir, nil
 }
@@ -113,7 +131,7 @@ func buildKey(src string) (version, key string, err error) {
 	for _, name := range []string{"go.mod", "go.sum", "main.go"} {
 		b, err := os.ReadFile(filepath.Join(src, name))
 		if err != nil {
-			return "", "", fmt.Errorf("kube-apiserver build key: %w", err)
+			return "", "", fmt.Errorf("build key: %w", err)
 		}
 		fmt.Fprintf(h, "%s %d\n", name, len(b))
 		h.Write(b)
@@ -122,7 +140,7 @@ func buildKey(src string) (version, key string, err error) {
 		}
 	}
 	if version == "" {
-		return "", "", errors.New("kube-apiserver build key: go.mod requires no k8s.io/kubernetes")
+		return "", "", fmt.Errorf("build key: %s/go.mod requires no k8s.io/kubernetes", src)
 	}
 	goVersion, err := exec.Command("go", "env", "GOVERSION").Output()
 	if err == nil {

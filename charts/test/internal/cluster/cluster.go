@@ -1,8 +1,11 @@
 // Package cluster runs a Kubernetes control plane on loopback for tests: etcd
 // from the system's etcd-server package and a kube-apiserver built from the
-// k8s.io/kubernetes module in ../../kube-apiserver. No controllers, no
-// kubelet: objects are stored and validated by the real API server, and
-// nothing runs them.
+// k8s.io/kubernetes module in ../../kube-apiserver. Start runs those two
+// alone: objects are stored and validated by the real API server, and
+// nothing runs them. StartControlPlane adds kube-controller-manager and
+// kube-scheduler (../../kube-controller-manager, ../../kube-scheduler), so
+// Deployments, ReplicaSets, endpoints and disruption budgets work and pods
+// are bound to nodes; a kubelet is the caller's.
 package cluster
 
 import (
@@ -27,6 +30,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
 
@@ -37,6 +42,9 @@ type Cluster struct {
 	Kubeconfig string
 	// Config is the same as a client-go configuration.
 	Config *rest.Config
+
+	dir     string // the test's directory: logs, keys, certificates
+	keyFile string // the service-account signing key
 }
 
 // Start starts etcd and kube-apiserver, each on free loopback ports, and
@@ -49,17 +57,73 @@ func Start(t testing.TB) *Cluster {
 	if err != nil {
 		skipOrFail(t, "etcd not found (Debian: apt-get install etcd-server): %v", err)
 	}
-	apiserver, err := APIServer(t)
+	apiserver := binary(t, KubeAPIServer)
+	dir := t.TempDir()
+	etcdURL := startEtcd(t, etcd, dir)
+	return startAPIServer(t, apiserver, dir, etcdURL)
+}
+
+// StartControlPlane is Start, then kube-controller-manager and
+// kube-scheduler with the same credentials. It returns once the controller
+// manager has published the root CA into the default namespace (its
+// controllers run) and the scheduler's process is up; the scheduler serves
+// no port, so the first pod it binds is the proof that it works.
+func StartControlPlane(t testing.TB) *Cluster {
+	t.Helper()
+	cm := binary(t, KubeControllerManager)
+	sched := binary(t, KubeScheduler)
+	c := Start(t)
+
+	flexDir := filepath.Join(c.dir, "flexvolume")
+	if err := os.Mkdir(flexDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, c.dir, KubeControllerManager, cm,
+		"--kubeconfig="+c.Kubeconfig,
+		"--service-account-private-key-file="+c.keyFile,
+		"--root-ca-file="+filepath.Join(c.dir, "certs", "apiserver.crt"),
+		// Every controller acts with the masters token of the kubeconfig:
+		// no per-controller service accounts to mint tokens for.
+		"--use-service-account-credentials=false",
+		"--leader-elect=false",
+		// Otherwise it creates a directory under /usr/libexec.
+		"--flex-volume-plugin-dir="+flexDir,
+		"--secure-port=0",
+		"--controllers=*",
+		"--v=1",
+	)
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = waitFor(p, time.Minute, func() error {
+		_, err := cs.CoreV1().ConfigMaps("default").Get(context.Background(), "kube-root-ca.crt", metav1.GetOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, c.dir, KubeScheduler, sched,
+		"--kubeconfig="+c.Kubeconfig,
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--v=1",
+	)
+	return c
+}
+
+// binary is Binary, skipping the test (failing it in CI) when the component
+// cannot be built here.
+func binary(t testing.TB, component string) string {
+	t.Helper()
+	bin, err := Binary(t, component)
 	if errors.Is(err, errBuildImpossible) {
 		skipOrFail(t, "%v", err)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	dir := t.TempDir()
-	etcdURL := startEtcd(t, etcd, dir)
-	return startAPIServer(t, apiserver, dir, etcdURL)
+	return bin
 }
 
 // requireCluster reports whether a missing etcd or API server fails the test
@@ -286,6 +350,8 @@ contexts:
 current-context: test
 `, host, token))
 	return &Cluster{
+		dir:        dir,
+		keyFile:    keyFile,
 		Kubeconfig: kubeconfig,
 		Config: &rest.Config{
 			Host:            host,

@@ -40,3 +40,15 @@ func TestRequiredVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestBinaries builds (or finds cached) every control-plane component; CI
+// runs it before the tests so their time goes to testing.
+func TestBinaries(t *testing.T) {
+	for _, c := range []string{KubeAPIServer, KubeControllerManager, KubeScheduler} {
+		bin, err := Binary(t, c)
+		if err != nil {
+			t.Fatalf("Binary(%s) = %v", c, err)
+		}
+		t.Logf("%s: %s", c, bin)
+	}
+}

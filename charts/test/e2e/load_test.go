@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ledger counts every message: those the broker confirmed to the
+// publisher, and every time the application (the sidecar, through the
+// collector) was handed one.
+type ledger struct {
+	mu        sync.Mutex
+	confirmed map[string][]string // scenario -> message ids, in order
+	handled   map[string]int      // message id -> deliveries to the application
+	byPod     map[string]int      // pod -> deliveries
+	redeliv   map[string]int      // message id -> deliveries flagged redelivered
+	returned  int                 // published but unroutable
+}
+
+func newLedger() *ledger {
+	return &ledger{confirmed: map[string][]string{}, handled: map[string]int{}, byPod: map[string]int{}, redeliv: map[string]int{}}
+}
+
+func (l *ledger) confirm(scenario, id string) {
+	l.mu.Lock()
+	l.confirmed[scenario] = append(l.confirmed[scenario], id)
+	l.mu.Unlock()
+}
+
+func (l *ledger) handle(id, pod string, redelivered bool) {
+	l.mu.Lock()
+	l.handled[id]++
+	l.byPod[pod]++
+	if redelivered {
+		l.redeliv[id]++
+	}
+	l.mu.Unlock()
+}
+
+// tally is a scenario's count: messages confirmed, lost (confirmed, never
+// handled) and duplicates (deliveries beyond the first).
+type tally struct {
+	messages, lost, duplicates, redelivered int
+	firstLost                               []string
+}
+
+func (l *ledger) tally(scenario string) tally {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var tl tally
+	for _, id := range l.confirmed[scenario] {
+		tl.messages++
+		tl.redelivered += l.redeliv[id]
+		switch n := l.handled[id]; {
+		case n == 0:
+			tl.lost++
+			if len(tl.firstLost) < 5 {
+				tl.firstLost = append(tl.firstLost, id)
+			}
+		case n > 1:
+			tl.duplicates += n - 1
+		}
+	}
+	return tl
+}
+
+// collector is the HTTP endpoint the sidecars hand each message to, on the
+// pod network's gateway.
+type collector struct {
+	srv *http.Server
+	url string
+	wg  sync.WaitGroup
+}
+
+func startCollector(t *testing.T, addr string, l *ledger) *collector {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("collector: %v", err)
+	}
+	c := &collector{url: "http://" + ln.Addr().String() + "/"}
+	c.srv = &http.Server{
+		ReadHeaderTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			l.handle(string(body), r.Header.Get("X-Pod"), r.Header.Get("X-Redelivered") == "true")
+			w.WriteHeader(http.StatusOK)
+		}),
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		_ = c.srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		c.srv.Close()
+		c.wg.Wait()
+	})
+	return c
+}
+
+// publisher publishes a steady stream of persistent messages to the queue,
+// each with its own id, waits for each confirm and records the confirmed
+// ones. A lost connection (the broker stopped) is dialled again until the
+// load stops; a message whose confirm never came is not counted as sent.
+type publisher struct {
+	url, queue string
+	rate       time.Duration // between messages
+	ledger     *ledger
+	logf       func(string, ...any)
+}
+
+// load is a running publisher; stop ends it.
+type load struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (p *publisher) start(scenario string) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	ld := &load{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(ld.done)
+		p.run(ctx, scenario)
+	}()
+	return ld
+}
+
+func (ld *load) stop() {
+	ld.cancel()
+	<-ld.done
+}
+
+func (p *publisher) run(ctx context.Context, scenario string) {
+	seq := 0
+	for ctx.Err() == nil {
+		err := p.session(ctx, scenario, &seq)
+		if err != nil && ctx.Err() == nil {
+			p.logf("publisher: %v; dialling again", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// session publishes on one connection until it fails or ctx ends.
+func (p *publisher) session(ctx context.Context, scenario string, seq *int) error {
+	conn, err := amqp.DialConfig(p.url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Properties: amqp.Table{"connection_name": "e2e-publisher"}})
+	if err != nil {
+		return fmt.Errorf("dial: %w", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("channel: %w", err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		return fmt.Errorf("confirm mode: %w", err)
+	}
+	returns := ch.NotifyReturn(make(chan amqp.Return, 16))
+	tick := time.NewTicker(p.rate)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		*seq++
+		id := fmt.Sprintf("%s-%06d", scenario, *seq)
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		dc, err := ch.PublishWithDeferredConfirmWithContext(pctx, "", p.queue,
+			true,  // mandatory: an unroutable message comes back
+			false, // immediate
+			amqp.Publishing{DeliveryMode: amqp.Persistent, MessageId: id, Body: []byte(id)})
+		if err != nil {
+			cancel()
+			return fmt.Errorf("publish: %w", err)
+		}
+		acked, err := dc.WaitContext(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("confirm: %w", err)
+		}
+		returned := false
+		for len(returns) > 0 {
+			if r := <-returns; r.MessageId == id {
+				returned = true
+			}
+		}
+		switch {
+		case returned:
+			p.ledger.mu.Lock()
+			p.ledger.returned++
+			p.ledger.mu.Unlock()
+		case acked:
+			p.ledger.confirm(scenario, id)
+		}
+	}
+}
+
+// drain consumes what is left in the queue with the test's own consumer
+// and counts it as handled: after helm uninstall no pod consumes, and the
+// messages published meanwhile wait in the queue, not lost.
+func drain(t *testing.T, url, queue string, l *ledger) int {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	n := 0
+	for {
+		d, ok, err := ch.Get(queue, false)
+		if err != nil {
+			t.Fatalf("drain: %v", err)
+		}
+		if !ok {
+			return n
+		}
+		l.handle(strings.TrimSpace(string(d.Body)), "test-drain", d.Redelivered)
+		if err := d.Ack(false); err != nil {
+			t.Fatalf("drain: ack: %v", err)
+		}
+		n++
+	}
+}
