@@ -66,6 +66,14 @@ func TestRender(t *testing.T) {
 					}
 				}
 			}
+			// Each replica's connection carries its pod's name, or the
+			// name the values give.
+			name := env["WARREN_CONNECTION_NAME"]
+			fromPod := name.ValueFrom != nil && name.ValueFrom.FieldRef != nil && name.ValueFrom.FieldRef.FieldPath == "metadata.name"
+			if !fromPod && name.Value == "" {
+				t.Errorf("WARREN_CONNECTION_NAME = %+v, want the pod name (fieldRef metadata.name) or a value", name)
+			}
+
 			mount := volumeMount(c, "broker")
 			if mount == nil || !mount.ReadOnly || mount.MountPath != "/etc/warren/broker" {
 				t.Errorf("broker volume mount = %+v, want read-only at /etc/warren/broker", mount)
