@@ -325,6 +325,10 @@ func (e *env) testUninstall(t *testing.T) {
 		return len(left) == 0 && e.kubelet.Pods() == 0, fmt.Sprintf("pods %v, %d sandboxes", podNames(left), e.kubelet.Pods())
 	})
 	e.checkExits(t, pods)
+	waitFor(t, 30*time.Second, "no broker connection but the publisher's", func() (bool, string) {
+		names := slices.DeleteFunc(e.broker.connectionNames(t), func(n string) bool { return n == publisherName })
+		return len(names) == 0, fmt.Sprintf("connections %v", names)
+	})
 	// Nothing of the release is left; the garbage collector removes what
 	// the deleted objects owned. Secrets: the broker URL's and Helm's
 	// release records.

@@ -112,6 +112,9 @@ func startCollector(t *testing.T, addr string, l *ledger) *collector {
 	return c
 }
 
+// publisherName is the publisher's connection name in the broker.
+const publisherName = "e2e-publisher"
+
 // publisher publishes a steady stream of persistent messages to the queue,
 // each with its own id, waits for each confirm and records the confirmed
 // ones. A lost connection (the broker stopped) is dialled again until the
@@ -160,7 +163,7 @@ func (p *publisher) run(ctx context.Context, scenario string) {
 
 // session publishes on one connection until it fails or ctx ends.
 func (p *publisher) session(ctx context.Context, scenario string, seq *int) error {
-	conn, err := amqp.DialConfig(p.url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Properties: amqp.Table{"connection_name": "e2e-publisher"}})
+	conn, err := amqp.DialConfig(p.url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second), Properties: amqp.Table{"connection_name": publisherName}})
 	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}

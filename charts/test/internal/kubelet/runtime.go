@@ -331,11 +331,15 @@ func (c *container) run(ctx context.Context, stop <-chan time.Duration) {
 			return
 		case grace := <-stop:
 			stopProbes()
+			// Not ready from the moment it is told to stop, as the
+			// kubelet reports a terminating container.
+			c.setReady(false)
 			end.Cause = "deleted"
 			c.kill(p, grace, &end)
 			stopped = true
 		case why := <-c.failed:
 			stopProbes()
+			c.setReady(false)
 			end.Cause = "liveness"
 			grace := c.probeGrace()
 			c.w.logf("%s: %s; SIGTERM, grace %v", c.spec.Name, why, grace)
