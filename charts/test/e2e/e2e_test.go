@@ -195,6 +195,13 @@ func (e *env) testRollingUpdate(t *testing.T) {
 		if slices.Contains(old, p.Name) {
 			t.Errorf("pod %s of the old revision is still there", p.Name)
 		}
+		for _, c := range p.Spec.Containers {
+			for _, v := range c.Env {
+				if c.Name == "warren" && v.Name == "WARREN_PREFETCH" && v.Value != "24" {
+					t.Errorf("pod %s: WARREN_PREFETCH = %q, want the upgraded 24", p.Name, v.Value)
+				}
+			}
+		}
 	}
 	if least < 3 {
 		t.Errorf("ready pods fell to %d during the rollout, want never below 3 (maxUnavailable 0)", least)

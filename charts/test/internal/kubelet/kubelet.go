@@ -11,7 +11,6 @@ package kubelet
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -302,9 +301,6 @@ func (k *Kubelet) imageOf(ref string) (Image, error) {
 func (k *Kubelet) podDir(uid types.UID) string {
 	return filepath.Join(k.cfg.Dir, string(uid))
 }
-
-// errTerminating stops a start when the pod is being deleted.
-var errTerminating = errors.New("pod terminating")
 
 func removeAll(dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
