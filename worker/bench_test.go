@@ -21,19 +21,22 @@ import (
 func BenchmarkDrain(b *testing.B) {
 	for _, s := range []struct {
 		name                  string
+		queueType             string
 		prefetch, concurrency int
 	}{
-		{"prefetch200-concurrency4", 200, 4},
-		{"prefetch1000-concurrency32", 1000, 32},
+		{"classic-prefetch200-concurrency4", broker.Classic, 200, 4},
+		{"classic-prefetch200-concurrency16", broker.Classic, 200, 16},
+		{"quorum-prefetch200-concurrency16", broker.Quorum, 200, 16},
+		{"classic-prefetch1000-concurrency32", broker.Classic, 1000, 32},
 	} {
 		b.Run(s.name, func(b *testing.B) {
 			q := brokertest.Queue(b)
-			brokertest.DeclareQueue(b, q, amqp.Table{amqp.QueueTypeArg: broker.Classic})
+			brokertest.DeclareQueue(b, q, amqp.Table{amqp.QueueTypeArg: s.queueType})
 			brokertest.Publish(b, q, brokertest.Bodies("m", b.N)...)
 			reg := prometheus.NewRegistry()
 			w, err := worker.New(worker.Config{
 				Dialer:      &broker.Dialer{URLs: []string{brokertest.URL()}},
-				Topology:    broker.Topology{Queue: q, Declare: true},
+				Topology:    broker.Topology{Queue: q, QueueType: s.queueType, Declare: true},
 				Handler:     worker.Noop(),
 				Logger:      zap.NewNop(),
 				Registerer:  reg,

@@ -251,6 +251,11 @@ func closeError(e *amqp.Error) error {
 // dispatch runs handlers for jobs until jobs is closed. slot records when
 // the running handler started, for Alive.
 func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int64) {
+	// Each handler's timeout context, when one is made, hangs off this
+	// goroutine's own parent: off the shared one, it would take that
+	// parent's lock twice.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	for j := range jobs {
 		if at, ok := broker.RetryAt(j.d.Headers); ok && time.Until(at) > 0 {
 			j.s.deferUntil(ctx, &j.d, at)
@@ -275,8 +280,8 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 // retry. A handler cut short by the end of the shutdown timeout hands its
 // message back untried.
 func (w *Worker) handle(ctx context.Context, d *amqp.Delivery) (o Outcome, err error) {
-	hctx, cancel := context.WithTimeout(ctx, w.cfg.HandlerTimeout)
-	defer cancel()
+	hctx := newCallContext(ctx, w.cfg.HandlerTimeout)
+	defer hctx.release()
 	defer func() {
 		if r := recover(); r != nil {
 			w.log.Error("handler panicked", zap.Any("panic", r), zap.Stack("stack"))

@@ -24,6 +24,7 @@ func run() int {
 	quick := flag.Bool("quick", false, "a short run, to check that the benchmark works")
 	types := flag.String("queue-types", "classic,quorum", "queue types to drain")
 	verbose := flag.Bool("v", false, "log each run")
+	rounds := flag.Int("rounds", 3, "rounds of plain, warren, warren, plain per drain setting")
 	flag.Parse()
 
 	url := os.Getenv("WARREN_TEST_AMQP_URL")
@@ -34,9 +35,9 @@ func run() int {
 	if *verbose {
 		e.Log = os.Stderr
 	}
-	o := bench.Options{Messages: *n, Tutorial: *n / 5, Handler: *n / 5, ExecN: 2000, QueueTypes: strings.Split(*types, ",")}
+	o := bench.Options{Messages: *n, Tutorial: *n / 5, Handler: *n / 5, ExecN: 2000, QueueTypes: strings.Split(*types, ","), Rounds: max(*rounds, 1)}
 	if *quick {
-		o = bench.Options{Messages: 5000, Tutorial: 1000, Handler: 2000, ExecN: 200, QueueTypes: o.QueueTypes}
+		o = bench.Options{Messages: 5000, Tutorial: 1000, Handler: 2000, ExecN: 200, QueueTypes: o.QueueTypes, Rounds: 1}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,15 +56,11 @@ func queueName(prefix string) string {
 // n persistent messages of size bytes to it, confirmed.
 func (e Env) Fill(prefix, qt string, n, size int) (string, error) {
 	q := queueName(prefix)
-	conn, err := amqp.Dial(e.URL)
+	conn, ch, err := e.channel(0)
 	if err != nil {
-		return "", fmt.Errorf("dial: %w", err)
+		return "", err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return "", fmt.Errorf("open channel: %w", err)
-	}
 	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{amqp.QueueTypeArg: qt}); err != nil {
 		return "", fmt.Errorf("declare %q: %w", q, err)
 	}
@@ -113,20 +110,35 @@ func (e Env) Delete(queues ...string) {
 }
 
 // PlainDrain consumes n messages from q as a plain amqp091-go consumer:
-// prefetch, and an ack with multiple=true every ackEvery messages.
+// prefetch, and an ack with multiple=true every ackEvery messages. The
+// queue's depth is watched meanwhile as in warren's runs, so that both
+// bear the watcher's cost on the broker.
 func (e Env) PlainDrain(q string, n, prefetch, ackEvery int) (Result, error) {
-	conn, err := amqp.Dial(e.URL)
+	conn, ch, err := e.channel(prefetch)
 	if err != nil {
-		return Result{}, fmt.Errorf("dial: %w", err)
+		return Result{}, err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
+	depth, err := e.watchDepth(q)
 	if err != nil {
-		return Result{}, fmt.Errorf("open channel: %w", err)
+		return Result{}, err
 	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
-		return Result{}, fmt.Errorf("qos: %w", err)
-	}
+	defer depth.close()
+	watched := make(chan struct{})
+	defer func() { <-watched }()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(watched)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(pollEvery):
+				_, _ = depth.ready()
+			}
+		}
+	}()
 	start := time.Now()
 	ds, err := ch.Consume(q, "", false, false, false, false, nil)
 	if err != nil {
@@ -148,16 +160,81 @@ func (e Env) PlainDrain(q string, n, prefetch, ackEvery int) (Result, error) {
 	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, nil
 }
 
-// Warren runs the warren binary with env until it has settled n messages
-// (warren_messages_total), and measures the rate from the moment it was
-// ready, and its peak resident memory.
-func (e Env) Warren(env []string, n int) (Result, error) {
+// pollEvery is how often a run's progress is looked at.
+const pollEvery = 5 * time.Millisecond
+
+// depthWatch reads a queue's count of ready messages from the broker, on a
+// connection of its own.
+type depthWatch struct {
+	q    string
+	conn *amqp.Connection
+	ch   *amqp.Channel
+}
+
+func (e Env) watchDepth(q string) (*depthWatch, error) {
+	conn, ch, err := e.channel(0)
+	if err != nil {
+		return nil, err
+	}
+	return &depthWatch{q: q, conn: conn, ch: ch}, nil
+}
+
+// channel connects to the broker and opens a channel with prefetch, if
+// not 0.
+func (e Env) channel(prefetch int) (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := amqp.Dial(e.URL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial: %w", err)
+	}
+	ch, err := conn.Channel()
+	if err == nil && prefetch > 0 {
+		err = ch.Qos(prefetch, 0, false)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("open channel: %w", err)
+	}
+	return conn, ch, nil
+}
+
+func (w *depthWatch) ready() (int, error) {
+	qi, err := w.ch.QueueDeclarePassive(w.q, true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("read depth of %q: %w", w.q, err)
+	}
+	return qi.Messages, nil
+}
+
+func (w *depthWatch) close() { w.conn.Close() }
+
+// Drained reports the messages of a queue filled with n that its consumer
+// has received: what the broker no longer holds ready.
+func (e Env) Drained(q string, n int) (progress func() (int, error), stop func(), err error) {
+	w, err := e.watchDepth(q)
+	if err != nil {
+		return nil, nil, err
+	}
+	return func() (int, error) {
+		r, err := w.ready()
+		return n - r, err
+	}, w.close, nil
+}
+
+// Warren runs the warren binary on queue q with env until progress says n
+// messages are handled and its metrics confirm that n are settled; the
+// rate counts from the moment it was ready, and its peak resident memory
+// is read at the end. progress is polled every pollEvery and must cost
+// warren nothing: a scrape of /metrics costs it about 1.6 ms of CPU, which
+// at that pace would take a sixth of a core from the run measured, so
+// /metrics is read only at the start and the end.
+func (e Env) Warren(q string, env []string, n int, progress func() (int, error)) (Result, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return Result{}, err
 	}
 	cmd := exec.Command(e.Binary)
-	cmd.Env = append(append(os.Environ(), "WARREN_AMQP_URL="+e.URL, "WARREN_HEALTH_ADDR="+addr, "WARREN_LOG_LEVEL=warn"), env...)
+	cmd.Env = append(append(warrenEnv(), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q,
+		"WARREN_HEALTH_ADDR="+addr, "WARREN_LOG_LEVEL=warn"), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return Result{}, fmt.Errorf("start warren: %w", err)
@@ -187,7 +264,8 @@ func (e Env) Warren(env []string, n int) (Result, error) {
 			return Result{}, fmt.Errorf("warren exited: %v", err)
 		default:
 		}
-		if start.IsZero() {
+		switch {
+		case start.IsZero():
 			if resp, err := http.Get(base + "/readyz"); err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
@@ -195,14 +273,36 @@ func (e Env) Warren(env []string, n int) (Result, error) {
 					startCount, _ = settled(base)
 				}
 			}
-		} else if c, err := settled(base); err == nil && c >= float64(n) {
-			took := time.Since(start)
-			rss := peakRSS(cmd.Process.Pid)
-			stop()
-			return Result{Rate: (float64(n) - startCount) / took.Seconds(), Duration: took, PeakRSS: rss}, nil
+		default:
+			done, err := progress()
+			if err != nil {
+				stop()
+				return Result{}, err
+			}
+			if done < n {
+				break
+			}
+			if c, err := settled(base); err == nil && c >= float64(n) {
+				took := time.Since(start)
+				rss := peakRSS(cmd.Process.Pid)
+				stop()
+				return Result{Rate: (float64(n) - startCount) / took.Seconds(), Duration: took, PeakRSS: rss}, nil
+			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(pollEvery)
 	}
+}
+
+// warrenEnv is this process's environment without its WARREN_ variables,
+// which warren would take for its own.
+func warrenEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "WARREN_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // settled returns the messages warren has settled, from its metrics.
@@ -294,6 +394,13 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// Handled returns a progress function for Warren: the requests served
+// since it was called.
+func (s *HTTPServer) Handled() func() (int, error) {
+	base := s.count.Load()
+	return func() (int, error) { return int(s.count.Load() - base), nil }
+}
+
 // Close stops the server.
 func (s *HTTPServer) Close() {
 	_ = s.srv.Close()
@@ -341,6 +448,57 @@ func BareHTTP(url string, n, size, concurrency int) (Result, error) {
 	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, firstErr
 }
 
+// PlainHTTP drains n messages from q as a hand-written consumer would
+// hand them to an HTTP endpoint: prefetch, concurrency goroutines reading
+// the deliveries, a POST per message, an ack per message once it is
+// answered. It is warren's HTTP handler without retries, dead letters,
+// timeouts or headers.
+func (e Env) PlainHTTP(q, url string, n, prefetch, concurrency int) (Result, error) {
+	conn, ch, err := e.channel(prefetch)
+	if err != nil {
+		return Result{}, err
+	}
+	defer conn.Close()
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = concurrency
+	client := &http.Client{Transport: t}
+	start := time.Now()
+	ds, err := ch.Consume(q, "", false, false, false, false, nil)
+	if err != nil {
+		return Result{}, fmt.Errorf("consume: %w", err)
+	}
+	var got atomic.Int64
+	var firstErr error
+	var once, finish sync.Once
+	all := make(chan struct{})
+	var wg sync.WaitGroup
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range ds {
+				resp, err := client.Post(url, "application/octet-stream", bytes.NewReader(d.Body))
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					err = d.Ack(false)
+				}
+				if err != nil {
+					once.Do(func() { firstErr = err })
+				}
+				if got.Add(1) == int64(n) || err != nil {
+					finish.Do(func() { close(all) })
+				}
+			}
+		}()
+	}
+	<-all
+	took := time.Since(start)
+	conn.Close() // ends the deliveries, and the goroutines with them
+	wg.Wait()
+	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, firstErr
+}
+
 // AMQPConsume drains n messages from q with Debian's amqp-consume running
 // command per message.
 func (e Env) AMQPConsume(q string, n int, command string) (Result, error) {
@@ -363,7 +521,7 @@ func (e Env) AMQPConsume(q string, n int, command string) (Result, error) {
 func (e Env) Publish(q string, n int) (Result, error) {
 	start := time.Now()
 	cmd := exec.Command(e.Binary, "publish", "-count", strconv.Itoa(n), strings.Repeat("x", 100))
-	cmd.Env = append(os.Environ(), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q, "WARREN_RETRY_DELAYS=", "WARREN_LOG_LEVEL=warn")
+	cmd.Env = append(warrenEnv(), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q, "WARREN_RETRY_DELAYS=", "WARREN_LOG_LEVEL=warn")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Result{}, fmt.Errorf("warren publish: %w: %s", err, out)
 	}
@@ -374,15 +532,11 @@ func (e Env) Publish(q string, n int) (Result, error) {
 // Paced publishes n messages to q at rate messages per second, each with
 // an x-sent header holding the time it was sent.
 func (e Env) Paced(ctx context.Context, q string, rate, n int) error {
-	conn, err := amqp.Dial(e.URL)
+	conn, ch, err := e.channel(0)
 	if err != nil {
-		return fmt.Errorf("dial: %w", err)
+		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return fmt.Errorf("open channel: %w", err)
-	}
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		// Each message at its time: a ticker would drop ticks when late.
@@ -408,18 +562,11 @@ func (e Env) Paced(ctx context.Context, q string, rate, n int) error {
 // PlainLatency consumes n messages from q like PlainDrain's consumer, acking
 // each, and records the latency from each message's x-sent header.
 func (e Env) PlainLatency(ctx context.Context, q string, prefetch, n int) ([]time.Duration, error) {
-	conn, err := amqp.Dial(e.URL)
+	conn, ch, err := e.channel(prefetch)
 	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return nil, fmt.Errorf("open channel: %w", err)
-	}
-	if err := ch.Qos(prefetch, 0, false); err != nil {
 		return nil, err
 	}
+	defer conn.Close()
 	ds, err := ch.Consume(q, "", false, false, false, false, nil)
 	if err != nil {
 		return nil, err
@@ -459,13 +606,18 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 
 // Median returns the median rate of rs.
 func Median(rs []Result) float64 {
-	if len(rs) == 0 {
-		return 0
-	}
 	v := make([]float64, len(rs))
 	for i, r := range rs {
 		v[i] = r.Rate
 	}
+	return median(v)
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	v = slices.Clone(v)
 	sort.Float64s(v)
 	if len(v)%2 == 1 {
 		return v[len(v)/2]

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -17,6 +18,7 @@ type Options struct {
 	Handler    int // per run of the HTTP and exec comparisons
 	ExecN      int // per run of the exec comparison
 	QueueTypes []string
+	Rounds     int // of plain, warren, warren, plain per drain setting
 }
 
 // setting is one warren configuration of the drain comparison.
@@ -35,25 +37,37 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%s\t\n", name, qt, w, ref, r, mib(rss))
 	}
+	// ratioRow reports the median of the rounds' ratios, and their range:
+	// each round's ratio compares runs made side by side, which drift in
+	// the machine's load hits alike.
+	ratioRow := func(name, qt string, w, ref float64, ratios []float64, rss int64) {
+		lo, hi := slices.Min(ratios), slices.Max(ratios)
+		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2fx (%.2f-%.2f)\t%s\t\n", name, qt, w, ref, median(ratios), lo, hi, mib(rss))
+	}
 	for _, qt := range o.QueueTypes {
 		// The reference of the noop drains: a plain consumer, prefetch 200,
-		// acking multiple every 50. Runs alternate plain, warren, warren,
+		// acking multiple every 50. Each round runs plain, warren, warren,
 		// plain, so that drift in the broker hits both alike.
 		for _, s := range settings {
 			var plain, warren []Result
-			for _, who := range []string{"plain", "warren", "warren", "plain"} {
-				r, err := e.drain(qt, o.Messages, who, s)
-				if err != nil {
-					return err
+			var ratios []float64
+			for range o.Rounds {
+				var p, w float64
+				for _, who := range []string{"plain", "warren", "warren", "plain"} {
+					r, err := e.drain(qt, o.Messages, who, s)
+					if err != nil {
+						return err
+					}
+					if who == "plain" {
+						plain, p = append(plain, r), p+r.Rate
+					} else {
+						warren, w = append(warren, r), w+r.Rate
+					}
 				}
-				if who == "plain" {
-					plain = append(plain, r)
-				} else {
-					warren = append(warren, r)
-				}
+				ratios = append(ratios, w/p)
 			}
-			row(fmt.Sprintf("noop drain, prefetch %d, concurrency %d, vs plain (prefetch 200, ack every 50)", s.prefetch, s.concurrency),
-				qt, Median(warren), Median(plain), MaxRSS(warren))
+			ratioRow(fmt.Sprintf("noop drain, prefetch %d, concurrency %d, vs plain (prefetch 200, ack every 50)", s.prefetch, s.concurrency),
+				qt, Median(warren), Median(plain), ratios, MaxRSS(warren))
 		}
 		// The consumer users switch from: the pika tutorial's.
 		var tut []Result
@@ -91,8 +105,8 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	wh, err := e.Warren([]string{"WARREN_QUEUE=" + q, "WARREN_HANDLER=http", "WARREN_HTTP_URL=" + srv.URL,
-		"WARREN_PREFETCH=200", "WARREN_CONCURRENCY=16", "WARREN_RETRY_DELAYS="}, o.Handler)
+	wh, err := e.Warren(q, []string{"WARREN_HANDLER=http", "WARREN_HTTP_URL=" + srv.URL,
+		"WARREN_PREFETCH=200", "WARREN_CONCURRENCY=16", "WARREN_RETRY_DELAYS="}, o.Handler, srv.Handled())
 	e.Delete(q, q+".dead")
 	if err != nil {
 		return err
@@ -102,6 +116,17 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 		return err
 	}
 	row("http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop", "classic", wh.Rate, bare.Rate, wh.PeakRSS)
+	// The consumer a user would write instead: no broker-free shortcut.
+	q, err = e.Fill("http", "classic", o.Handler, 100)
+	if err != nil {
+		return err
+	}
+	ph, err := e.PlainHTTP(q, srv.URL, o.Handler, 200, 16)
+	e.Delete(q)
+	if err != nil {
+		return err
+	}
+	row("http handler, concurrency 16, vs a plain consumer posting each message (prefetch 200, 16 goroutines, ack each)", "classic", wh.Rate, ph.Rate, wh.PeakRSS)
 
 	// Exec handler against amqp-consume running the same command.
 	if _, err := exec.LookPath("amqp-consume"); err == nil {
@@ -119,7 +144,7 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		we, err := e.Warren([]string{"WARREN_QUEUE=" + q, "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=" + command,
+		we, err := e.drainWith(q, []string{"WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=" + command,
 			"WARREN_PREFETCH=16", "WARREN_CONCURRENCY=4", "WARREN_RETRY_DELAYS="}, o.ExecN)
 		e.Delete(q, q+".dead")
 		if err != nil {
@@ -170,11 +195,22 @@ func (e Env) drain(qt string, n int, who string, s setting) (Result, error) {
 		e.logf("%s %s: %.0f msg/s", who, qt, r.Rate)
 		return r, err
 	}
-	r, err := e.Warren([]string{"WARREN_QUEUE=" + q, "WARREN_QUEUE_TYPE=" + qt, "WARREN_HANDLER=noop",
+	r, err := e.drainWith(q, []string{"WARREN_QUEUE_TYPE=" + qt, "WARREN_HANDLER=noop",
 		"WARREN_PREFETCH=" + strconv.Itoa(s.prefetch), "WARREN_CONCURRENCY=" + strconv.Itoa(s.concurrency),
 		"WARREN_RETRY_DELAYS="}, n)
 	e.logf("warren %s prefetch %d concurrency %d: %.0f msg/s, peak RSS %s", qt, s.prefetch, s.concurrency, r.Rate, mib(r.PeakRSS))
 	return r, err
+}
+
+// drainWith runs warren with env on q, filled with n messages, until it
+// has drained it.
+func (e Env) drainWith(q string, env []string, n int) (Result, error) {
+	progress, stop, err := e.Drained(q, n)
+	if err != nil {
+		return Result{}, err
+	}
+	defer stop()
+	return e.Warren(q, env, n, progress)
 }
 
 // latency runs warren and a plain consumer, one after the other, on a
@@ -186,12 +222,13 @@ func (e Env) latency(ctx context.Context, qt string, srv *HTTPServer) (warren, p
 		return nil, nil, err
 	}
 	defer e.Delete(q, q+".dead")
-	env := []string{"WARREN_QUEUE=" + q, "WARREN_QUEUE_TYPE=" + qt, "WARREN_HANDLER=http", "WARREN_HTTP_URL=" + srv.URL,
+	env := []string{"WARREN_QUEUE_TYPE=" + qt, "WARREN_HANDLER=http", "WARREN_HTTP_URL=" + srv.URL,
 		"WARREN_PREFETCH=200", "WARREN_CONCURRENCY=16", "WARREN_RETRY_DELAYS="}
 	srv.Latencies()
+	handled := srv.Handled()
 	errc := make(chan error, 1)
 	go func() { errc <- e.Paced(ctx, q, rate, n) }()
-	if _, err := e.Warren(env, n); err != nil {
+	if _, err := e.Warren(q, env, n, handled); err != nil {
 		<-errc
 		return nil, nil, err
 	}
