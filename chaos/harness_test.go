@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,17 +19,18 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // buildWarren builds the binary as the Makefile does (no race detector:
 // the suite measures what users run) and returns its path.
 func buildWarren(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "warren")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "../cmd/warren")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build warren: %v\n%s", err, out)
+	bin, err := warrentest.Build(t.TempDir(), "../cmd/warren", []string{"CGO_ENABLED=0"}, "-trimpath")
+	if err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }
@@ -204,24 +203,6 @@ func (e *endpoint) duplicates() int {
 	return e.oks - len(e.acked)
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // replica is one warren process, as a pod of a Deployment: it keeps its
 // name, health address and output over its restarts.
 type replica struct {
@@ -229,8 +210,8 @@ type replica struct {
 	bin    string
 	env    []string
 	health string
-	out    *syncBuffer // every run's output, for the report and the secret check
-	seen   *captured   // everything else it showed, for the secret check
+	out    *warrentest.Buffer // every run's output, for the report and the secret check
+	seen   *captured          // everything else it showed, for the secret check
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -260,8 +241,8 @@ func newReplica(t *testing.T, name, bin string, env []string, seen *captured) *r
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	r := &replica{name: name, bin: bin, health: "http://" + addr, out: &syncBuffer{}, seen: seen,
-		env: append(append(baseEnv(), env...), "WARREN_HEALTH_ADDR="+addr, "WARREN_CONNECTION_NAME=chaos-"+name)}
+	r := &replica{name: name, bin: bin, health: "http://" + addr, out: &warrentest.Buffer{}, seen: seen,
+		env: append(append(warrentest.Env(""), env...), "WARREN_HEALTH_ADDR="+addr, "WARREN_CONNECTION_NAME=chaos-"+name)}
 	t.Cleanup(func() {
 		r.mu.Lock()
 		cmd, done := r.cmd, r.done
@@ -275,17 +256,6 @@ func newReplica(t *testing.T, name, bin string, env []string, seen *captured) *r
 		}
 	})
 	return r
-}
-
-// baseEnv is the suite's environment without WARREN_* variables.
-func baseEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "WARREN_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // start runs the replica's process, and records what ps and /proc show of
@@ -547,16 +517,10 @@ func drain(t *testing.T, url, queue string) []string {
 		t.Fatal(err)
 	}
 	var bodies []string
-	for {
-		d, ok, err := ch.Get(queue, true)
-		if err != nil {
-			t.Fatalf("get from %s: %v", queue, err)
-		}
-		if !ok {
-			return bodies
-		}
+	for _, d := range brokertest.GetOn(t, ch, queue, -1) {
 		bodies = append(bodies, string(d.Body))
 	}
+	return bodies
 }
 
 // rss returns the resident set size of process pid, in bytes.

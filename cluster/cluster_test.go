@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // profile is how hard the suite pushes.
@@ -391,8 +392,8 @@ func (s *suite) publishFailsOver(t *testing.T) {
 	}
 	const total = 20000
 	cmd := exec.Command(binary, "publish", "-retry-for", "1m")
-	cmd.Env = append(baseEnv(), "WARREN_AMQP_URL="+strings.Join(r.urls, ","), "WARREN_QUEUE="+r.q, "WARREN_QUEUE_TYPE=quorum")
-	out := &syncBuffer{}
+	cmd.Env = append(warrentest.Env(gorace), "WARREN_AMQP_URL="+strings.Join(r.urls, ","), "WARREN_QUEUE="+r.q, "WARREN_QUEUE_TYPE=quorum")
+	out := &warrentest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -480,7 +481,7 @@ func (s *suite) replayFailsOver(t *testing.T) {
 		proxies = append(proxies, p)
 		urls = append(urls, p.URL())
 	}
-	env := append(baseEnv(), "WARREN_AMQP_URL="+strings.Join(urls, ","), "WARREN_QUEUE="+q, "WARREN_QUEUE_TYPE=quorum", "WARREN_RETRY_DELAYS=")
+	env := append(warrentest.Env(gorace), "WARREN_AMQP_URL="+strings.Join(urls, ","), "WARREN_QUEUE="+q, "WARREN_QUEUE_TYPE=quorum", "WARREN_RETRY_DELAYS=")
 	// warren publish declares Q and Q.dead, quorum, and fills Q.dead.
 	var lines strings.Builder
 	for i := range s.p.replayed {
@@ -498,7 +499,7 @@ func (s *suite) replayFailsOver(t *testing.T) {
 	}
 	cmd := exec.Command(binary, "dead", "replay")
 	cmd.Env = env
-	out := &syncBuffer{}
+	out := &warrentest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

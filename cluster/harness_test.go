@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,7 +10,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // binary is the warren binary built once for the suite, with the race
@@ -37,11 +36,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "warren")
-	build := exec.Command("go", "build", "-race", "-o", binary, "../cmd/warren")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build warren:", err)
+	binary, err = warrentest.Build(dir, "../cmd/warren", nil, "-race")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -143,41 +140,15 @@ func (e *endpoint) duplicates() (dups, redelivered int) {
 	return e.oks - len(e.acked), e.redeliv
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// baseEnv is the suite's environment without WARREN_* variables, and
-// with the race detector failing the process at once.
-func baseEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "WARREN_") && !strings.HasPrefix(kv, "GORACE=") {
-			env = append(env, kv)
-		}
-	}
-	return append(env, "GORACE=halt_on_error=1 exitcode=66")
-}
+// gorace fails a replica at once on a race the detector finds, with an
+// exit code of its own.
+const gorace = "halt_on_error=1 exitcode=66"
 
 // replica is one warren process, as a pod of a Deployment.
 type replica struct {
 	name   string
 	health string
-	out    *syncBuffer
+	out    *warrentest.Buffer
 	cmd    *exec.Cmd
 	done   chan struct{}
 }
@@ -190,9 +161,9 @@ func startReplica(t *testing.T, name string, env []string) *replica {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	r := &replica{name: name, health: "http://" + addr, out: &syncBuffer{}, done: make(chan struct{})}
+	r := &replica{name: name, health: "http://" + addr, out: &warrentest.Buffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(binary)
-	r.cmd.Env = append(append(baseEnv(), env...), "WARREN_HEALTH_ADDR="+addr, "WARREN_CONNECTION_NAME=cluster-"+name)
+	r.cmd.Env = append(append(warrentest.Env(gorace), env...), "WARREN_HEALTH_ADDR="+addr, "WARREN_CONNECTION_NAME=cluster-"+name)
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.out
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -314,16 +285,10 @@ func drain(t *testing.T, urls []string, queue string) []string {
 		t.Fatal(err)
 	}
 	var bodies []string
-	for {
-		d, ok, err := ch.Get(queue, true)
-		if err != nil {
-			t.Fatalf("get from %s: %v", queue, err)
-		}
-		if !ok {
-			return bodies
-		}
+	for _, d := range brokertest.GetOn(t, ch, queue, -1) {
 		bodies = append(bodies, string(d.Body))
 	}
+	return bodies
 }
 
 // deleteQueues deletes the queues through the cluster, if it answers.

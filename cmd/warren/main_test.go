@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -22,6 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // testVersion is what the test binary is built to report.
@@ -36,11 +36,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "warren")
-	build := exec.Command("go", "build", "-race", "-ldflags", "-X main.version="+testVersion, "-o", binary, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build warren:", err)
+	binary, err = warrentest.Build(dir, ".", nil, "-race", "-ldflags", "-X main.version="+testVersion)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -48,28 +46,10 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer collects a process's output while it runs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a warren process started by a test.
 type proc struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *warrentest.Buffer
 	health string // base URL of its health server
 	done   chan struct{}
 	err    error
@@ -78,15 +58,7 @@ type proc struct {
 // baseEnv is the environment of every warren process in these tests: no
 // WARREN_* from the test's own environment, and the race detector's report
 // (the binary is built with -race) failing the process at once.
-func baseEnv() []string {
-	env := []string{"GORACE=atexit_sleep_ms=0 halt_on_error=1"}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "WARREN_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+func baseEnv() []string { return warrentest.Env("atexit_sleep_ms=0 halt_on_error=1") }
 
 // startWarren runs the binary with args and env (NAME=value) and stops it
 // with SIGKILL when the test ends, if it still runs.
@@ -96,7 +68,7 @@ func startWarren(t *testing.T, env []string, args ...string) *proc {
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(baseEnv(), "WARREN_HEALTH_ADDR="+addr)
 	cmd.Env = append(cmd.Env, env...)
-	p := &proc{cmd: cmd, out: &syncBuffer{}, health: "http://" + addr, done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &warrentest.Buffer{}, health: "http://" + addr, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start warren: %v", err)
@@ -157,12 +129,11 @@ func (p *proc) waitStatus(t *testing.T, path string, want int) {
 // freeAddr returns a loopback address with a port nobody listens on.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := warrentest.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // runWarren runs the binary to its end and returns its exit code and

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // Env is what every scenario needs.
@@ -228,12 +230,12 @@ func (e Env) Drained(q string, n int) (progress func() (int, error), stop func()
 // at that pace would take a sixth of a core from the run measured, so
 // /metrics is read only at the start and the end.
 func (e Env) Warren(q string, env []string, n int, progress func() (int, error)) (Result, error) {
-	addr, err := freeAddr()
+	addr, err := warrentest.FreeAddr()
 	if err != nil {
 		return Result{}, err
 	}
 	cmd := exec.Command(e.Binary)
-	cmd.Env = append(append(warrenEnv(), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q,
+	cmd.Env = append(append(warrentest.Env(""), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q,
 		"WARREN_HEALTH_ADDR="+addr, "WARREN_LOG_LEVEL=warn"), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -293,18 +295,6 @@ func (e Env) Warren(q string, env []string, n int, progress func() (int, error))
 	}
 }
 
-// warrenEnv is this process's environment without its WARREN_ variables,
-// which warren would take for its own.
-func warrenEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "WARREN_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
 // settled returns the messages warren has settled, from its metrics.
 func settled(base string) (float64, error) {
 	resp, err := http.Get(base + "/metrics")
@@ -342,15 +332,6 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }
 
 // HTTPServer is a local endpoint that answers 204 at once and counts, and
@@ -521,7 +502,7 @@ func (e Env) AMQPConsume(q string, n int, command string) (Result, error) {
 func (e Env) Publish(q string, n int) (Result, error) {
 	start := time.Now()
 	cmd := exec.Command(e.Binary, "publish", "-count", strconv.Itoa(n), strings.Repeat("x", 100))
-	cmd.Env = append(warrenEnv(), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q, "WARREN_RETRY_DELAYS=", "WARREN_LOG_LEVEL=warn")
+	cmd.Env = append(warrentest.Env(""), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q, "WARREN_RETRY_DELAYS=", "WARREN_LOG_LEVEL=warn")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Result{}, fmt.Errorf("warren publish: %w: %s", err, out)
 	}

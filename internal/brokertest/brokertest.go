@@ -336,9 +336,15 @@ func QueueArgs(t testing.TB, queue string) map[string]any {
 // what warren left there.
 func Get(t testing.TB, queue string, n int) []amqp.Delivery {
 	t.Helper()
-	ch := Channel(t)
+	return GetOn(t, Channel(t), queue, n)
+}
+
+// GetOn takes up to n messages from queue on ch, a channel to any broker,
+// and acks them; n < 0 takes them all.
+func GetOn(t testing.TB, ch *amqp.Channel, queue string, n int) []amqp.Delivery {
+	t.Helper()
 	var ds []amqp.Delivery
-	for len(ds) < n {
+	for n < 0 || len(ds) < n {
 		d, ok, err := ch.Get(queue, true)
 		if err != nil {
 			t.Fatalf("get from %q: %v", queue, err)
