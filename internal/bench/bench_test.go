@@ -1,0 +1,84 @@
+package bench
+
+import (
+	"context"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
+)
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	}
+	for _, tt := range tests {
+		in := slices.Clone(tt.in)
+		if got := median(in); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.in, got, tt.want)
+		}
+		if !slices.Equal(in, tt.in) {
+			t.Errorf("median reordered its input: %v", in)
+		}
+	}
+}
+
+// TestRunPrintsEveryRow runs the whole benchmark, made small, against the
+// test broker with the binary built as `make build` builds it: every row
+// of the table is there with a rate, and every ratio is a number.
+func TestRunPrintsEveryRow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs warren a dozen times")
+	}
+	bin, err := warrentest.Build(t.TempDir(), "../../cmd/warren", []string{"CGO_ENABLED=0"}, "-trimpath")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var out strings.Builder
+	o := Options{Messages: 1000, Tutorial: 200, Handler: 500, ExecN: 20, QueueTypes: []string{"classic"}, Rounds: 1}
+	if err := Run(ctx, Env{URL: brokertest.URL(), Binary: bin}, o, &out); err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	table := out.String()
+	for _, row := range []string{
+		"noop drain, prefetch 200, concurrency 4, vs plain",
+		"noop drain, prefetch 200, concurrency 16, vs plain",
+		"noop drain, prefetch 1000, concurrency 32, vs plain",
+		"noop drain, prefetch 200, concurrency 16, vs the tutorial",
+		"http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop",
+		"http handler, concurrency 16, vs a plain consumer posting each message",
+		"exec handler",
+		"warren publish -count, confirmed",
+		"warren (http handler, prefetch 200, concurrency 16)",
+		"plain consumer (prefetch 200, ack each)",
+	} {
+		if !strings.Contains(table, row) {
+			t.Errorf("no row %q in:\n%s", row, table)
+		}
+	}
+	ratios := regexp.MustCompile(`\s(\d+\.\d+)x`).FindAllStringSubmatch(table, -1)
+	if len(ratios) < 6 {
+		t.Fatalf("%d ratios in:\n%s", len(ratios), table)
+	}
+	for _, m := range ratios {
+		if r, err := strconv.ParseFloat(m[1], 64); err != nil || r <= 0 {
+			t.Errorf("ratio %q is not a positive number", m[0])
+		}
+	}
+	if !strings.Contains(table, "MiB") {
+		t.Errorf("no peak RSS in:\n%s", table)
+	}
+}
