@@ -412,15 +412,8 @@ func tail(s string, lines int) string {
 // every few seconds, it is up to date.
 func ready(t *testing.T, url, queue string) int {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, closeConn := channel(t, url)
+	defer closeConn()
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatalf("inspect %s: %v", queue, err)
@@ -432,15 +425,8 @@ func ready(t *testing.T, url, queue string) int {
 // confirms, many in flight at once.
 func publishAll(t *testing.T, url, queue string, bodies []string) {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, closeConn := channel(t, url)
+	defer closeConn()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -471,15 +457,8 @@ func publishAll(t *testing.T, url, queue string, bodies []string) {
 // declare declares a durable queue with args on the node, as warren does.
 func declare(t *testing.T, url, queue string, args amqp.Table) {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, closeConn := channel(t, url)
+	defer closeConn()
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
 		t.Fatalf("declare %s: %v", queue, err)
 	}
@@ -507,15 +486,8 @@ func deleteQueues(t *testing.T, url string, queues ...string) {
 // their bodies.
 func drain(t *testing.T, url, queue string) []string {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, closeConn := channel(t, url)
+	defer closeConn()
 	var bodies []string
 	for _, d := range brokertest.GetOn(t, ch, queue, -1) {
 		bodies = append(bodies, string(d.Body))
@@ -541,4 +513,20 @@ func rss(t *testing.T, pid int) int64 {
 	}
 	t.Fatalf("no VmRSS in /proc/%d/status", pid)
 	return 0
+}
+
+// channel opens a channel on a connection of its own to the node at url;
+// closeConn closes that connection.
+func channel(t *testing.T, url string) (ch *amqp.Channel, closeConn func()) {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	ch, err = conn.Channel()
+	if err != nil {
+		conn.Close()
+		t.Fatal(err)
+	}
+	return ch, func() { conn.Close() }
 }

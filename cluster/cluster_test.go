@@ -399,19 +399,7 @@ func (s *suite) publishFailsOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	done := make(chan struct{})
-	go func() {
-		waitErr = cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
+	exited := startCommand(t, cmd, out)
 	write := func(from, to int) {
 		var b strings.Builder
 		for i := from; i < to; i++ {
@@ -435,14 +423,7 @@ func (s *suite) publishFailsOver(t *testing.T) {
 	on.Cut()
 	write(total/2, total)
 	stdin.Close()
-	select {
-	case <-done:
-		if err := waitErr; err != nil {
-			t.Fatalf("warren publish = %v, want exit 0\n%s", err, out)
-		}
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("warren publish still runs 2 minutes after its node was cut off\n%s", out)
-	}
+	exited("warren publish", 2*time.Minute)
 	if want := fmt.Sprintf("published %d of %d messages", total, total); !strings.Contains(out.String(), want) {
 		t.Errorf("warren publish said %q, want %q", out, want)
 	}
@@ -501,19 +482,7 @@ func (s *suite) replayFailsOver(t *testing.T) {
 	cmd.Env = env
 	out := &warrentest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var waitErr error
-	done := make(chan struct{})
-	go func() {
-		waitErr = cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-done
-	})
+	exited := startCommand(t, cmd, out)
 	brokertest.WaitFor(t, time.Minute, "replay under way", func() bool {
 		return s.c.Messages(t)[q] >= s.p.replayed/10
 	})
@@ -525,14 +494,7 @@ func (s *suite) replayFailsOver(t *testing.T) {
 			cutAt = i
 		}
 	}
-	select {
-	case <-done:
-		if err := waitErr; err != nil {
-			t.Fatalf("warren dead replay = %v, want exit 0\n%s", err, out)
-		}
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("warren dead replay still runs 3 minutes after its node was cut off\n%s", out)
-	}
+	exited("warren dead replay", 3*time.Minute)
 	if want := fmt.Sprintf("replayed %d messages", s.p.replayed); !strings.Contains(out.String(), want) {
 		t.Errorf("warren dead replay said %q, want %q", out, want)
 	}
@@ -560,4 +522,35 @@ func (s *suite) replayFailsOver(t *testing.T) {
 	s.mu.Lock()
 	s.results = append(s.results, result{name: "dead replay fails over", messages: s.p.replayed, dups: len(got) - len(seen), took: time.Since(begin)})
 	s.mu.Unlock()
+}
+
+// startCommand starts cmd, whose output goes to out, and kills it when the
+// test ends if it still runs. exited waits up to d, after its node was cut
+// off, for it to exit 0, and fails the test otherwise.
+func startCommand(t *testing.T, cmd *exec.Cmd, out *warrentest.Buffer) (exited func(name string, d time.Duration)) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	done := make(chan struct{})
+	go func() {
+		waitErr = cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+	return func(name string, d time.Duration) {
+		t.Helper()
+		select {
+		case <-done:
+			if waitErr != nil {
+				t.Fatalf("%s = %v, want exit 0\n%s", name, waitErr, out)
+			}
+		case <-time.After(d):
+			t.Fatalf("%s still runs %v after its node was cut off\n%s", name, d, out)
+		}
+	}
 }
