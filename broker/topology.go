@@ -131,17 +131,20 @@ func (t Topology) Apply(ch *amqp.Channel) error {
 			return fmt.Errorf("declare exchange %q: %w", t.Exchange, explain(err))
 		}
 	}
-	// The dead-letter queue first: Queue's delivery limit routes to it.
-	if err := t.declareQueue(ch, t.DeadQueue(), t.DeadQueueArgs()); err != nil {
+	// Queue first: if the broker refuses it (it exists with another
+	// type, say), nothing of warren's own is created with settings that
+	// would then refuse the corrected ones. A dead-letter route to a queue
+	// not declared yet is accepted.
+	if err := t.declareQueue(ch, t.Queue, t.QueueArgs(), false); err != nil {
+		return err
+	}
+	if err := t.declareQueue(ch, t.DeadQueue(), t.DeadQueueArgs(), true); err != nil {
 		return err
 	}
 	for _, d := range t.RetryDelays {
-		if err := t.declareQueue(ch, t.RetryQueue(d), t.RetryQueueArgs(d)); err != nil {
+		if err := t.declareQueue(ch, t.RetryQueue(d), t.RetryQueueArgs(d), true); err != nil {
 			return err
 		}
-	}
-	if err := t.declareQueue(ch, t.Queue, t.QueueArgs()); err != nil {
-		return err
 	}
 	if t.Exchange == "" || !t.Declare {
 		return nil
@@ -156,7 +159,9 @@ func (t Topology) Apply(ch *amqp.Channel) error {
 	return nil
 }
 
-func (t Topology) declareQueue(ch *amqp.Channel, name string, args amqp.Table) error {
+// declareQueue declares the queue name, or checks it exists; own says
+// that it is one of the queues warren owns beside Queue.
+func (t Topology) declareQueue(ch *amqp.Channel, name string, args amqp.Table, own bool) error {
 	declare := ch.QueueDeclare
 	if !t.Declare {
 		declare = ch.QueueDeclarePassive
@@ -167,6 +172,9 @@ func (t Topology) declareQueue(ch *amqp.Channel, name string, args amqp.Table) e
 		false, // exclusive
 		false, // noWait
 		args); err != nil {
+		if own {
+			return fmt.Errorf("declare queue %q: %w", name, explainOwn(err, t.Queue))
+		}
 		return fmt.Errorf("declare queue %q: %w", name, explain(err))
 	}
 	return nil
@@ -211,4 +219,17 @@ func explain(err error) error {
 		return fmt.Errorf("%w (it does not exist: create it, or set WARREN_DECLARE=true)", err)
 	}
 	return err
+}
+
+// explainOwn adds what to do when one of warren's own queues is refused.
+// Using it as it is would be wrong: a retry queue without its TTL and route
+// back to queue holds what it is given for good.
+func explainOwn(err error, queue string) error {
+	var aerr *amqp.Error
+	if !errors.As(err, &aerr) || aerr.Code != amqp.PreconditionFailed {
+		return explain(err)
+	}
+	return fmt.Errorf("%w (it is one of warren's own queues, and exists with other settings: "+
+		"move any messages it holds to %q, delete it, and warren declares it again; "+
+		"or give this worker another WARREN_QUEUE)", err, queue)
 }
