@@ -93,13 +93,17 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 					// Closed by a cancel from the broker, or with the channel.
 					select {
 					case <-ctx.Done():
-						return nil
+						return s.drain(hctx, tag, nil, closed)
 					case e := <-closed:
 						return closeError(e)
 					case t := <-cancels:
 						w.setNotReady("consumer cancelled by the broker")
-						w.log.Info("consumer cancelled by the broker; declaring and consuming again", zap.String("consumer", t))
+						w.log.Info("consumer cancelled by the broker; declaring and consuming again once its deliveries are settled",
+							zap.String("consumer", t), zap.Int("inflight", s.pending()))
 						w.metrics.reconnects.Inc()
+						if stop, err := s.settleCancelled(ctx, hctx, tag, closed, ticker.C); stop {
+							return err
+						}
 						break consume
 					}
 				}
@@ -111,6 +115,27 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 					return err
 				}
 			}
+		}
+	}
+}
+
+// settleCancelled waits until every delivery of the consumer the broker
+// cancelled is settled and its ack sent. The prefetch limits each consumer
+// on its own: a new one beside the old one's unsettled deliveries would
+// hold up to twice the prefetch. It reports whether serveChannel must
+// return, with what, because the channel closed or the drain began.
+func (s *session) settleCancelled(ctx, hctx context.Context, tag string, closed <-chan *amqp.Error, tick <-chan time.Time) (bool, error) {
+	for {
+		select {
+		case <-s.idleChan():
+			s.acks.flushOwed()
+			return false, nil
+		case <-ctx.Done():
+			return true, s.drain(hctx, tag, nil, closed)
+		case e := <-closed:
+			return true, closeError(e)
+		case <-tick:
+			s.w.touch()
 		}
 	}
 }

@@ -1,0 +1,51 @@
+package worker_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/worker"
+)
+
+func TestBrokerCancelKeepsThePrefetchBound(t *testing.T) {
+	q := brokertest.Queue(t)
+	const prefetch = 4
+	release := make(chan struct{})
+	var held, most atomic.Int32
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+		n := held.Add(1)
+		defer held.Add(-1)
+		for old := most.Load(); n > old && !most.CompareAndSwap(old, n); old = most.Load() {
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: prefetch, Concurrency: 2 * prefetch})
+	h.waitReady(t)
+	brokertest.Publish(t, q, brokertest.Bodies("old", prefetch)...)
+	brokertest.WaitFor(t, 10*time.Second, "the prefetch held by handlers", func() bool { return held.Load() == prefetch })
+
+	// Deleting the queue cancels the consumer; the handlers still hold
+	// its deliveries. The queue comes back, with messages.
+	brokertest.DeleteQueues(t, q)
+	brokertest.DeclareQueue(t, q, amqp.Table{amqp.QueueTypeArg: broker.Classic})
+	brokertest.Publish(t, q, brokertest.Bodies("new", 2*prefetch)...)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && most.Load() <= prefetch {
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(release)
+	brokertest.WaitFor(t, 20*time.Second, "every message handled", func() bool { return rec.distinct() == 3*prefetch })
+	if got := most.Load(); got > prefetch {
+		t.Errorf("handlers held %d messages at once after the broker cancelled the consumer, want at most the prefetch, %d", got, prefetch)
+	}
+}
