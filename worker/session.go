@@ -23,6 +23,10 @@ type session struct {
 	ch     *amqp.Channel
 	copies *copier // publishes retry and dead copies on the same connection
 	acks   *acker
+	conn   *amqp.Connection // ch's, to declare the topology again on a channel of its own
+
+	stopping <-chan struct{} // closed when the drain begins
+	ended    chan struct{}   // closed when the session is over
 
 	mu       sync.Mutex
 	inflight int           // deliveries handed to handlers and not yet settled
@@ -44,9 +48,10 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
-	s := &session{w: w, ch: ch, copies: copies}
+	s := &session{w: w, ch: ch, copies: copies, conn: conn, stopping: ctx.Done(), ended: make(chan struct{})}
 	s.acks = newAcker(ch, w.metrics, w.cfg.Prefetch)
 	defer func() {
+		close(s.ended)
 		s.acks.stop()
 		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 			w.log.Debug("close channel", zap.Error(err))
@@ -282,14 +287,16 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for j := range jobs {
-		if at, ok := broker.RetryAt(j.d.Headers); ok && time.Until(at) > 0 {
-			j.s.deferUntil(ctx, &j.d, at)
+		if at, ok := broker.RetryAt(j.d.Headers); ok && j.s.deferUntil(ctx, &j.d, at) {
 			continue
 		}
 		start := time.Now()
 		slot.Store(start.UnixNano())
 		o, err := w.handle(ctx, &j.d)
 		slot.Store(0)
+		// The outcome logged and measured is the real one: a last failed
+		// attempt is dead, not retried.
+		o, why := w.verdict(&j.d, o, err)
 		w.metrics.duration[o].Observe(time.Since(start).Seconds())
 		if err != nil {
 			w.log.Warn("handler failed", zap.Stringer("outcome", o), zap.Uint64("delivery_tag", j.d.DeliveryTag),
@@ -297,7 +304,7 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		} else if ce := w.log.Check(zap.DebugLevel, "handled"); ce != nil {
 			ce.Write(zap.Uint64("delivery_tag", j.d.DeliveryTag), zap.String("message_id", j.d.MessageId))
 		}
-		j.s.finish(ctx, &j.d, o, err)
+		j.s.finish(ctx, &j.d, o, why, err)
 	}
 }
 

@@ -2,11 +2,14 @@ package worker_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/internal/brokertest"
@@ -47,5 +50,35 @@ func TestBrokerCancelKeepsThePrefetchBound(t *testing.T) {
 	brokertest.WaitFor(t, 20*time.Second, "every message handled", func() bool { return rec.distinct() == 3*prefetch })
 	if got := most.Load(); got > prefetch {
 		t.Errorf("handlers held %d messages at once after the broker cancelled the consumer, want at most the prefetch, %d", got, prefetch)
+	}
+}
+
+func TestLastAttemptIsLoggedAsDead(t *testing.T) {
+	q := brokertest.Queue(t)
+	h := start(t, worker.Config{
+		Topology:    broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{100 * time.Millisecond}},
+		Handler:     worker.HandlerFunc(func(context.Context, *worker.Message) error { return errors.New("boom") }),
+		MaxAttempts: 2,
+	})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "m")
+	deadCopy(t, q)
+	brokertest.WaitFor(t, 5*time.Second, "the dead message counted", func() bool {
+		return h.metric(t, "warren_messages_total", "outcome", "dead") == 1
+	})
+	var outcomes []string
+	for _, e := range h.logs.FilterMessage("handler failed").All() {
+		outcomes = append(outcomes, e.ContextMap()["outcome"].(string))
+	}
+	if got := strings.Join(outcomes, " "); got != "retry dead" {
+		t.Errorf("handler failures logged with outcomes %q, want %q", got, "retry dead")
+	}
+	dead := h.logs.FilterMessage("dead-lettered").All()
+	if len(dead) != 1 {
+		t.Fatalf("%d \"dead-lettered\" lines, want 1", len(dead))
+	}
+	f := dead[0].ContextMap()
+	if dead[0].Level != zapcore.WarnLevel || f["message_id"] != "m" || f["attempts"] != int64(2) || !strings.Contains(f["reason"].(string), "boom") {
+		t.Errorf("dead-lettered line = %s %v, want WARN with message_id m, attempts 2 and the reason", dead[0].Level, f)
 	}
 }
