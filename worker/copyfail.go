@@ -87,7 +87,11 @@ func (s *session) copyFailed(ctx context.Context, d *amqp.Delivery, queue string
 	}
 	f := w.copyFail
 	f.failing.Store(true)
-	why := fmt.Sprintf("copies refused: to %s: %v", queue, err)
+	what := "refused"
+	if reason == copyUnroutable || reason == copyUnconfirmed {
+		what = reason
+	}
+	why := fmt.Sprintf("copies %s: to %s: %v", what, queue, err)
 	f.trouble.Store(&why)
 	key := reason + " " + queue
 	var aerr *amqp.Error
@@ -104,7 +108,7 @@ func (s *session) copyFailed(ctx context.Context, d *amqp.Delivery, queue string
 		log = w.log.Debug
 	}
 	log("copy not confirmed; handing the message back", zap.String("to", queue), zap.String("reason", reason),
-		zap.Stringer("outcome", o), zap.String("message_id", d.MessageId), zap.Duration("after", delay), zap.Error(err))
+		zap.Stringer("outcome", o), zap.String("message_id", d.MessageId), zap.Duration("hand_back_in", delay), zap.Error(err))
 	if reason == copyUnroutable {
 		s.declareAgain()
 	}
