@@ -206,6 +206,9 @@ func TestRevokedWritePermissionIsShownAndBacksOff(t *testing.T) {
 	if refused != 1 {
 		t.Errorf("%d ERROR lines name the refusal, want 1 (then debug)", refused)
 	}
+	if got := h.metric(t, "warren_copy_failures_total", "reason", "channel_error"); got < 1 {
+		t.Errorf("warren_copy_failures_total{reason=channel_error} = %v, want at least 1", got)
+	}
 	node.Ctl(t, "set_permissions", "-p", "/", user, ".*", ".*", ".*")
 	brokertest.WaitFor(t, 60*time.Second, "every copy confirmed and the worker ready", func() bool {
 		return readyIn(t, node.URL(), q+".retry.1m") == 20 && h.w.Ready() == nil
