@@ -108,53 +108,60 @@ func (w *Worker) waitQueue(d time.Duration) (string, time.Duration) {
 	return w.cfg.Topology.RetryQueue(best), best
 }
 
-// verdict returns what becomes of d now that its handler returned o and
-// err, and for a dead message why: a retry whose attempts are used up, or
-// whose handler asked for a longer wait than MaxRetryAfter, is dead.
-func (w *Worker) verdict(d *amqp.Delivery, o Outcome, err error) (Outcome, string) {
-	switch o {
-	case Retry:
-		n := broker.Attempts(d.Headers) + 1
-		if n >= w.cfg.MaxAttempts {
-			return Dead, fmt.Sprintf("failed %d attempts, the most allowed; last: %v", n, err)
-		}
-		if after, _ := retryDelay(err); after > w.cfg.MaxRetryAfter {
-			return Dead, fmt.Sprintf("Retry-After %s exceeds WARREN_MAX_RETRY_AFTER (%s); last: %v",
-				after.Round(time.Second), w.cfg.MaxRetryAfter, err)
-		}
-	case Dead:
-		return Dead, err.Error()
-	}
-	return o, ""
+// fate is what becomes of a delivery once its handler returned, read from
+// its headers and the handler's error once.
+type fate struct {
+	outcome Outcome
+	why     string        // for Dead: the reason written on the dead copy
+	attempt int           // the attempt that just ended, from 1
+	after   time.Duration // for Retry: the wait the handler asked for, if any
 }
 
-// finish settles d with the outcome o that verdict gave, why it is dead
-// if it is, and the handler's err. A retry or dead copy is published and
-// confirmed before the original is acked; if that fails, the original goes
-// back to the queue, so a duplicate is possible and a loss is not.
-func (s *session) finish(ctx context.Context, d *amqp.Delivery, o Outcome, why string, err error) {
-	w := s.w
+// verdict returns the fate of d now that its handler returned o and err: a
+// retry whose attempts are used up, or whose handler asked for a longer
+// wait than MaxRetryAfter, is dead.
+func (w *Worker) verdict(d *amqp.Delivery, o Outcome, err error) fate {
+	f := fate{outcome: o, attempt: broker.Attempts(d.Headers) + 1}
 	switch o {
 	case Retry:
-		n := broker.Attempts(d.Headers) + 1
-		after, _ := retryDelay(err)
-		if len(w.cfg.Topology.RetryDelays) == 0 && after > 0 {
+		f.after, _ = retryDelay(err)
+		switch {
+		case f.attempt >= w.cfg.MaxAttempts:
+			f.outcome, f.why = Dead, fmt.Sprintf("failed %d attempts, the most allowed; last: %v", f.attempt, err)
+		case f.after > w.cfg.MaxRetryAfter:
+			f.outcome, f.why = Dead, fmt.Sprintf("Retry-After %s exceeds WARREN_MAX_RETRY_AFTER (%s); last: %v",
+				f.after.Round(time.Second), w.cfg.MaxRetryAfter, err)
+		}
+	case Dead:
+		f.why = err.Error()
+	}
+	return f
+}
+
+// finish settles d as its fate f says. A retry or dead copy is published
+// and confirmed before the original is acked; if that fails, the original
+// goes back to the queue, so a duplicate is possible and a loss is not.
+func (s *session) finish(ctx context.Context, d *amqp.Delivery, f fate) {
+	w := s.w
+	switch f.outcome {
+	case Retry:
+		if len(w.cfg.Topology.RetryDelays) == 0 && f.after > 0 {
 			// No retry queue can hold it: it waits in its handler slot, as
 			// long as the broker lets a delivery stay unacked.
-			s.wait(ctx, min(after, maxHold))
+			s.wait(ctx, min(f.after, maxHold))
 		}
-		queue, at := w.retryTarget(n, after, time.Now())
+		queue, at := w.retryTarget(f.attempt, f.after, time.Now())
 		msg := broker.CopyOf(d)
-		msg.Headers[broker.HeaderAttempts] = int64(n)
+		msg.Headers[broker.HeaderAttempts] = int64(f.attempt)
 		delete(msg.Headers, broker.HeaderRetryAt)
 		if !at.IsZero() {
 			msg.Headers[broker.HeaderRetryAt] = at.UnixMilli()
 		}
 		s.copyThenSettle(ctx, d, queue, msg, Retry)
 	case Dead:
-		s.deadLetter(ctx, d, why, broker.Attempts(d.Headers)+1)
+		s.deadLetter(ctx, d, f.why, f.attempt)
 	default:
-		s.settle(d, o)
+		s.settle(d, f.outcome)
 	}
 }
 

@@ -296,15 +296,15 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		slot.Store(0)
 		// The outcome logged and measured is the real one: a last failed
 		// attempt is dead, not retried.
-		o, why := w.verdict(&j.d, o, err)
-		w.metrics.duration[o].Observe(time.Since(start).Seconds())
+		f := w.verdict(&j.d, o, err)
+		w.metrics.duration[f.outcome].Observe(time.Since(start).Seconds())
 		if err != nil {
-			w.log.Warn("handler failed", zap.Stringer("outcome", o), zap.Uint64("delivery_tag", j.d.DeliveryTag),
+			w.log.Warn("handler failed", zap.Stringer("outcome", f.outcome), zap.Uint64("delivery_tag", j.d.DeliveryTag),
 				zap.String("message_id", j.d.MessageId), zap.Error(err))
 		} else if ce := w.log.Check(zap.DebugLevel, "handled"); ce != nil {
 			ce.Write(zap.Uint64("delivery_tag", j.d.DeliveryTag), zap.String("message_id", j.d.MessageId))
 		}
-		j.s.finish(ctx, &j.d, o, why, err)
+		j.s.finish(ctx, &j.d, f)
 	}
 }
 

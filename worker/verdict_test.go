@@ -33,9 +33,10 @@ func TestVerdict(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d := &amqp.Delivery{Headers: amqp.Table{broker.HeaderAttempts: int64(tt.attempts)}}
-			got, why := w.verdict(d, tt.give, tt.err)
-			if got != tt.want || !strings.Contains(why, tt.wantWhy) || (tt.wantWhy == "") != (why == "") {
-				t.Errorf("verdict(%v, %v) = %v, %q, want %v, %q", tt.give, tt.err, got, why, tt.want, tt.wantWhy)
+			f := w.verdict(d, tt.give, tt.err)
+			if f.outcome != tt.want || !strings.Contains(f.why, tt.wantWhy) || (tt.wantWhy == "") != (f.why == "") || f.attempt != tt.attempts+1 {
+				t.Errorf("verdict(%v, %v) = %v, %q, attempt %d, want %v, %q, attempt %d",
+					tt.give, tt.err, f.outcome, f.why, f.attempt, tt.want, tt.wantWhy, tt.attempts+1)
 			}
 		})
 	}
