@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -25,6 +26,10 @@ var (
 type Publisher struct {
 	ch      *amqp.Channel
 	returns chan amqp.Return
+	closes  chan *amqp.Error // the broker's reason, when it closes ch
+
+	reasonOnce sync.Once
+	reason     *amqp.Error
 
 	mu       sync.Mutex
 	returned map[string]struct{} // message ids the broker returned
@@ -48,6 +53,7 @@ func NewPublisher(conn *amqp.Connection) (*Publisher, error) {
 	return &Publisher{
 		ch:       ch,
 		returns:  ch.NotifyReturn(make(chan amqp.Return, maxReturns)),
+		closes:   ch.NotifyClose(make(chan *amqp.Error, 1)),
 		returned: make(map[string]struct{}),
 	}, nil
 }
@@ -73,6 +79,9 @@ func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Pub
 		false, // immediate
 		msg)
 	if err != nil {
+		if p.ch.IsClosed() {
+			err = p.closed()
+		}
 		return nil, fmt.Errorf("publish: %w", err)
 	}
 	return &Pending{dc: dc, id: msg.MessageId}, nil
@@ -87,7 +96,7 @@ func (p *Publisher) Wait(ctx context.Context, m *Pending) error {
 	}
 	if !acked {
 		if p.ch.IsClosed() {
-			return fmt.Errorf("wait for confirm: %w", amqp.ErrClosed)
+			return fmt.Errorf("wait for confirm: %w", p.closed())
 		}
 		return ErrNacked
 	}
@@ -174,6 +183,37 @@ func (p *Publisher) PublishAll(ctx context.Context, exchange, key string, window
 	}
 	return confirmed, firstErr
 }
+
+// closeReasonWait bounds the wait for the broker's reason for closing a
+// channel: amqp091-go marks a channel closed a moment before it passes the
+// reason on.
+const closeReasonWait = time.Second
+
+// closed returns the error of a publish on the closed channel: amqp.ErrClosed,
+// and with it the reason the broker gave for closing the channel (403
+// ACCESS_REFUSED when the user may not write, say), which is what an
+// operator needs to read.
+func (p *Publisher) closed() error {
+	p.reasonOnce.Do(func() {
+		t := time.NewTimer(closeReasonWait)
+		defer t.Stop()
+		select {
+		case p.reason = <-p.closes: // nil, with the channel closed, on a Close of ours
+		case <-t.C:
+		}
+	})
+	if p.reason == nil {
+		return amqp.ErrClosed
+	}
+	return &closedError{reason: p.reason}
+}
+
+// closedError is a publish that failed because the broker closed its
+// channel for reason.
+type closedError struct{ reason *amqp.Error }
+
+func (e *closedError) Error() string   { return "channel closed by the broker: " + e.reason.Error() }
+func (e *closedError) Unwrap() []error { return []error{e.reason, amqp.ErrClosed} }
 
 // IsClosed reports whether the publisher's channel is closed; a closed
 // publisher never publishes again.

@@ -18,6 +18,8 @@ type metrics struct {
 	reconnects  prometheus.Counter
 	consuming   prometheus.Gauge
 	brokerInfo  *prometheus.GaugeVec
+	// copyFailures counts copies the broker did not take, by reason.
+	copyFailures *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -65,12 +67,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_broker_info",
 			Help: "1 for the broker node (host:port) warren is connected to, 0 for the one it last lost; other nodes have no series.",
 		}, []string{"node"}),
+		copyFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_copy_failures_total",
+			Help: "Retry and dead copies the broker did not take, by reason: unroutable (one of warren's queues is gone; warren declares them again), refused (nacked: a queue at its length limit), channel_error (the broker closed the publishing channel: 403 ACCESS_REFUSED), unconfirmed (no confirm in time, or the connection went). Each original went back to the queue after a growing delay.",
+		}, []string{"reason"}),
 	}
 	for o := Outcome(0); o < numOutcomes; o++ {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming, m.brokerInfo} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming, m.brokerInfo, m.copyFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -22,6 +21,11 @@ const (
 	// copyTimeout bounds the wait for the broker to confirm a copy; past
 	// it the original is handed back instead.
 	copyTimeout = 30 * time.Second
+	// maxHold bounds the wait of a message in its handler slot for a
+	// Retry-After when there are no retry queues: well below RabbitMQ's
+	// default consumer_timeout (30 minutes), past which the broker closes
+	// a channel whose delivery stays unacked.
+	maxHold = 10 * time.Minute
 )
 
 // copier publishes the retry and dead copies of messages, on a channel in
@@ -69,7 +73,8 @@ func (c *copier) close() {
 // attempt, after its attempt-th one failed and its handler asked to wait
 // at least after. When after is longer than every retry queue holds a
 // message, it returns the longest one and the time before which the message
-// must not be tried: it then waits there as often as needed.
+// must not be tried: it then waits there as often as needed. With no retry
+// queues it returns Q itself: the message goes to its tail.
 func (w *Worker) retryTarget(attempt int, after time.Duration, now time.Time) (string, time.Time) {
 	delays := w.cfg.Topology.RetryDelays
 	if len(delays) == 0 {
@@ -87,7 +92,8 @@ func (w *Worker) retryTarget(attempt int, after time.Duration, now time.Time) (s
 }
 
 // waitQueue returns the retry queue with the shortest delay of at least
-// d, or, if none is that long, the longest, and its delay.
+// d, or, if none is that long, the longest, and its delay. There must be
+// retry queues: warren publishes only to queues it declared.
 func (w *Worker) waitQueue(d time.Duration) (string, time.Duration) {
 	var best, longest time.Duration
 	for _, x := range w.cfg.Topology.RetryDelays {
@@ -102,32 +108,60 @@ func (w *Worker) waitQueue(d time.Duration) (string, time.Duration) {
 	return w.cfg.Topology.RetryQueue(best), best
 }
 
-// finish decides what becomes of d now that its handler returned with o and
-// err, and settles it. A retry or dead copy is published and confirmed
-// before the original is acked; if that fails, the original goes back to
-// the queue, so a duplicate is possible and a loss is not.
-func (s *session) finish(ctx context.Context, d *amqp.Delivery, o Outcome, err error) {
-	w := s.w
+// fate is what becomes of a delivery once its handler returned, read from
+// its headers and the handler's error once.
+type fate struct {
+	outcome Outcome
+	why     string        // for Dead: the reason written on the dead copy
+	attempt int           // the attempt that just ended, from 1
+	after   time.Duration // for Retry: the wait the handler asked for, if any
+}
+
+// verdict returns the fate of d now that its handler returned o and err: a
+// retry whose attempts are used up, or whose handler asked for a longer
+// wait than MaxRetryAfter, is dead.
+func (w *Worker) verdict(d *amqp.Delivery, o Outcome, err error) fate {
+	f := fate{outcome: o, attempt: broker.Attempts(d.Headers) + 1}
 	switch o {
 	case Retry:
-		n := broker.Attempts(d.Headers) + 1
-		if n >= w.cfg.MaxAttempts {
-			s.deadLetter(ctx, d, fmt.Sprintf("failed %d attempts, the most allowed; last: %v", n, err), n)
-			return
+		f.after, _ = retryDelay(err)
+		switch {
+		case f.attempt >= w.cfg.MaxAttempts:
+			f.outcome, f.why = Dead, fmt.Sprintf("failed %d attempts, the most allowed; last: %v", f.attempt, err)
+		case f.after > w.cfg.MaxRetryAfter:
+			f.outcome, f.why = Dead, fmt.Sprintf("Retry-After %s exceeds WARREN_MAX_RETRY_AFTER (%s); last: %v",
+				f.after.Round(time.Second), w.cfg.MaxRetryAfter, err)
 		}
-		after, _ := retryDelay(err)
-		queue, at := w.retryTarget(n, after, time.Now())
+	case Dead:
+		f.why = err.Error()
+	}
+	return f
+}
+
+// finish settles d as its fate f says. A retry or dead copy is published
+// and confirmed before the original is acked; if that fails, the original
+// goes back to the queue, so a duplicate is possible and a loss is not.
+func (s *session) finish(ctx context.Context, d *amqp.Delivery, f fate) {
+	w := s.w
+	switch f.outcome {
+	case Retry:
+		if len(w.cfg.Topology.RetryDelays) == 0 && f.after > 0 {
+			// No retry queue can hold it: it waits in its handler slot, as
+			// long as the broker lets a delivery stay unacked.
+			s.wait(ctx, min(f.after, maxHold))
+		}
+		queue, at := w.retryTarget(f.attempt, f.after, time.Now())
 		msg := broker.CopyOf(d)
-		msg.Headers[broker.HeaderAttempts] = int64(n)
+		msg.Headers[broker.HeaderAttempts] = int64(f.attempt)
 		delete(msg.Headers, broker.HeaderRetryAt)
 		if !at.IsZero() {
 			msg.Headers[broker.HeaderRetryAt] = at.UnixMilli()
 		}
 		s.copyThenSettle(ctx, d, queue, msg, Retry)
 	case Dead:
-		s.deadLetter(ctx, d, err.Error(), broker.Attempts(d.Headers)+1)
+		s.deadLetter(ctx, d, f.why, f.attempt)
 	default:
-		s.settle(d, o)
+		s.settle(d, f.outcome)
 	}
 }
 
@@ -139,26 +173,49 @@ func (s *session) deadLetter(ctx context.Context, d *amqp.Delivery, why string, 
 	if len(why) > maxReasonBytes {
 		why = why[:maxReasonBytes]
 	}
-	msg.Headers[broker.HeaderReason] = strings.ToValidUTF8(why, "?")
+	why = strings.ToValidUTF8(why, "?")
+	msg.Headers[broker.HeaderReason] = why
 	msg.Headers[broker.HeaderAttempts] = int64(n)
 	msg.Headers[broker.HeaderDiedAt] = time.Now().UTC().Truncate(time.Second)
 	msg.Headers[broker.HeaderQueue] = w.cfg.Topology.Queue
 	delete(msg.Headers, broker.HeaderRetryAt)
-	s.copyThenSettle(ctx, d, w.cfg.Topology.DeadQueue(), msg, Dead)
+	if s.copyThenSettle(ctx, d, w.cfg.Topology.DeadQueue(), msg, Dead) {
+		w.log.Warn("dead-lettered", zap.String("message_id", d.MessageId), zap.Int("attempts", n), zap.String("reason", why))
+	}
 }
 
 // deferUntil sends d, untried, to wait in a retry queue until its retry-at
-// time, its attempts unchanged.
-func (s *session) deferUntil(ctx context.Context, d *amqp.Delivery, at time.Time) {
-	queue, _ := s.w.waitQueue(time.Until(at))
+// time, its attempts unchanged. It reports whether d was early: a retry-at
+// time already passed, or without retry queues (which only a producer or
+// an earlier configuration could have set), means nothing. A time further
+// away than MaxRetryAfter makes d dead.
+func (s *session) deferUntil(ctx context.Context, d *amqp.Delivery, at time.Time) bool {
+	w := s.w
+	wait := time.Until(at)
+	if wait <= 0 || len(w.cfg.Topology.RetryDelays) == 0 {
+		return false
+	}
+	if wait > w.cfg.MaxRetryAfter {
+		s.deadLetter(ctx, d, fmt.Sprintf("%s %s is %s away: that exceeds WARREN_MAX_RETRY_AFTER (%s)",
+			broker.HeaderRetryAt, at.UTC().Format(time.RFC3339), wait.Round(time.Second), w.cfg.MaxRetryAfter), broker.Attempts(d.Headers))
+		return true
+	}
+	queue, _ := w.waitQueue(wait)
 	s.copyThenSettle(ctx, d, queue, broker.CopyOf(d), Deferred)
+	return true
 }
 
 // copyThenSettle publishes msg to queue and acks d once the broker
-// confirmed it, counting the outcome o; if the copy fails, d goes back to
-// its queue.
-func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue string, msg amqp.Publishing, o Outcome) {
+// confirmed it, counting the outcome o, and reports whether it did. If the
+// copy fails, d goes back to its queue after a delay; if d's channel is
+// gone already, so is d (the broker requeued it), and no copy is made: it
+// would be a duplicate.
+func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue string, msg amqp.Publishing, o Outcome) bool {
 	w := s.w
+	if s.ch.IsClosed() {
+		s.settle(d, Requeue)
+		return false
+	}
 	cctx, cancel := context.WithTimeout(ctx, copyTimeout)
 	defer cancel()
 	kind := w.metrics.retryCopies
@@ -167,13 +224,12 @@ func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue st
 	}
 	if err := s.copies.publish(cctx, queue, msg); err != nil {
 		kind.failed.Inc()
-		if !errors.Is(err, amqp.ErrClosed) {
-			w.log.Error("copy not confirmed; handing the message back", zap.String("to", queue),
-				zap.Stringer("outcome", o), zap.String("message_id", d.MessageId), zap.Error(err))
-		}
+		s.copyFailed(ctx, d, queue, o, err)
 		s.settle(d, Requeue)
-		return
+		return false
 	}
 	kind.confirmed.Inc()
+	w.copyConfirmed()
 	s.settle(d, o)
+	return true
 }

@@ -211,6 +211,8 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		{"a longer queue", []time.Duration{200 * time.Millisecond, time.Second}, 500 * time.Millisecond, time.Second, false},
 		// Longer than any queue: it waits in the longest, as often as needed.
 		{"beyond every queue", []time.Duration{200 * time.Millisecond}, 900 * time.Millisecond, 900 * time.Millisecond, true},
+		// No retry queue: it waits in its handler slot, then goes to the tail.
+		{"no retry queues", nil, 2 * time.Second, 2 * time.Second, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			q := brokertest.Queue(t)

@@ -23,6 +23,10 @@ type session struct {
 	ch     *amqp.Channel
 	copies *copier // publishes retry and dead copies on the same connection
 	acks   *acker
+	conn   *amqp.Connection // ch's, to declare the topology again on a channel of its own
+
+	stopping <-chan struct{} // closed when the drain begins
+	ended    chan struct{}   // closed when the session is over
 
 	mu       sync.Mutex
 	inflight int           // deliveries handed to handlers and not yet settled
@@ -44,9 +48,10 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
-	s := &session{w: w, ch: ch, copies: copies}
+	s := &session{w: w, ch: ch, copies: copies, conn: conn, stopping: ctx.Done(), ended: make(chan struct{})}
 	s.acks = newAcker(ch, w.metrics, w.cfg.Prefetch)
 	defer func() {
+		close(s.ended)
 		s.acks.stop()
 		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 			w.log.Debug("close channel", zap.Error(err))
@@ -93,13 +98,17 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 					// Closed by a cancel from the broker, or with the channel.
 					select {
 					case <-ctx.Done():
-						return nil
+						return s.drain(hctx, tag, nil, closed)
 					case e := <-closed:
 						return closeError(e)
 					case t := <-cancels:
 						w.setNotReady("consumer cancelled by the broker")
-						w.log.Info("consumer cancelled by the broker; declaring and consuming again", zap.String("consumer", t))
+						w.log.Info("consumer cancelled by the broker; declaring and consuming again once its deliveries are settled",
+							zap.String("consumer", t), zap.Int("inflight", s.pending()))
 						w.metrics.reconnects.Inc()
+						if stop, err := s.settleCancelled(ctx, hctx, tag, closed, ticker.C); stop {
+							return err
+						}
 						break consume
 					}
 				}
@@ -111,6 +120,27 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 					return err
 				}
 			}
+		}
+	}
+}
+
+// settleCancelled waits until every delivery of the consumer the broker
+// cancelled is settled and its ack sent. The prefetch limits each consumer
+// on its own: a new one beside the old one's unsettled deliveries would
+// hold up to twice the prefetch. It reports whether serveChannel must
+// return, with what, because the channel closed or the drain began.
+func (s *session) settleCancelled(ctx, hctx context.Context, tag string, closed <-chan *amqp.Error, tick <-chan time.Time) (bool, error) {
+	for {
+		select {
+		case <-s.idleChan():
+			s.acks.flushOwed()
+			return false, nil
+		case <-ctx.Done():
+			return true, s.drain(hctx, tag, nil, closed)
+		case e := <-closed:
+			return true, closeError(e)
+		case <-tick:
+			s.w.touch()
 		}
 	}
 }
@@ -257,22 +287,24 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for j := range jobs {
-		if at, ok := broker.RetryAt(j.d.Headers); ok && time.Until(at) > 0 {
-			j.s.deferUntil(ctx, &j.d, at)
+		if at, ok := broker.RetryAt(j.d.Headers); ok && j.s.deferUntil(ctx, &j.d, at) {
 			continue
 		}
 		start := time.Now()
 		slot.Store(start.UnixNano())
 		o, err := w.handle(ctx, &j.d)
 		slot.Store(0)
-		w.metrics.duration[o].Observe(time.Since(start).Seconds())
+		// The outcome logged and measured is the real one: a last failed
+		// attempt is dead, not retried.
+		f := w.verdict(&j.d, o, err)
+		w.metrics.duration[f.outcome].Observe(time.Since(start).Seconds())
 		if err != nil {
-			w.log.Warn("handler failed", zap.Stringer("outcome", o), zap.Uint64("delivery_tag", j.d.DeliveryTag),
+			w.log.Warn("handler failed", zap.Stringer("outcome", f.outcome), zap.Uint64("delivery_tag", j.d.DeliveryTag),
 				zap.String("message_id", j.d.MessageId), zap.Error(err))
 		} else if ce := w.log.Check(zap.DebugLevel, "handled"); ce != nil {
 			ce.Write(zap.Uint64("delivery_tag", j.d.DeliveryTag), zap.String("message_id", j.d.MessageId))
 		}
-		j.s.finish(ctx, &j.d, o, err)
+		j.s.finish(ctx, &j.d, f)
 	}
 }
 

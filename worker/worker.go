@@ -28,6 +28,7 @@ const (
 	DefaultConcurrency     = 4
 	DefaultHandlerTimeout  = time.Minute
 	DefaultShutdownTimeout = 25 * time.Second
+	DefaultMaxRetryAfter   = time.Hour
 )
 
 const (
@@ -79,6 +80,10 @@ type Config struct {
 	// MaxAttempts is how many attempts a message has before it is
 	// dead-lettered; 0 means DefaultMaxAttempts.
 	MaxAttempts int
+	// MaxRetryAfter is the longest wait a handler may ask for (an HTTP
+	// Retry-After); a message asking for more is dead-lettered. 0 means
+	// DefaultMaxRetryAfter.
+	MaxRetryAfter time.Duration
 	// ConsumerTag prefixes the tags of the worker's consumers on the
 	// broker; empty means "warren-" and a random suffix.
 	ConsumerTag string
@@ -96,6 +101,8 @@ type Worker struct {
 	slots    []atomic.Int64         // per handler goroutine: unix nanoseconds its handler started, 0 when idle
 
 	reported string // last failure logged at error level, to log a repeat only at debug
+
+	copyFail *copyFailures // copies the broker did not take, across sessions
 }
 
 // New checks cfg and returns a Worker that is not yet running.
@@ -127,6 +134,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
+	if cfg.MaxRetryAfter <= 0 {
+		cfg.MaxRetryAfter = DefaultMaxRetryAfter
+	}
 	if cfg.ConsumerTag == "" {
 		cfg.ConsumerTag = fmt.Sprintf("warren-%08x", rand.Uint32())
 	}
@@ -143,6 +153,8 @@ func New(cfg Config) (*Worker, error) {
 		log:     cfg.Logger.With(zap.String("queue", cfg.Topology.Queue)),
 		metrics: m,
 		slots:   make([]atomic.Int64, cfg.Concurrency),
+
+		copyFail: newCopyFailures(),
 	}
 	w.setNotReady("starting")
 	w.touch()
@@ -150,9 +162,12 @@ func New(cfg Config) (*Worker, error) {
 }
 
 // Ready returns nil while the worker consumes its queue, else an error
-// saying why not (connecting, declaring, draining).
+// saying why not (connecting, declaring, draining, copies refused).
 func (w *Worker) Ready() error {
 	if r := w.notReady.Load(); r != nil {
+		return errors.New(*r)
+	}
+	if r := w.copyFail.trouble.Load(); r != nil {
 		return errors.New(*r)
 	}
 	return nil

@@ -339,55 +339,77 @@ func TestRecoversOnTheSameConnection(t *testing.T) {
 }
 
 func TestSettlementOnDeadChannelIsDropped(t *testing.T) {
-	brokertest.NeedCtl(t)
-	q := brokertest.Queue(t)
-	started := make(chan struct{})
-	release := make(chan struct{})
-	var releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	var redelivered atomic.Bool
-	rec := newRecorder(func(_ context.Context, m *worker.Message, attempt int) error {
-		if string(m.Body) != "held" {
-			return nil
-		}
-		if attempt == 1 {
-			close(started)
-			<-release // still running when its channel dies
-			return nil
-		}
-		redelivered.Store(m.Redelivered)
-		return nil
-	})
-	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Concurrency: 2})
-	h.waitReady(t)
-	brokertest.Publish(t, q, "held")
-	<-started
-	if n := brokertest.FailChannels(t, h.name); n != 1 {
-		t.Fatalf("broker failed %d channels, want 1", n)
-	}
-	// The broker requeued the message with its channel; the new channel
-	// delivers it again while the first handler still runs.
-	brokertest.WaitFor(t, 10*time.Second, "the message redelivered and acked", func() bool {
-		return rec.count("held") == 2 && h.metric(t, "warren_messages_total", "outcome", "ack") == 1
-	})
-	if !redelivered.Load() {
-		t.Error("second delivery lacks the redelivered flag")
-	}
-	releaseOnce.Do(func() { close(release) })
-	brokertest.WaitFor(t, 10*time.Second, "the first handler's settlement dropped", func() bool {
-		return h.metric(t, "warren_stale_settlements_total") == 1
-	})
-	// Acking the old tag on the new channel would be a second channel error.
-	brokertest.Publish(t, q, "next")
-	brokertest.WaitFor(t, 10*time.Second, "next message", func() bool { return rec.count("next") == 1 })
-	if got := h.metric(t, "warren_reconnects_total"); got != 1 {
-		t.Errorf("warren_reconnects_total = %v, want 1: only the injected channel error", got)
-	}
-	if err := h.stop(t); err != nil {
-		t.Fatalf("Run = %v, want nil", err)
-	}
-	if n := brokertest.Ready(t, q); n != 0 {
-		t.Errorf("queue holds %d messages, want 0", n)
+	for _, tt := range []struct {
+		name   string
+		result error // of the handler whose channel died
+	}{
+		{name: "handled"},
+		// A retry copy now would be a duplicate: the broker redelivered
+		// the original already.
+		{name: "failed", result: errors.New("transient")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			brokertest.NeedCtl(t)
+			q := brokertest.Queue(t)
+			started := make(chan struct{})
+			release := make(chan struct{})
+			var releaseOnce sync.Once
+			t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+			var redelivered atomic.Bool
+			rec := newRecorder(func(_ context.Context, m *worker.Message, attempt int) error {
+				if string(m.Body) != "held" {
+					return nil
+				}
+				if attempt == 1 {
+					close(started)
+					<-release // still running when its channel dies
+					return tt.result
+				}
+				redelivered.Store(m.Redelivered)
+				return nil
+			})
+			h := start(t, worker.Config{
+				Topology:    broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{time.Minute}},
+				Handler:     rec,
+				Concurrency: 2,
+			})
+			h.waitReady(t)
+			brokertest.Publish(t, q, "held")
+			<-started
+			if n := brokertest.FailChannels(t, h.name); n != 1 {
+				t.Fatalf("broker failed %d channels, want 1", n)
+			}
+			// The broker requeued the message with its channel; the new channel
+			// delivers it again while the first handler still runs.
+			brokertest.WaitFor(t, 10*time.Second, "the message redelivered and acked", func() bool {
+				return rec.count("held") == 2 && h.metric(t, "warren_messages_total", "outcome", "ack") == 1
+			})
+			if !redelivered.Load() {
+				t.Error("second delivery lacks the redelivered flag")
+			}
+			releaseOnce.Do(func() { close(release) })
+			brokertest.WaitFor(t, 10*time.Second, "the first handler's settlement dropped", func() bool {
+				return h.metric(t, "warren_stale_settlements_total") == 1
+			})
+			if n := brokertest.Ready(t, q+".retry.1m"); n != 0 {
+				t.Errorf("%s holds %d copies, want 0", q+".retry.1m", n)
+			}
+			// Acking the old tag on the new channel would be a second channel error.
+			brokertest.Publish(t, q, "next")
+			brokertest.WaitFor(t, 10*time.Second, "next message", func() bool { return rec.count("next") == 1 })
+			if got := h.metric(t, "warren_reconnects_total"); got != 1 {
+				t.Errorf("warren_reconnects_total = %v, want 1: only the injected channel error", got)
+			}
+			if err := h.stop(t); err != nil {
+				t.Fatalf("Run = %v, want nil", err)
+			}
+			if n := brokertest.Ready(t, q); n != 0 {
+				t.Errorf("queue holds %d messages, want 0", n)
+			}
+			if n := rec.count("held"); n != 2 {
+				t.Errorf("handled %d times, want 2 (once more after the channel died)", n)
+			}
+		})
 	}
 }
 
