@@ -17,6 +17,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // profile is how hard the suite pushes.
@@ -86,7 +87,7 @@ func TestChaos(t *testing.T) {
 	}
 	u.User = url.UserPassword(user, password)
 	s := &suite{p: p, bin: bin, node: node, url: u.String(), password: password,
-		seen: &captured{texts: map[string]string{}}}
+		broker: brokertest.At(u.String()), seen: &warrentest.Captures{}}
 	t.Logf("profile %s; node %s up in %s", p.name, node.Name, time.Since(begin).Round(time.Second))
 
 	for _, qt := range []string{"classic", "quorum"} {
@@ -106,8 +107,9 @@ type suite struct {
 	node     *brokertest.Node
 	url      string // the node, as the suite's user
 	password string
-	seen     *captured
-	replicas []*replica // of every part, for the secret check
+	broker   brokertest.Broker // the node, as the suite's user
+	seen     *warrentest.Captures
+	replicas []*warrentest.Process // of every part, for the secret check
 }
 
 // healed is what a fault cost.
@@ -143,8 +145,8 @@ func (s *suite) faults(t *testing.T, qt string) {
 		bodies = append(bodies, b)
 	}
 
-	e := newEndpoint(t, 3*time.Millisecond)
-	e.limit(float64(s.p.messages) / s.p.span.Seconds())
+	e := warrentest.NewEndpoint(t, warrentest.EndpointOptions{Work: 3 * time.Millisecond})
+	e.Limit(float64(s.p.messages) / s.p.span.Seconds())
 	urlDir := t.TempDir()
 	urlFile := func(name, u string) string {
 		f := filepath.Join(urlDir, name)
@@ -155,7 +157,7 @@ func (s *suite) faults(t *testing.T, qt string) {
 	}
 	// replica-0's link runs through a proxy, to stall it and cut it.
 	proxy := brokertest.NewProxyTo(t, s.url)
-	var rs []*replica
+	var rs []*warrentest.Process
 	for i := range 3 {
 		name := fmt.Sprintf("replica-%d", i)
 		u := s.url
@@ -183,17 +185,17 @@ func (s *suite) faults(t *testing.T, qt string) {
 	// The queue exists, as warren declares it, and holds every message
 	// before the first replica starts.
 	queues := []string{q, q + ".retry.200ms", q + ".retry.1s", q + ".dead"}
-	t.Cleanup(func() { deleteQueues(t, s.url, queues...) })
-	declare(t, s.url, q, amqp.Table{amqp.QueueTypeArg: qt})
-	publishAll(t, s.url, q, bodies)
+	t.Cleanup(func() { s.broker.DeleteQueues(t, queues...) })
+	s.broker.Declare(t, q, amqp.Table{amqp.QueueTypeArg: qt})
+	s.broker.Publish(t, q, bodies)
 	t.Logf("%d messages in %s (%d poison, %d flaky) in %s", len(bodies), q, len(poison), countPrefix(bodies, "flaky-"), time.Since(begin).Round(time.Millisecond))
 
 	for _, r := range rs {
-		r.start(t)
+		r.Start(t)
 	}
 	allReady := func() bool {
 		for _, r := range rs {
-			if !r.ready() {
+			if !r.Ready() {
 				return false
 			}
 		}
@@ -202,14 +204,14 @@ func (s *suite) faults(t *testing.T, qt string) {
 	brokertest.WaitFor(t, 60*time.Second, "every replica consuming", allReady)
 
 	var report []healed
-	backlog := func() int { return ready(t, s.url, q) }
+	backlog := func() int { return s.broker.Ready(t, q) }
 	// lost returns how many connections and channels each replica lost so
 	// far; waitHealed waits until those of which (all by default) lost one
 	// more since before, and every replica consumes again.
 	lost := func() []int {
 		n := make([]int, len(rs))
 		for i, r := range rs {
-			n[i] = r.connectionsLost()
+			n[i] = connectionsLost(r)
 		}
 		return n
 	}
@@ -220,7 +222,7 @@ func (s *suite) faults(t *testing.T, qt string) {
 		}
 		brokertest.WaitFor(t, 2*time.Minute, what+" healed: connection lost, then consuming again", func() bool {
 			for _, i := range which {
-				if rs[i].connectionsLost() <= before[i] {
+				if connectionsLost(rs[i]) <= before[i] {
 					return false
 				}
 			}
@@ -240,19 +242,19 @@ func (s *suite) faults(t *testing.T, qt string) {
 
 	// SIGKILL a replica while the endpoint answers some of its messages:
 	// what it held goes back to the queue and is handled again.
-	brokertest.WaitFor(t, 30*time.Second, "replica-1 in the middle of a batch", func() bool { return e.busy("replica-1") > 0 })
-	busy, depth, start := e.busy("replica-1"), backlog(), time.Now()
-	rs[1].kill(t)
-	rs[1].start(t)
-	brokertest.WaitFor(t, time.Minute, "replica-1 back", rs[1].ready)
+	brokertest.WaitFor(t, 30*time.Second, "replica-1 in the middle of a batch", func() bool { return e.Busy("replica-1") > 0 })
+	busy, depth, start := e.Busy("replica-1"), backlog(), time.Now()
+	rs[1].Kill(t)
+	rs[1].Start(t)
+	brokertest.WaitFor(t, time.Minute, "replica-1 back", rs[1].Ready)
 	record(fmt.Sprintf("SIGKILL replica-1 with %d requests in flight, start it again", busy), depth, start, 0)
 
 	// A rolling update: one replica at a time stops, exits 0, starts.
 	depth, start = backlog(), time.Now()
 	for _, r := range rs {
-		r.stop(t)
-		r.start(t)
-		brokertest.WaitFor(t, time.Minute, r.name+" back after its restart", r.ready)
+		r.Stop(t)
+		r.Start(t)
+		brokertest.WaitFor(t, time.Minute, r.Name+" back after its restart", r.Ready)
 	}
 	record("roll every replica (SIGTERM, exit 0, start)", depth, start, 0)
 
@@ -279,14 +281,14 @@ func (s *suite) faults(t *testing.T, qt string) {
 
 	// A stalled link: accepted, nothing forwarded, no close seen. Only the
 	// heartbeat (1s here) tells; the process is not restarted.
-	pid := rs[0].pid()
+	pid := rs[0].Pid()
 	before, depth, start := lost(), backlog(), time.Now()
 	proxy.Stall(true)
 	brokertest.WaitFor(t, 30*time.Second, "replica-0 to notice its stalled link", func() bool {
-		return rs[0].connectionsLost() > before[0]
+		return connectionsLost(rs[0]) > before[0]
 	})
 	detect := time.Since(start)
-	if out := tail(rs[0].out.String(), 20); !strings.Contains(out, "heartbeat") && !strings.Contains(out, "timeout") {
+	if out := warrentest.Tail(rs[0].Out.String(), 20); !strings.Contains(out, "heartbeat") && !strings.Contains(out, "timeout") {
 		t.Logf("replica-0 noticed the stall without naming the heartbeat:\n%s", out)
 	}
 	proxy.Stall(false)
@@ -303,11 +305,11 @@ func (s *suite) faults(t *testing.T, qt string) {
 		extra[i] = fmt.Sprintf("cut-%02d", i)
 	}
 	bodies = append(bodies, extra...)
-	publishAll(t, s.url, q, extra)
+	s.broker.Publish(t, q, extra)
 	brokertest.WaitFor(t, 30*time.Second, "a link cut mid-frame", func() bool { return proxy.MidFrameCuts() > cuts })
 	waitHealed("link cut mid-frame", before, 0)
 	record("cut replica-0's link mid-frame", depth, start, 0)
-	if got := rs[0].pid(); got != pid {
+	if got := rs[0].Pid(); got != pid {
 		t.Errorf("replica-0 was restarted (pid %d, then %d); want it to recover on its own", pid, got)
 	}
 
@@ -316,13 +318,13 @@ func (s *suite) faults(t *testing.T, qt string) {
 	// queue, the broker's application restarts. Messages are retried
 	// through the retry queues, none dies.
 	depth, start = backlog(), time.Now()
-	e.mode.Store(fail)
+	e.SetMode(warrentest.Fail)
 	time.Sleep(2 * time.Second)
 	before = lost()
 	s.node.CloseAllConnections(t)
 	waitHealed("close_all_connections while the endpoint fails", before)
 	time.Sleep(time.Second)
-	e.mode.Store(hang)
+	e.SetMode(warrentest.Hang)
 	if qt == "quorum" {
 		before = lost()
 		s.node.StopApp(t)
@@ -330,21 +332,21 @@ func (s *suite) faults(t *testing.T, qt string) {
 		waitHealed("stop_app/start_app while the endpoint hangs", before)
 	}
 	time.Sleep(3 * time.Second)
-	e.mode.Store(answer)
+	e.SetMode(warrentest.Answer)
 	detect = time.Since(start)
 	brokertest.WaitFor(t, 2*time.Minute, "the retry queues empty", func() bool {
-		return ready(t, s.url, q+".retry.200ms") == 0 && ready(t, s.url, q+".retry.1s") == 0
+		return s.broker.Ready(t, q+".retry.200ms") == 0 && s.broker.Ready(t, q+".retry.1s") == 0
 	})
 	record("endpoint failing (503, then hanging) with closes and restarts", depth, start, detect)
 
 	// No more faults: the endpoint takes all it gets.
-	e.limit(0)
+	e.Limit(0)
 	brokertest.WaitFor(t, 5*time.Minute, "every message handled, every queue but Q.dead empty, the endpoint idle", func() bool {
-		if len(e.missing(bodies)) > 0 || !e.idle(2*time.Second) {
+		if len(e.Missing(bodies)) > 0 || !e.Idle(2*time.Second) {
 			return false
 		}
 		for _, name := range queues[:3] {
-			if ready(t, s.url, name) != 0 {
+			if s.broker.Ready(t, name) != 0 {
 				return false
 			}
 		}
@@ -352,19 +354,19 @@ func (s *suite) faults(t *testing.T, qt string) {
 	})
 	reconnects := 0
 	for _, r := range rs {
-		r.stop(t)
-		reconnects += r.connectionsLost()
+		r.Stop(t)
+		reconnects += connectionsLost(r)
 	}
 
-	if m := e.missing(bodies); len(m) > 0 {
+	if m := e.Missing(bodies); len(m) > 0 {
 		t.Errorf("%d messages never reached the handler (or, not poison, were never acked), e.g. %q", len(m), m[:min(5, len(m))])
 	}
 	for _, name := range queues[:3] {
-		if n := ready(t, s.url, name); n != 0 {
+		if n := s.broker.Ready(t, name); n != 0 {
 			t.Errorf("%s holds %d messages at the end, want 0", name, n)
 		}
 	}
-	dead := drain(t, s.url, q+".dead")
+	dead := s.broker.Drain(t, q+".dead")
 	deadSet := map[string]int{}
 	for _, b := range dead {
 		deadSet[b]++
@@ -379,16 +381,16 @@ func (s *suite) faults(t *testing.T, qt string) {
 	}
 	stops := 0
 	for _, r := range rs {
-		stops += r.stops
+		stops += r.Stops()
 	}
-	requests, oks, redelivered := e.stats()
+	st := e.Stats()
 	var w strings.Builder
 	tw := tabwriter.NewWriter(&w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "fault suite, %s queue, profile %s, %s\n", qt, s.p.name, time.Since(begin).Round(time.Second))
 	fmt.Fprintf(tw, "messages\t%d (%d poison, %d flaky)\n", len(bodies), len(poison), countPrefix(bodies, "flaky-"))
-	fmt.Fprintf(tw, "requests to the endpoint\t%d, %d answered 2xx, %d marked redelivered\n", requests, oks, redelivered)
-	fmt.Fprintf(tw, "lost\t%d\n", len(e.missing(bodies)))
-	fmt.Fprintf(tw, "duplicates (2xx for a message already acked)\t%d\n", e.duplicates())
+	fmt.Fprintf(tw, "requests to the endpoint\t%d, %d answered 2xx, %d marked redelivered\n", st.Requests, st.OKs, st.Redelivered)
+	fmt.Fprintf(tw, "lost\t%d\n", len(e.Missing(bodies)))
+	fmt.Fprintf(tw, "duplicates (2xx for a message already acked)\t%d\n", st.Duplicates)
 	fmt.Fprintf(tw, "in %s\t%d (%d distinct poison)\n", q+".dead", len(dead), len(deadSet))
 	fmt.Fprintf(tw, "connections and channels lost, all replicas\t%d\n", reconnects)
 	fmt.Fprintf(tw, "processes asked to stop that exited 0\t%d\n", stops)
@@ -425,8 +427,8 @@ func countPrefix(bodies []string, prefix string) int {
 // than its prefetch, so its memory stays flat however deep the queue.
 func (s *suite) burst(t *testing.T) {
 	q := "chaos-burst"
-	t.Cleanup(func() { deleteQueues(t, s.url, q, q+".dead") })
-	e := newEndpoint(t, 20*time.Millisecond)
+	t.Cleanup(func() { s.broker.DeleteQueues(t, q, q+".dead") })
+	e := warrentest.NewEndpoint(t, warrentest.EndpointOptions{Work: 20 * time.Millisecond})
 	urlFile := filepath.Join(t.TempDir(), "url")
 	if err := os.WriteFile(urlFile, []byte(s.url), 0o600); err != nil {
 		t.Fatal(err)
@@ -436,33 +438,32 @@ func (s *suite) burst(t *testing.T) {
 		"WARREN_PREFETCH=50", "WARREN_CONCURRENCY=4", "WARREN_RETRY_DELAYS=",
 	}, s.seen)
 	s.replicas = append(s.replicas, r)
-	r.start(t)
-	brokertest.WaitFor(t, 30*time.Second, "warren consuming", r.ready)
+	r.Start(t)
+	brokertest.WaitFor(t, 30*time.Second, "warren consuming", r.Ready)
 	bodies := make([]string, s.p.burst)
 	pad := strings.Repeat("x", 200)
 	for i := range bodies {
 		bodies[i] = fmt.Sprintf("burst-%06d-%s", i, pad)
 	}
 	// A first thousand warms warren up: its steady state is the baseline.
-	publishAll(t, s.url, q, bodies[:1000])
+	s.broker.Publish(t, q, bodies[:1000])
 	brokertest.WaitFor(t, time.Minute, "the first messages handled", func() bool {
-		_, oks, _ := e.stats()
-		return oks >= 500
+		return e.Stats().OKs >= 500
 	})
-	base := rss(t, r.pid())
+	base := warrentest.RSS(t, r.Pid())
 	start := time.Now()
-	publishAll(t, s.url, q, bodies[1000:])
+	s.broker.Publish(t, q, bodies[1000:])
 	published := time.Since(start)
 	var peak int64
 	samples := 0
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		peak = max(peak, rss(t, r.pid()))
+		peak = max(peak, warrentest.RSS(t, r.Pid()))
 		samples++
 		time.Sleep(200 * time.Millisecond)
 	}
-	depth := ready(t, s.url, q)
-	_, oks, _ := e.stats()
+	depth := s.broker.Ready(t, q)
+	oks := e.Stats().OKs
 	unacked := -1
 	for _, line := range strings.Split(s.node.Ctl(t, "list_queues", "name", "messages_unacknowledged", "-q"), "\n") {
 		if name, n, ok := strings.Cut(strings.TrimSpace(line), "\t"); ok && name == q {
@@ -484,7 +485,7 @@ func (s *suite) burst(t *testing.T) {
 		t.Errorf("warren's RSS grew by %.1f MiB during the burst (%.1f to %.1f MiB), want it flat (at most 16 MiB)",
 			float64(growth)/(1<<20), float64(base)/(1<<20), float64(peak)/(1<<20))
 	}
-	r.stop(t)
+	r.Stop(t)
 }
 
 // noSecret looks for the suite's password in everything the replicas
@@ -494,13 +495,11 @@ func (s *suite) noSecret(t *testing.T) {
 	help, _ := exec.Command(s.bin, "help").CombinedOutput()
 	texts := map[string]string{"warren help": string(help)}
 	for _, r := range s.replicas {
-		texts[r.name+" log"] += r.out.String()
+		texts[r.Name+" log"] += r.Out.String()
 	}
-	s.seen.mu.Lock()
-	for k, v := range s.seen.texts {
+	for k, v := range s.seen.Texts() {
 		texts[k] = v
 	}
-	s.seen.mu.Unlock()
 	var where []string
 	size := 0
 	for what, text := range texts {

@@ -133,10 +133,10 @@ type run struct {
 	q        string
 	urls     []string // what the replicas dial: the nodes, or proxies to them
 	proxies  []*brokertest.Proxy
-	e        *endpoint
+	e        *warrentest.Endpoint
 	bodies   []string
 	poison   []string
-	replicas []*replica
+	replicas []*warrentest.Process
 	recovery []time.Duration
 }
 
@@ -148,7 +148,7 @@ func (s *suite) start(t *testing.T, faults int, viaProxies bool) *run {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	r := &run{s: s, begin: time.Now(), q: "cluster-" + hex.EncodeToString(b[:]), urls: nodeURLs(s.c)}
-	t.Cleanup(func() { deleteQueues(t, nodeURLs(s.c), r.q, r.q+".dead", r.q+".retry.1s") })
+	t.Cleanup(func() { brokertest.At(nodeURLs(s.c)...).DeleteQueues(t, r.q, r.q+".dead", r.q+".retry.1s") })
 	if viaProxies {
 		r.urls = nil
 		for _, u := range nodeURLs(s.c) {
@@ -169,14 +169,14 @@ func (s *suite) start(t *testing.T, faults int, viaProxies bool) *run {
 		}
 		r.bodies = append(r.bodies, body)
 	}
-	r.e = newEndpoint(t, s.p.rate)
+	r.e = warrentest.NewEndpoint(t, warrentest.EndpointOptions{Rate: s.p.rate})
 	for i := range replicas {
 		r.replicas = append(r.replicas, startReplica(t, fmt.Sprintf("replica-%d", i), []string{
 			"WARREN_AMQP_URL=" + strings.Join(r.urls, ","),
 			"WARREN_QUEUE=" + r.q,
 			"WARREN_QUEUE_TYPE=quorum",
 			"WARREN_HANDLER=http",
-			"WARREN_HTTP_URL=" + r.e.srv.URL + "/" + fmt.Sprint(i),
+			"WARREN_HTTP_URL=" + r.e.URL(fmt.Sprint(i)),
 			"WARREN_PREFETCH=8",
 			"WARREN_RETRY_DELAYS=1s",
 			"WARREN_MAX_ATTEMPTS=3",
@@ -186,7 +186,7 @@ func (s *suite) start(t *testing.T, faults int, viaProxies bool) *run {
 	}
 	r.waitReady(t, "replicas consuming")
 	publish(t, nodeURLs(s.c), r.q, r.bodies)
-	brokertest.WaitFor(t, time.Minute, "work under way", func() bool { return r.e.handled() >= len(r.bodies)/(faults+1)/3 })
+	brokertest.WaitFor(t, time.Minute, "work under way", func() bool { return r.e.Stats().OKs >= len(r.bodies)/(faults+1)/3 })
 	return r
 }
 
@@ -194,7 +194,7 @@ func (r *run) waitReady(t *testing.T, what string) {
 	t.Helper()
 	brokertest.WaitFor(t, 90*time.Second, what, func() bool {
 		for _, rep := range r.replicas {
-			if !rep.ready() {
+			if !rep.Ready() {
 				return false
 			}
 		}
@@ -206,16 +206,16 @@ func (r *run) waitReady(t *testing.T, what string) {
 // the endpoint handled messages since: the time to recover.
 func (r *run) fault(t *testing.T, what string, inject func()) time.Duration {
 	t.Helper()
-	handled := r.e.handled()
+	handled := r.e.Stats().OKs
 	at := time.Now()
 	inject()
 	brokertest.WaitFor(t, 90*time.Second, "recovery from "+what, func() bool {
 		for _, rep := range r.replicas {
-			if !rep.ready() {
+			if !rep.Ready() {
 				return false
 			}
 		}
-		return r.e.handled() > handled
+		return r.e.Stats().OKs > handled
 	})
 	d := time.Since(at)
 	r.recovery = append(r.recovery, d)
@@ -234,29 +234,29 @@ func (r *run) finish(t *testing.T) {
 	// wait allows for it.
 	deadline := time.Now().Add(budget + r.s.p.dlxTimeout)
 	last, lastAt := -1, time.Now()
-	for len(r.e.missing(r.bodies)) > 0 && time.Now().Before(deadline) {
-		if h := r.e.handled(); h != last {
+	for len(r.e.Missing(r.bodies)) > 0 && time.Now().Before(deadline) {
+		if h := r.e.Stats().OKs; h != last {
 			last, lastAt = h, time.Now()
 		} else if time.Since(lastAt) > r.s.p.dlxTimeout+30*time.Second {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if missing := r.e.missing(r.bodies); len(missing) > 0 {
+	if missing := r.e.Missing(r.bodies); len(missing) > 0 {
 		t.Fatalf("%d messages never handled, e.g. %q; the broker's queues: %v", len(missing), missing[:min(len(missing), 5)], r.s.c.Messages(t))
 	}
 	for _, rep := range r.replicas {
-		rep.stop(t)
+		rep.Stop(t)
 	}
-	nodes := nodeURLs(r.s.c)
+	nodes := brokertest.At(nodeURLs(r.s.c)...)
 	// The queue lengths rabbitmqctl reports lag behind: take what is left.
-	if left := drain(t, nodes, r.q); len(left) > 0 {
+	if left := nodes.Drain(t, r.q); len(left) > 0 {
 		t.Errorf("%s holds %d messages at the end, want 0, e.g. %q", r.q, len(left), left[0])
 	}
-	if left := drain(t, nodes, r.q+".retry.1s"); len(left) > 0 {
+	if left := nodes.Drain(t, r.q+".retry.1s"); len(left) > 0 {
 		t.Errorf("%s.retry.1s holds %d messages at the end, want 0, e.g. %q", r.q, len(left), left[0])
 	}
-	dead := drain(t, nodes, r.q+".dead")
+	dead := nodes.Drain(t, r.q+".dead")
 	for _, b := range dead {
 		if !strings.HasPrefix(b, "poison-") {
 			t.Errorf("%s.dead holds %q, which never failed for good", r.q, b)
@@ -267,7 +267,8 @@ func (r *run) finish(t *testing.T) {
 			t.Errorf("%s.dead lacks %q", r.q, b)
 		}
 	}
-	dups, redelivered := r.e.duplicates()
+	st := r.e.Stats()
+	dups, redelivered := st.Duplicates, st.Redelivered
 	var rec []string
 	for _, d := range r.recovery {
 		rec = append(rec, d.Round(10*time.Millisecond).String())
@@ -302,18 +303,18 @@ func (s *suite) leaderKilled(t *testing.T) {
 func (s *suite) replicaNodeKilled(t *testing.T) {
 	r := s.start(t, 1, false)
 	rep := r.replicas[0]
-	addr := rep.node()
+	addr := node(rep)
 	n := s.c.Node(addr)
 	if n == nil {
-		t.Fatalf("%s: warren_broker_info names %q, no node of the cluster", rep.name, addr)
+		t.Fatalf("%s: warren_broker_info names %q, no node of the cluster", rep.Name, addr)
 	}
 	at := time.Now()
-	r.fault(t, "SIGKILL of "+n.Name+", "+rep.name+"'s node", func() { n.Kill(t) })
-	brokertest.WaitFor(t, 30*time.Second, rep.name+" on another node", func() bool {
-		a := rep.node()
-		return a != "" && a != addr && rep.ready()
+	r.fault(t, "SIGKILL of "+n.Name+", "+rep.Name+"'s node", func() { n.Kill(t) })
+	brokertest.WaitFor(t, 30*time.Second, rep.Name+" on another node", func() bool {
+		a := node(rep)
+		return a != "" && a != addr && rep.Ready()
 	})
-	t.Logf("%s moved from %s to %s within %s", rep.name, addr, rep.node(), time.Since(at).Round(10*time.Millisecond))
+	t.Logf("%s moved from %s to %s within %s", rep.Name, addr, node(rep), time.Since(at).Round(10*time.Millisecond))
 	s.restart(t, n)
 	r.finish(t)
 }
@@ -327,8 +328,8 @@ func (s *suite) everyNodeKilled(t *testing.T) {
 		s.restart(t, n)
 	}
 	for _, rep := range r.replicas {
-		if rep.losses() == 0 {
-			t.Errorf("%s never lost its connection: every node died once, it must have", rep.name)
+		if losses(rep) == 0 {
+			t.Errorf("%s never lost its connection: every node died once, it must have", rep.Name)
 		}
 	}
 	r.finish(t)
@@ -352,7 +353,7 @@ func (s *suite) rollingRestart(t *testing.T) {
 func (s *suite) cutOff(t *testing.T) {
 	r := s.start(t, 1, true)
 	rep := r.replicas[0]
-	addr := rep.node()
+	addr := node(rep)
 	var cut *brokertest.Proxy
 	for i, u := range r.urls {
 		if strings.Contains(u, "@"+addr+"/") {
@@ -360,19 +361,19 @@ func (s *suite) cutOff(t *testing.T) {
 		}
 	}
 	if cut == nil {
-		t.Fatalf("%s: warren_broker_info names %q, none of the proxies", rep.name, addr)
+		t.Fatalf("%s: warren_broker_info names %q, none of the proxies", rep.Name, addr)
 	}
 	r.fault(t, "node at "+addr+" cut off", func() {
 		cut.Refuse(true)
 		cut.Cut()
 	})
-	brokertest.WaitFor(t, 30*time.Second, rep.name+" on another node", func() bool {
-		a := rep.node()
+	brokertest.WaitFor(t, 30*time.Second, rep.Name+" on another node", func() bool {
+		a := node(rep)
 		return a != "" && a != addr
 	})
 	// The node comes back after a while, as a healed partition does.
-	handled := r.e.handled()
-	brokertest.WaitFor(t, time.Minute, "more work done", func() bool { return r.e.handled() > handled+int(s.p.rate*5) })
+	handled := r.e.Stats().OKs
+	brokertest.WaitFor(t, time.Minute, "more work done", func() bool { return r.e.Stats().OKs > handled+int(s.p.rate*5) })
 	cut.Refuse(false)
 	r.finish(t)
 }
@@ -384,7 +385,7 @@ func (s *suite) publishFailsOver(t *testing.T) {
 	begin := time.Now()
 	r := &run{s: s, q: "cluster-publish-" + time.Now().Format("150405.000")}
 	nodes := nodeURLs(s.c)
-	t.Cleanup(func() { deleteQueues(t, nodes, r.q) })
+	t.Cleanup(func() { brokertest.At(nodes...).DeleteQueues(t, r.q) })
 	for _, u := range nodes {
 		p := brokertest.NewProxyTo(t, u)
 		r.proxies = append(r.proxies, p)
@@ -430,7 +431,7 @@ func (s *suite) publishFailsOver(t *testing.T) {
 	if !strings.Contains(out.String(), "sending the unconfirmed messages again") {
 		t.Errorf("warren publish did not say it lost its node:\n%s", out)
 	}
-	got := drain(t, nodes, r.q)
+	got := brokertest.At(nodes...).Drain(t, r.q)
 	seen := map[string]int{}
 	for _, b := range got {
 		seen[b]++
@@ -451,13 +452,13 @@ func (s *suite) publishFailsOver(t *testing.T) {
 func (s *suite) replayFailsOver(t *testing.T) {
 	begin := time.Now()
 	q := "cluster-replay-" + time.Now().Format("150405.000")
-	nodes := nodeURLs(s.c)
-	t.Cleanup(func() { deleteQueues(t, nodes, q, q+".dead") })
+	nodes := brokertest.At(nodeURLs(s.c)...)
+	t.Cleanup(func() { nodes.DeleteQueues(t, q, q+".dead") })
 	var (
 		proxies []*brokertest.Proxy
 		urls    []string
 	)
-	for _, u := range nodes {
+	for _, u := range nodeURLs(s.c) {
 		p := brokertest.NewProxyTo(t, u)
 		proxies = append(proxies, p)
 		urls = append(urls, p.URL())
@@ -507,10 +508,10 @@ func (s *suite) replayFailsOver(t *testing.T) {
 	if cutAt < 0 || moved == 0 {
 		t.Errorf("warren dead replay did not go on through another node (cut %d; %d others used): the test proved nothing", cutAt, moved)
 	}
-	if left := drain(t, nodes, q+".dead"); len(left) > 0 {
+	if left := nodes.Drain(t, q+".dead"); len(left) > 0 {
 		t.Errorf("%s.dead holds %d messages after the replay, want 0", q, len(left))
 	}
-	got := drain(t, nodes, q)
+	got := nodes.Drain(t, q)
 	seen := map[string]int{}
 	for _, b := range got {
 		seen[b]++

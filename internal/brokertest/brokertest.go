@@ -83,30 +83,13 @@ func DeleteAfter(t testing.TB, names ...string) {
 // DeleteQueues deletes the named queues, ignoring those that do not exist.
 func DeleteQueues(t testing.TB, names ...string) {
 	t.Helper()
-	conn, err := amqp.Dial(URL())
-	if err != nil {
-		t.Logf("delete queues: %v", err)
-		return
-	}
-	defer conn.Close()
-	for _, n := range names {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Logf("delete queue %q: %v", n, err)
-			return
-		}
-		_, _ = ch.QueueDelete(n, false, false, false)
-		ch.Close()
-	}
+	At(URL()).DeleteQueues(t, names...)
 }
 
 // DeclareQueue declares a durable queue with args.
 func DeclareQueue(t testing.TB, name string, args amqp.Table) {
 	t.Helper()
-	ch := Channel(t)
-	if _, err := ch.QueueDeclare(name, true, false, false, false, args); err != nil {
-		t.Fatalf("declare queue %q: %v", name, err)
-	}
+	At(URL()).Declare(t, name, args)
 }
 
 // Publish publishes bodies to the default exchange with routing key
@@ -181,24 +164,10 @@ func Counts(t testing.TB, queue string) (ready, unacked, consumers int) {
 }
 
 // Ready returns the number of ready messages in queue, read with a passive
-// declaration; it needs no rabbitmqctl. Its connection is closed at once:
-// tests poll it, and a broker has only so many file descriptors.
+// declaration; it needs no rabbitmqctl.
 func Ready(t testing.TB, queue string) int {
 	t.Helper()
-	conn, err := amqp.Dial(URL())
-	if err != nil {
-		t.Fatalf("dial test broker (start one with `make broker`, or set WARREN_TEST_AMQP_URL): %v", err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatalf("open channel: %v", err)
-	}
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		t.Fatalf("inspect queue %q: %v", queue, err)
-	}
-	return q.Messages
+	return At(URL()).Ready(t, queue)
 }
 
 // CanCtl reports whether rabbitmqctl can manage the test broker: it must

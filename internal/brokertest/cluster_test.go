@@ -21,25 +21,10 @@ func TestCluster(t *testing.T) {
 	if got := c.RunningNodes(t); len(got) != 3 {
 		t.Fatalf("running nodes = %v, want 3", got)
 	}
-	conn, err := amqp.Dial(c.Nodes[0].URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ch.QueueDeclare("q", true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	dc, err := ch.PublishWithDeferredConfirm("", "q", false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: []byte("x")})
-	if err != nil || !dc.Wait() {
-		t.Fatalf("publish: %v", err)
-	}
-	conn.Close()
+	// Declared through node 0, the queue is led by it.
+	b := At(c.Nodes[0].URL())
+	b.Declare(t, "q", amqp.Table{amqp.QueueTypeArg: "quorum"})
+	b.Publish(t, "q", []string{"x"})
 	if l := c.Leader(t, "q"); l != c.Nodes[0] {
 		t.Fatalf("Leader(q) = %v, want %s", l, c.Nodes[0].Name)
 	}

@@ -26,56 +26,18 @@ func TestNodeLifecycle(t *testing.T) {
 	}
 
 	const q = "warren-test.node"
-	publish := func(body string) {
-		t.Helper()
-		conn, err := amqp.Dial(n.URL())
-		if err != nil {
-			t.Fatalf("dial %s: %v", n.Name, err)
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := ch.Confirm(false); err != nil {
-			t.Fatal(err)
-		}
-		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: []byte(body)})
-		if err != nil || !dc.Wait() {
-			t.Fatalf("publish to %s: %v", n.Name, err)
-		}
-	}
-	depth := func() int {
-		t.Helper()
-		conn, err := amqp.Dial(n.URL())
-		if err != nil {
-			t.Fatalf("dial %s: %v", n.Name, err)
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		qi, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
-		if err != nil {
-			t.Fatalf("inspect %s: %v", q, err)
-		}
-		return qi.Messages
-	}
-
-	publish("one")
+	b := At(n.URL())
+	b.Declare(t, q, nil)
+	b.Publish(t, q, []string{"one"})
 	n.StopApp(t)
 	if _, err := amqp.Dial(n.URL()); err == nil {
 		t.Errorf("dial %s after stop_app succeeded, want refused", n.Name)
 	}
 	n.StartApp(t)
-	publish("two")
+	b.Publish(t, q, []string{"two"})
 	n.Stop(t)
 	n.Start(t)
-	if got := depth(); got != 2 {
+	if got := b.Ready(t, q); got != 2 {
 		t.Errorf("queue holds %d messages after restarts, want 2", got)
 	}
 	n.CloseAllConnections(t)

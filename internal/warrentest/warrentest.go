@@ -1,6 +1,9 @@
 // Package warrentest builds and runs the warren binary for tests and
 // benchmarks that need the real process: the binary, an environment of its
-// own, an address for its health server, its output.
+// own, an address for its health server, its output (Process), and the
+// HTTP endpoint it hands messages to (Endpoint). The fault, cluster and
+// end-to-end suites start warren and its endpoint with it; the broker side
+// is internal/brokertest's.
 package warrentest
 
 import (
