@@ -5,11 +5,13 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -67,6 +69,15 @@ func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
 	}
 	if len(urls) == 0 {
 		return nil, "", fmt.Errorf("dial: no broker URL")
+	}
+	// Checked before any is dialled: a password holding a comma splits
+	// into pieces that may each look like a URL, whose host and port the
+	// errors of a dial would show.
+	if err := CheckURLs(urls); err != nil {
+		if d.URLFile != "" {
+			return nil, "", fmt.Errorf("dial: WARREN_AMQP_URL_FILE: %w", err)
+		}
+		return nil, "", fmt.Errorf("dial: %w", err)
 	}
 	var tlsConfig *tls.Config
 	if d.TLSFiles != nil {
@@ -163,6 +174,77 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 		return nil, scrub(explainDial(err), rawURL)
 	}
 	return conn, nil
+}
+
+// CheckURL reports why rawURL is not a broker URL warren can use, or nil.
+// The error says what is wrong (the scheme, the port) and never quotes any
+// of rawURL: a URL that does not parse may be a piece of a password, or
+// hold one where a host or a path would be.
+func CheckURL(rawURL string) error {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return errors.New("no scheme")
+	}
+	if s := strings.ToLower(scheme); s != "amqp" && s != "amqps" {
+		return errors.New("the scheme is not amqp:// or amqps://")
+	}
+	// The user information ends at the last @ before the first /, ? or
+	// #. An @ after them means a /, ? or # in the password: the parser
+	// would take a piece of it for the host, the port or the vhost, which
+	// are shown.
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		if strings.Contains(rest[i:], "@") {
+			return errors.New("an @ after the host (percent-encode /, ? and # in the user and password)")
+		}
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return errors.New(parseProblem(err))
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return errors.New("port out of range 1-65535")
+		}
+	}
+	if _, err := amqp.ParseURI(rawURL); err != nil {
+		return errors.New("not an AMQP URI")
+	}
+	return nil
+}
+
+// parseProblem names what net/url found wrong in a URL, from the type and
+// text of its error, without the URL the error quotes.
+func parseProblem(err error) string {
+	var escape url.EscapeError
+	var host url.InvalidHostError
+	text := err.Error()
+	switch {
+	case errors.As(err, &escape):
+		return "bad percent-encoding (a % not followed by two hex digits)"
+	case errors.As(err, &host):
+		return "bad host"
+	case strings.Contains(text, "invalid control character"):
+		return "a control character (a tab, a newline)"
+	case strings.Contains(text, "invalid userinfo"):
+		return "the user or password holds a character that must be percent-encoded"
+	case strings.Contains(text, "invalid port"):
+		return "bad port"
+	}
+	return "not a URL"
+}
+
+// CheckURLs checks each of urls with CheckURL. The error names the URL by
+// its position in the list, never by its text.
+func CheckURLs(urls []string) error {
+	for i, u := range urls {
+		if err := CheckURL(u); err != nil {
+			if len(urls) == 1 {
+				return fmt.Errorf("the URL does not parse: %w", err)
+			}
+			return fmt.Errorf("URL %d of %d does not parse: %w", i+1, len(urls), err)
+		}
+	}
+	return nil
 }
 
 // Redact returns the URL with its password replaced by "xxxxx". A URL that
