@@ -25,6 +25,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/worker"
 )
 
 // unsetenv removes name from the environment until the test ends. Unlike
@@ -119,7 +120,8 @@ func TestLoadDefaults(t *testing.T) {
 		{"Handler", c.Handler, HandlerLog},
 		{"HandlerTimeout", c.HandlerTimeout, time.Minute},
 		{"ShutdownTimeout", c.ShutdownTimeout, 25 * time.Second},
-		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), "[400 410 413 415 422]"},
+		// The worker's default, for library users, is the same.
+		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), fmt.Sprint(worker.DefaultHTTPDeadStatuses)},
 		{"Heartbeat", c.Heartbeat, 10 * time.Second},
 		{"HealthAddr", c.HealthAddr, ":8080"},
 		{"QueueType", c.QueueType, "classic"},

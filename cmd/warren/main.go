@@ -243,7 +243,9 @@ func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
 			Logger:        logger.Named("exec"),
 		}
 	case config.HandlerHTTP:
-		return worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
+		h := worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
+		h.DeadStatuses = cfg.HTTP.DeadStatuses
+		return h
 	}
 	return worker.LogHandler(logger.Named("message"))
 }
