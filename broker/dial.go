@@ -52,13 +52,30 @@ type Dialer struct {
 	Name string
 
 	mu      sync.Mutex
-	next    int  // index into URLs of the node to try first
-	started bool // next has been chosen
+	next    int    // index into URLs of the node to try first
+	started bool   // next has been chosen
+	step    string // what Dial waits for, "" outside Dial
+}
+
+// Step says what a running Dial waits for ("connecting to host:port",
+// "handshake with host:port"), or "" when none runs: the reason to show
+// while not ready.
+func (d *Dialer) Step() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.step
+}
+
+func (d *Dialer) setStep(step string) {
+	d.mu.Lock()
+	d.step = step
+	d.mu.Unlock()
 }
 
 // Dial connects to one node, trying each node at most once. The error names
 // the nodes by their redacted URL, never with a password.
 func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
+	defer d.setStep("")
 	urls := d.URLs
 	if d.URLFile != "" {
 		b, err := os.ReadFile(d.URLFile)
@@ -143,12 +160,21 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 	if d.Name != "" {
 		props.SetClientConnectionName(d.Name)
 	}
+	// amqp091-go's handshakes take no context: closing the connection
+	// when ctx ends is what stops them (a SIGTERM while a node accepts
+	// and never answers), until the handshakes are over.
+	var (
+		mu       sync.Mutex
+		unwatch  func() bool
+		watching bool
+	)
 	cfg := amqp.Config{
 		Heartbeat:       hb,
 		Locale:          "en_US",
 		Properties:      props,
 		TLSClientConfig: tlsConfig,
 		Dial: func(network, addr string) (net.Conn, error) {
+			d.setStep("connecting to " + addr)
 			dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
 			var nd net.Dialer
@@ -156,6 +182,10 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 			if err != nil {
 				return nil, err
 			}
+			d.setStep("handshake with " + addr)
+			mu.Lock()
+			unwatch, watching = context.AfterFunc(ctx, func() { c.Close() }), true
+			mu.Unlock()
 			// Cleared by amqp091-go once the AMQP handshake completes.
 			if err := c.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
 				c.Close()
@@ -165,6 +195,16 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 		},
 	}
 	conn, err := amqp.DialConfig(rawURL, cfg)
+	mu.Lock()
+	if watching && !unwatch() {
+		// ctx ended during the handshakes, and the connection with it.
+		mu.Unlock()
+		if conn != nil {
+			conn.Close()
+		}
+		return nil, fmt.Errorf("handshake: %w", context.Cause(ctx))
+	}
+	mu.Unlock()
 	if err != nil {
 		if tlsConfig != nil && strings.HasPrefix(rawURL, "amqps://") && causeless(err) {
 			if why := probeTLS(ctx, rawURL, tlsConfig); why != nil {
