@@ -56,8 +56,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "warren: unknown command %q\n\n", cmd)
-	usage(stderr)
+	fmt.Fprintf(stderr, "warren: unknown command %q; run \"warren help\"\n", cmd)
 	return exitConfig
 }
 

@@ -187,8 +187,8 @@ func TestHelp(t *testing.T) {
 
 func TestUnknownCommandExits2(t *testing.T) {
 	code, out := runWarren(t, nil, "", "frobnicate")
-	if code != 2 || !strings.Contains(out, `unknown command "frobnicate"`) {
-		t.Errorf("warren frobnicate = %d, %q; want 2 and the command named", code, out)
+	if want := "warren: unknown command \"frobnicate\"; run \"warren help\"\n"; code != 2 || out != want {
+		t.Errorf("warren frobnicate = %d, %q; want 2, %q", code, out, want)
 	}
 }
 
