@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -263,44 +262,13 @@ func TestDialRereadsFiles(t *testing.T) {
 	}
 }
 
-// listen accepts connections on loopback until the test ends and hands
-// each to serve.
-func listen(t *testing.T, serve func(net.Conn)) (addr string, accepted <-chan struct{}) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	acc := make(chan struct{}, 100)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			acc <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	return ln.Addr().String(), acc
-}
-
 // TestDialEndsWithItsContextDuringTheHandshake: a node that accepts the
 // connection and never answers holds the dial only until its context
 // ends (a SIGTERM), not for the handshake's limit; meanwhile the Dialer
 // says what it waits for.
 func TestDialEndsWithItsContextDuringTheHandshake(t *testing.T) {
 	done := make(chan struct{})
-	addr, accepted := listen(t, func(c net.Conn) {
+	addr, accepted := brokertest.Listen(t, func(c net.Conn) {
 		select {
 		case <-done:
 		case <-time.After(30 * time.Second):
@@ -356,7 +324,7 @@ func TestDialNotAMQP(t *testing.T) {
 		{"binary", strings.Repeat("\x01\x00\x00\x00\x00\xff\xff\xff\xff", 4)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			addr, _ := listen(t, func(c net.Conn) {
+			addr, _ := brokertest.Listen(t, func(c net.Conn) {
 				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 				_, _ = c.Read(make([]byte, 8))
 				_, _ = io.WriteString(c, tt.answer)

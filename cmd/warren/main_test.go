@@ -194,26 +194,8 @@ func TestUnknownCommandExits2(t *testing.T) {
 
 func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 	// A listener standing in for the broker tells whether warren dialled.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var dialled sync.WaitGroup
-	dialled.Add(1)
-	accepted := make(chan struct{}, 100)
-	go func() {
-		defer dialled.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- struct{}{}
-			c.Close()
-		}
-	}()
-	url := "amqp://guest:ConfSecret9@" + ln.Addr().String() + "/"
+	addr, accepted := brokertest.Listen(t, func(net.Conn) {})
+	url := "amqp://guest:ConfSecret9@" + addr + "/"
 	for _, tt := range []struct {
 		name string
 		give []string
@@ -261,8 +243,6 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 			}
 		})
 	}
-	ln.Close()
-	dialled.Wait()
 	if n := len(accepted); n != 0 {
 		t.Errorf("warren connected %d times with a bad configuration, want 0", n)
 	}
@@ -781,5 +761,27 @@ func TestSIGHUPDrainsLikeSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(p.out.String(), "shutting down") {
 		t.Errorf("warren did not log its drain:\n%s", p.out.String())
+	}
+}
+
+// TestSIGTERMEndsAHangingHandshake: a node that accepts the connection and
+// never answers does not hold warren's exit after SIGTERM for the 15s
+// handshake limit.
+func TestSIGTERMEndsAHangingHandshake(t *testing.T) {
+	done := make(chan struct{})
+	addr, accepted := brokertest.Listen(t, func(c net.Conn) {
+		<-done // held open, silent, until the test ends
+	})
+	t.Cleanup(func() { close(done) }) // runs before Listen's own cleanup
+	p := startWarren(t, []string{"WARREN_AMQP_URL=amqp://guest:guest@" + addr + "/", "WARREN_QUEUE=" + brokertest.Name(t)})
+	brokertest.WaitFor(t, 10*time.Second, "warren's connection accepted", func() bool { return len(accepted) > 0 })
+	p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+	start := time.Now()
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Errorf("warren exited %d after SIGTERM, want 0", code)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("warren took %v to exit after SIGTERM in a hanging handshake, want under 3s", took)
 	}
 }
