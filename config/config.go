@@ -63,10 +63,10 @@ type Config struct {
 		// command, beyond the few every program expects.
 		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
 	}
-	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages"`
+	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
 	Heartbeat       time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
 	ConnectionName  string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
-	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics"`
+	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics: host empty, an IP address or localhost, and a port"`
 	Log             struct {
 		Level  string `default:"info" desc:"debug, info, warn or error"`
 		Format string `default:"json" desc:"json or console"`
