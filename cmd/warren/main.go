@@ -157,7 +157,11 @@ func runWorker(stderr io.Writer) int {
 	wctx, stopWorker := context.WithCancel(context.Background())
 	defer stopWorker()
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	stopSignals := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT}
+	if !signal.Ignored(syscall.SIGHUP) { // started with nohup: it stays ignored
+		stopSignals = append(stopSignals, syscall.SIGHUP)
+	}
+	signal.Notify(sigs, stopSignals...)
 	defer signal.Stop(sigs)
 	sigDone := make(chan struct{})
 	var sigLoop sync.WaitGroup
