@@ -5,11 +5,13 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,13 +52,30 @@ type Dialer struct {
 	Name string
 
 	mu      sync.Mutex
-	next    int  // index into URLs of the node to try first
-	started bool // next has been chosen
+	next    int    // index into URLs of the node to try first
+	started bool   // next has been chosen
+	step    string // what Dial waits for, "" outside Dial
+}
+
+// Step says what a running Dial waits for ("connecting to host:port",
+// "handshake with host:port"), or "" when none runs: the reason to show
+// while not ready.
+func (d *Dialer) Step() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.step
+}
+
+func (d *Dialer) setStep(step string) {
+	d.mu.Lock()
+	d.step = step
+	d.mu.Unlock()
 }
 
 // Dial connects to one node, trying each node at most once. The error names
 // the nodes by their redacted URL, never with a password.
 func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
+	defer d.setStep("")
 	urls := d.URLs
 	if d.URLFile != "" {
 		b, err := os.ReadFile(d.URLFile)
@@ -67,6 +86,15 @@ func (d *Dialer) Dial(ctx context.Context) (*amqp.Connection, string, error) {
 	}
 	if len(urls) == 0 {
 		return nil, "", fmt.Errorf("dial: no broker URL")
+	}
+	// Checked before any is dialled: a password holding a comma splits
+	// into pieces that may each look like a URL, whose host and port the
+	// errors of a dial would show.
+	if err := CheckURLs(urls); err != nil {
+		if d.URLFile != "" {
+			return nil, "", fmt.Errorf("dial: WARREN_AMQP_URL_FILE: %w", err)
+		}
+		return nil, "", fmt.Errorf("dial: %w", err)
 	}
 	var tlsConfig *tls.Config
 	if d.TLSFiles != nil {
@@ -132,12 +160,21 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 	if d.Name != "" {
 		props.SetClientConnectionName(d.Name)
 	}
+	// amqp091-go's handshakes take no context: closing the connection
+	// when ctx ends is what stops them (a SIGTERM while a node accepts
+	// and never answers), until the handshakes are over.
+	var (
+		mu       sync.Mutex
+		unwatch  func() bool
+		watching bool
+	)
 	cfg := amqp.Config{
 		Heartbeat:       hb,
 		Locale:          "en_US",
 		Properties:      props,
 		TLSClientConfig: tlsConfig,
 		Dial: func(network, addr string) (net.Conn, error) {
+			d.setStep("connecting to " + addr)
 			dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 			defer cancel()
 			var nd net.Dialer
@@ -145,6 +182,10 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 			if err != nil {
 				return nil, err
 			}
+			d.setStep("handshake with " + addr)
+			mu.Lock()
+			unwatch, watching = context.AfterFunc(ctx, func() { c.Close() }), true
+			mu.Unlock()
 			// Cleared by amqp091-go once the AMQP handshake completes.
 			if err := c.SetDeadline(time.Now().Add(handshakeTimeout)); err != nil {
 				c.Close()
@@ -154,6 +195,16 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 		},
 	}
 	conn, err := amqp.DialConfig(rawURL, cfg)
+	mu.Lock()
+	if watching && !unwatch() {
+		// ctx ended during the handshakes, and the connection with it.
+		mu.Unlock()
+		if conn != nil {
+			conn.Close()
+		}
+		return nil, fmt.Errorf("handshake: %w", context.Cause(ctx))
+	}
+	mu.Unlock()
 	if err != nil {
 		if tlsConfig != nil && strings.HasPrefix(rawURL, "amqps://") && causeless(err) {
 			if why := probeTLS(ctx, rawURL, tlsConfig); why != nil {
@@ -163,6 +214,77 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 		return nil, scrub(explainDial(err), rawURL)
 	}
 	return conn, nil
+}
+
+// CheckURL reports why rawURL is not a broker URL warren can use, or nil.
+// The error says what is wrong (the scheme, the port) and never quotes any
+// of rawURL: a URL that does not parse may be a piece of a password, or
+// hold one where a host or a path would be.
+func CheckURL(rawURL string) error {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return errors.New("no scheme")
+	}
+	if s := strings.ToLower(scheme); s != "amqp" && s != "amqps" {
+		return errors.New("the scheme is not amqp:// or amqps://")
+	}
+	// The user information ends at the last @ before the first /, ? or
+	// #. An @ after them means a /, ? or # in the password: the parser
+	// would take a piece of it for the host, the port or the vhost, which
+	// are shown.
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		if strings.Contains(rest[i:], "@") {
+			return errors.New("an @ after the host (percent-encode /, ? and # in the user and password)")
+		}
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return errors.New(parseProblem(err))
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return errors.New("port out of range 1-65535")
+		}
+	}
+	if _, err := amqp.ParseURI(rawURL); err != nil {
+		return errors.New("not an AMQP URI")
+	}
+	return nil
+}
+
+// parseProblem names what net/url found wrong in a URL, from the type and
+// text of its error, without the URL the error quotes.
+func parseProblem(err error) string {
+	var escape url.EscapeError
+	var host url.InvalidHostError
+	text := err.Error()
+	switch {
+	case errors.As(err, &escape):
+		return "bad percent-encoding (a % not followed by two hex digits)"
+	case errors.As(err, &host):
+		return "bad host"
+	case strings.Contains(text, "invalid control character"):
+		return "a control character (a tab, a newline)"
+	case strings.Contains(text, "invalid userinfo"):
+		return "the user or password holds a character that must be percent-encoded"
+	case strings.Contains(text, "invalid port"):
+		return "bad port"
+	}
+	return "not a URL"
+}
+
+// CheckURLs checks each of urls with CheckURL. The error names the URL by
+// its position in the list, never by its text.
+func CheckURLs(urls []string) error {
+	for i, u := range urls {
+		if err := CheckURL(u); err != nil {
+			if len(urls) == 1 {
+				return fmt.Errorf("the URL does not parse: %w", err)
+			}
+			return fmt.Errorf("URL %d of %d does not parse: %w", i+1, len(urls), err)
+		}
+	}
+	return nil
 }
 
 // Redact returns the URL with its password replaced by "xxxxx". A URL that

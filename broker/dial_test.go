@@ -3,7 +3,10 @@ package broker_test
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -256,5 +259,81 @@ func TestDialRereadsFiles(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), wrongPassword) {
 			t.Errorf("%s: Dial = %q, which holds the password", step.name, err)
 		}
+	}
+}
+
+// TestDialEndsWithItsContextDuringTheHandshake: a node that accepts the
+// connection and never answers holds the dial only until its context
+// ends (a SIGTERM), not for the handshake's limit; meanwhile the Dialer
+// says what it waits for.
+func TestDialEndsWithItsContextDuringTheHandshake(t *testing.T) {
+	done := make(chan struct{})
+	addr, accepted := brokertest.Listen(t, func(c net.Conn) {
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+		}
+	})
+	defer close(done)
+	d := &broker.Dialer{URLs: []string{"amqp://guest:guest@" + addr + "/"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		conn, _, err := d.Dial(ctx)
+		if conn != nil {
+			conn.Close()
+		}
+		errc <- err
+	}()
+	select {
+	case <-accepted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dial never reached the listener")
+	}
+	brokertest.WaitFor(t, 5*time.Second, "the dialer in the handshake", func() bool {
+		return d.Step() == "handshake with "+addr
+	})
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Dial after its context was cancelled = %v, want context.Canceled", err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("Dial returned %v after its context was cancelled, want within 1s", took)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Dial still running 20s after its context was cancelled")
+	}
+	if s := d.Step(); s != "" {
+		t.Errorf("Step() after Dial returned = %q, want empty", s)
+	}
+}
+
+// TestDialNotAMQP: a port that answers, but not in AMQP (a database, a
+// cache, a web server), gets a hint.
+func TestDialNotAMQP(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		answer string
+	}{
+		{"redis", "-ERR unknown command 'AMQP'\r\n"},
+		{"http", "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"},
+		{"binary", strings.Repeat("\x01\x00\x00\x00\x00\xff\xff\xff\xff", 4)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, _ := brokertest.Listen(t, func(c net.Conn) {
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				_, _ = c.Read(make([]byte, 8))
+				_, _ = io.WriteString(c, tt.answer)
+				_, _ = io.Copy(io.Discard, c)
+			})
+			err := dial(t, &broker.Dialer{URLs: []string{"amqp://guest:guest@" + addr + "/"}})
+			if err == nil || !strings.Contains(err.Error(), "is this an AMQP port?") {
+				t.Errorf("Dial to a %s port = %v, want the hint \"is this an AMQP port?\"", tt.name, err)
+			}
+		})
 	}
 }

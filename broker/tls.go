@@ -164,6 +164,10 @@ func explainDial(err error) error {
 		return fmt.Errorf("%w (the broker refused the TLS handshake)", err)
 	case strings.Contains(text, "tls: first record does not look like a TLS handshake"):
 		return fmt.Errorf("%w (the broker does not speak TLS on this port: use amqp://, or its TLS port)", err)
+	case strings.Contains(text, "frame size exceeds negotiated frame_max"), errors.Is(err, amqp.ErrFrame), errors.Is(err, amqp.ErrSyntax):
+		return fmt.Errorf("%w (the server does not answer in AMQP: is this an AMQP port?)", err)
+	case strings.Contains(text, "read tcp") && strings.Contains(text, "i/o timeout"):
+		return fmt.Errorf("%w (no AMQP answer within %s: is this an AMQP port?)", err, handshakeTimeout)
 	case errors.As(err, &aerr) && aerr.Code == amqp.AccessRefused:
 		return fmt.Errorf("%w (check the user name and password)", err)
 	}

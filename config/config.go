@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -54,7 +53,8 @@ type Config struct {
 	MaxAttempts    int             `split_words:"true" default:"5" desc:"attempts before a message is dead-lettered to <queue>.dead"`
 	DeliveryLimit  int             `split_words:"true" default:"0" desc:"quorum queues: deliveries before the broker dead-letters a message that is never settled (0: none)"`
 	HTTP           struct {
-		URL string `desc:"http handler: the URL messages are POSTed to"`
+		URL          string `desc:"http handler: the URL messages are POSTed to"`
+		DeadStatuses []int  `split_words:"true" default:"400,410,413,415,422" desc:"http handler: response statuses that mean dead, not retry, comma-separated; every other failure retries"`
 	}
 	Exec struct {
 		Command       string `desc:"exec handler: command run with /bin/sh -c per message, body on stdin"`
@@ -63,10 +63,10 @@ type Config struct {
 		// command, beyond the few every program expects.
 		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
 	}
-	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages"`
+	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
 	Heartbeat       time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
 	ConnectionName  string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
-	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics"`
+	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics: host empty, an IP address or localhost, and a port"`
 	Log             struct {
 		Level  string `default:"info" desc:"debug, info, warn or error"`
 		Format string `default:"json" desc:"json or console"`
@@ -89,12 +89,19 @@ type Error struct {
 	Var   string
 	Value string
 	Unset bool
-	Want  string
+	// Problem, if set, says what is wrong with a value that is not shown,
+	// such as a broker URL that does not parse and may hold a password
+	// anywhere.
+	Problem string
+	Want    string
 }
 
 func (e *Error) Error() string {
 	if e.Unset {
 		return fmt.Sprintf("%s is not set: want %s", e.Var, e.Want)
+	}
+	if e.Problem != "" {
+		return fmt.Sprintf("%s: %s; want %s", e.Var, e.Problem, e.Want)
 	}
 	return fmt.Sprintf("%s=%q: want %s", e.Var, e.Value, e.Want)
 }
@@ -117,12 +124,13 @@ var wants = map[string]string{
 	"WARREN_MAX_ATTEMPTS":         "an integer from 1 to 1000",
 	"WARREN_DELIVERY_LIMIT":       "0 (none), or an integer from 1 to 1000 with WARREN_QUEUE_TYPE=quorum",
 	"WARREN_HTTP_URL":             "an http:// or https:// URL",
+	"WARREN_HTTP_DEAD_STATUSES":   "HTTP statuses from 400 to 599, comma-separated",
 	"WARREN_EXEC_COMMAND":         "a shell command",
 	"WARREN_EXEC_DEAD_EXIT_CODES": "exit codes from 1 to 255, comma-separated",
 	"WARREN_EXEC_ENV":             "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
-	"WARREN_SHUTDOWN_TIMEOUT":     "a duration of 0s or more, such as 25s",
+	"WARREN_SHUTDOWN_TIMEOUT":     "a positive duration such as 25s",
 	"WARREN_HEARTBEAT":            "a duration from 1s to 10m, such as 10s",
-	"WARREN_HEALTH_ADDR":          "a listen address such as :8080 or 127.0.0.1:8080",
+	"WARREN_HEALTH_ADDR":          "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
 	"WARREN_LOG_LEVEL":            "one of debug, info, warn, error",
 	"WARREN_LOG_FORMAT":           "json or console",
 	"WARREN_TLS_CA_FILE":          "a readable PEM file of CA certificates",
@@ -198,11 +206,14 @@ func (c *Config) Validate() error {
 		}
 		return &Error{Var: urlVar, Unset: true, Want: wants["WARREN_AMQP_URL"]}
 	}
+	if err := broker.CheckURLs(c.URLs); err != nil {
+		return &Error{Var: urlVar, Problem: err.Error(), Want: wants["WARREN_AMQP_URL"]}
+	}
 	var first amqp.URI
 	for i, u := range c.URLs {
 		uri, err := amqp.ParseURI(u)
 		if err != nil {
-			return &Error{Var: urlVar, Value: redactURL(u), Want: wants["WARREN_AMQP_URL"]}
+			return &Error{Var: urlVar, Problem: "the URL does not parse", Want: wants["WARREN_AMQP_URL"]}
 		}
 		if i == 0 {
 			first = uri
@@ -212,7 +223,7 @@ func (c *Config) Validate() error {
 		// that mixes them is two brokers, or a typo, and failing over to
 		// the odd node would consume elsewhere or be refused.
 		if what := differs(first, uri); what != "" {
-			return &Error{Var: urlVar, Value: redactURL(u),
+			return &Error{Var: urlVar, Value: broker.Redact(u),
 				Want: "the nodes of one cluster: every URL with the user, password and vhost of the first (this one has another " + what + ")"}
 		}
 	}
@@ -221,6 +232,13 @@ func (c *Config) Validate() error {
 		return &Error{Var: "WARREN_QUEUE", Unset: true, Want: wants["WARREN_QUEUE"]}
 	case len(c.Queue) > 255:
 		return &Error{Var: "WARREN_QUEUE", Value: c.Queue, Want: "a queue name of at most 255 bytes"}
+	case len(c.longestDerivedQueue()) > 255:
+		// The broker refuses a longer name with 501 (shortstr) at every
+		// declaration: warren would reconnect for ever.
+		name := c.longestDerivedQueue()
+		return &Error{Var: "WARREN_QUEUE", Value: c.Queue, Want: fmt.Sprintf(
+			"a queue name short enough that the names warren derives from it fit 255 bytes (the longest, <queue>%s, would be %d bytes)",
+			strings.TrimPrefix(name, c.Queue), len(name))}
 	case !slices.Contains([]string{broker.Classic, broker.Quorum}, c.QueueType):
 		return bad("WARREN_QUEUE_TYPE", c.QueueType)
 	case c.Exchange != "" && !slices.Contains([]string{amqp.ExchangeDirect, amqp.ExchangeFanout, amqp.ExchangeTopic, amqp.ExchangeHeaders}, c.ExchangeType):
@@ -237,7 +255,9 @@ func (c *Config) Validate() error {
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
 	case c.DeliveryLimit < 0 || c.DeliveryLimit > 1000 || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
 		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
-	case c.ShutdownTimeout < 0:
+	case c.ShutdownTimeout <= 0:
+		// The worker takes 0 for its default, 25s: "0s" would mean the
+		// opposite of what it says.
 		return bad("WARREN_SHUTDOWN_TIMEOUT", c.ShutdownTimeout.String())
 	case c.Heartbeat < time.Second || c.Heartbeat > 10*time.Minute:
 		return bad("WARREN_HEARTBEAT", c.Heartbeat.String())
@@ -261,13 +281,14 @@ func (c *Config) Validate() error {
 			return bad("WARREN_RETRY_DELAYS", joinDurations(c.RetryDelays))
 		}
 	}
+	for _, status := range c.HTTP.DeadStatuses {
+		if status < 400 || status > 599 {
+			return bad("WARREN_HTTP_DEAD_STATUSES", joinInts(c.HTTP.DeadStatuses))
+		}
+	}
 	for _, code := range c.Exec.DeadExitCodes {
 		if code < 1 || code > 255 {
-			codes := make([]string, len(c.Exec.DeadExitCodes))
-			for i, code := range c.Exec.DeadExitCodes {
-				codes[i] = strconv.Itoa(code)
-			}
-			return bad("WARREN_EXEC_DEAD_EXIT_CODES", strings.Join(codes, ","))
+			return bad("WARREN_EXEC_DEAD_EXIT_CODES", joinInts(c.Exec.DeadExitCodes))
 		}
 	}
 	for _, name := range c.Exec.Env {
@@ -308,14 +329,17 @@ func differs(a, b amqp.URI) string {
 	return ""
 }
 
-// redactURL returns one of the broker URLs fit for an error message:
-// without its password, and replaced whole unless it has a scheme and a
-// host, since it may then be a piece of a password that held a comma.
-func redactURL(u string) string {
-	if p, err := url.Parse(u); err != nil || p.Scheme == "" || p.Host == "" {
-		return "<unparseable URL>"
+// longestDerivedQueue returns the longest of the names of the queues
+// warren declares beside the queue: its retry and dead-letter queues.
+func (c *Config) longestDerivedQueue() string {
+	topo := c.Topology()
+	longest := topo.DeadQueue()
+	for _, d := range c.RetryDelays {
+		if name := topo.RetryQueue(d); len(name) > len(longest) {
+			longest = name
+		}
 	}
-	return broker.Redact(u)
+	return longest
 }
 
 // envName reports whether s can name an environment variable that a
@@ -335,13 +359,20 @@ func envName(s string) bool {
 	return true
 }
 
+// validAddr reports whether the health server can listen on addr: a host
+// that is empty (every address), an IP address or localhost, and a port
+// number. Other names are refused: resolving one at start makes warren
+// depend on DNS, and a name that does not resolve fails only at listen.
 func validAddr(addr string) bool {
-	_, port, err := net.SplitHostPort(addr)
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return false
 	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return false
+	}
 	n, err := strconv.Atoi(port)
-	return err == nil && n >= 0 && n <= 65535
+	return err == nil && n >= 0 && n <= 65535 && port[0] != '+' && port[0] != '-'
 }
 
 // loadTLS builds the TLS client configuration: certificate verification
@@ -436,6 +467,14 @@ func Usage(w io.Writer) error {
 		return fmt.Errorf("print usage: %w", err)
 	}
 	return tw.Flush()
+}
+
+func joinInts(ns []int) string {
+	parts := make([]string, len(ns))
+	for i, n := range ns {
+		parts[i] = strconv.Itoa(n)
+	}
+	return strings.Join(parts, ",")
 }
 
 func joinDurations(ds []time.Duration) string {

@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/url"
@@ -24,6 +25,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/worker"
 )
 
 // unsetenv removes name from the environment until the test ends. Unlike
@@ -118,6 +120,8 @@ func TestLoadDefaults(t *testing.T) {
 		{"Handler", c.Handler, HandlerLog},
 		{"HandlerTimeout", c.HandlerTimeout, time.Minute},
 		{"ShutdownTimeout", c.ShutdownTimeout, 25 * time.Second},
+		// The worker's default, for library users, is the same.
+		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), fmt.Sprint(worker.DefaultHTTPDeadStatuses)},
 		{"Heartbeat", c.Heartbeat, 10 * time.Second},
 		{"HealthAddr", c.HealthAddr, ":8080"},
 		{"QueueType", c.QueueType, "classic"},
@@ -209,6 +213,52 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "http dead statuses",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HANDLER": "http", "WARREN_HTTP_URL": "https://svc/hook", "WARREN_HTTP_DEAD_STATUSES": "400,599"},
+			check: func(t *testing.T, c *Config) {
+				if want := []int{400, 599}; !slices.Equal(c.HTTP.DeadStatuses, want) {
+					t.Errorf("HTTP.DeadStatuses = %v, want %v", c.HTTP.DeadStatuses, want)
+				}
+			},
+		},
+		{
+			name: "no http dead statuses",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HTTP_DEAD_STATUSES": ""},
+			check: func(t *testing.T, c *Config) {
+				if len(c.HTTP.DeadStatuses) != 0 {
+					t.Errorf("HTTP.DeadStatuses = %v, want none", c.HTTP.DeadStatuses)
+				}
+			},
+		},
+		{
+			// 255 bytes with its longest derived name, Q.retry.1ms.
+			name: "longest queue name",
+			give: map[string]string{"WARREN_QUEUE": strings.Repeat("q", 255-len(".retry.1ms")), "WARREN_RETRY_DELAYS": "1ms,1s"},
+			check: func(t *testing.T, c *Config) {
+				if len(c.Queue) != 245 {
+					t.Errorf("Queue has %d bytes, want 245", len(c.Queue))
+				}
+			},
+		},
+		{
+			name: "health addresses that listen",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HEALTH_ADDR": "[::1]:0"},
+			check: func(t *testing.T, c *Config) {
+				if c.HealthAddr != "[::1]:0" {
+					t.Errorf("HealthAddr = %q, want [::1]:0", c.HealthAddr)
+				}
+			},
+		},
+		{
+			name: "health address localhost",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HEALTH_ADDR": "localhost:65535"},
+			check: func(t *testing.T, c *Config) {
+				if c.HealthAddr != "localhost:65535" {
+					t.Errorf("HealthAddr = %q, want localhost:65535", c.HealthAddr)
+				}
+			},
+		},
+		{
 			name: "exec handler",
 			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_HANDLER": "exec", "WARREN_EXEC_COMMAND": "./run", "WARREN_EXEC_DEAD_EXIT_CODES": "3,75"},
 			check: func(t *testing.T, c *Config) {
@@ -242,7 +292,7 @@ func TestLoad(t *testing.T) {
 				"WARREN_QUEUE": "jobs", "WARREN_QUEUE_TYPE": "quorum", "WARREN_DECLARE": "false",
 				"WARREN_EXCHANGE": "ex", "WARREN_EXCHANGE_TYPE": "headers", "WARREN_BINDING_KEYS": "format=pdf,x-match=any",
 				"WARREN_PREFETCH": "8", "WARREN_CONCURRENCY": "8", "WARREN_HANDLER": "noop",
-				"WARREN_HANDLER_TIMEOUT": "90s", "WARREN_SHUTDOWN_TIMEOUT": "0s", "WARREN_HEARTBEAT": "1s",
+				"WARREN_HANDLER_TIMEOUT": "90s", "WARREN_SHUTDOWN_TIMEOUT": "1ms", "WARREN_HEARTBEAT": "1s",
 				"WARREN_HEALTH_ADDR": "127.0.0.1:9090", "WARREN_LOG_LEVEL": "debug", "WARREN_LOG_FORMAT": "console",
 				"WARREN_CONNECTION_NAME": "pod-1",
 			},
@@ -253,7 +303,7 @@ func TestLoad(t *testing.T) {
 					t.Errorf("Topology() = %+v, want every variable applied", topo)
 				}
 				if c.Prefetch != 8 || c.Concurrency != 8 || c.Handler != HandlerNoop || c.HandlerTimeout != 90*time.Second ||
-					c.ShutdownTimeout != 0 || c.Heartbeat != time.Second || c.HealthAddr != "127.0.0.1:9090" ||
+					c.ShutdownTimeout != time.Millisecond || c.Heartbeat != time.Second || c.HealthAddr != "127.0.0.1:9090" ||
 					c.Log.Level != "debug" || c.Log.Format != "console" || c.ConnectionName != "pod-1" {
 					t.Errorf("Load() = %+v, want every variable applied", c)
 				}
@@ -310,6 +360,8 @@ func TestLoadErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
 	emptyFile := writeFile(t, "empty", "\n")
 	const urlWant = "want amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost"
+	const shutdownWant = "want a positive duration such as 25s"
+	const addrWant = "want a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)"
 	const clusterWant = "want the nodes of one cluster: every URL with the user, password and vhost of the first (this one has another "
 
 	for _, tt := range []struct {
@@ -337,7 +389,31 @@ func TestLoadErrors(t *testing.T) {
 		{"zero handler timeout", with("WARREN_HANDLER_TIMEOUT", "0"), `WARREN_HANDLER_TIMEOUT="0s": want a positive duration such as 30s or 5m`},
 		{"bad duration", with("WARREN_HANDLER_TIMEOUT", "soon"), `WARREN_HANDLER_TIMEOUT="soon": want a positive duration such as 30s or 5m`},
 		{"duration without unit", with("WARREN_HANDLER_TIMEOUT", "30"), `WARREN_HANDLER_TIMEOUT="30": want a positive duration such as 30s or 5m`},
-		{"negative shutdown timeout", with("WARREN_SHUTDOWN_TIMEOUT", "-5s"), `WARREN_SHUTDOWN_TIMEOUT="-5s": want a duration of 0s or more, such as 25s`},
+		{"negative shutdown timeout", with("WARREN_SHUTDOWN_TIMEOUT", "-5s"), `WARREN_SHUTDOWN_TIMEOUT="-5s": ` + shutdownWant},
+		// The worker takes 0 for its default, 25s: refused rather than
+		// meaning the opposite of what it says.
+		{"zero shutdown timeout", with("WARREN_SHUTDOWN_TIMEOUT", "0s"), `WARREN_SHUTDOWN_TIMEOUT="0s": ` + shutdownWant},
+		{"zero shutdown timeout without unit", with("WARREN_SHUTDOWN_TIMEOUT", "0"), `WARREN_SHUTDOWN_TIMEOUT="0s": ` + shutdownWant},
+		{"queue whose retry queue is too long", with("WARREN_QUEUE", strings.Repeat("q", 250), "WARREN_RETRY_DELAYS", "1s,10m"),
+			`WARREN_QUEUE="` + strings.Repeat("q", 250) + `": want a queue name short enough that the names warren derives from it fit 255 bytes (the longest, <queue>.retry.10m, would be 260 bytes)`},
+		{"queue whose dead queue is too long", with("WARREN_QUEUE", strings.Repeat("q", 251), "WARREN_RETRY_DELAYS", ""),
+			`WARREN_QUEUE="` + strings.Repeat("q", 251) + `": want a queue name short enough that the names warren derives from it fit 255 bytes (the longest, <queue>.dead, would be 256 bytes)`},
+		{"url port too big", with("WARREN_AMQP_URL", "amqp://u:s3cret@host:99999/"), `WARREN_AMQP_URL: the URL does not parse: port out of range 1-65535; ` + urlWant},
+		{"url port 0", with("WARREN_AMQP_URL", "amqp://host:0/"), `WARREN_AMQP_URL: the URL does not parse: port out of range 1-65535; ` + urlWant},
+		{"url file port too big", with("WARREN_AMQP_URL_FILE", writeFile(t, "big-port", "amqp://u:s3cret@a/,amqp://u:s3cret@b:65536/\n")),
+			`WARREN_AMQP_URL_FILE: URL 2 of 2 does not parse: port out of range 1-65535; ` + urlWant},
+		{"url with an @ after the host", with("WARREN_AMQP_URL", "amqp://u:12/s3cret@host/"),
+			`WARREN_AMQP_URL: the URL does not parse: an @ after the host (percent-encode /, ? and # in the user and password); ` + urlWant},
+		{"url with a quote in the password", with("WARREN_AMQP_URL", `amqp://u:s3"cret@host/`),
+			`WARREN_AMQP_URL: the URL does not parse: the user or password holds a character that must be percent-encoded; ` + urlWant},
+		{"http dead status 399", with("WARREN_HTTP_DEAD_STATUSES", "400,399"), `WARREN_HTTP_DEAD_STATUSES="400,399": want HTTP statuses from 400 to 599, comma-separated`},
+		{"http dead status 600", with("WARREN_HTTP_DEAD_STATUSES", "600"), `WARREN_HTTP_DEAD_STATUSES="600": want HTTP statuses from 400 to 599, comma-separated`},
+		{"http dead status not a number", with("WARREN_HTTP_DEAD_STATUSES", "4xx"), `WARREN_HTTP_DEAD_STATUSES="4xx": want HTTP statuses from 400 to 599, comma-separated`},
+		{"health addr bad ip", with("WARREN_HEALTH_ADDR", "256.1.1.1:80"), `WARREN_HEALTH_ADDR="256.1.1.1:80": ` + addrWant},
+		{"health addr host name", with("WARREN_HEALTH_ADDR", "example.invalid:8080"), `WARREN_HEALTH_ADDR="example.invalid:8080": ` + addrWant},
+		{"health addr leading space", with("WARREN_HEALTH_ADDR", " :8080"), `WARREN_HEALTH_ADDR=" :8080": ` + addrWant},
+		{"health addr port too big", with("WARREN_HEALTH_ADDR", ":65536"), `WARREN_HEALTH_ADDR=":65536": ` + addrWant},
+		{"health addr negative port", with("WARREN_HEALTH_ADDR", ":-1"), `WARREN_HEALTH_ADDR=":-1": ` + addrWant},
 		{"heartbeat 0", with("WARREN_HEARTBEAT", "0"), `WARREN_HEARTBEAT="0s": want a duration from 1s to 10m, such as 10s`},
 		{"heartbeat too long", with("WARREN_HEARTBEAT", "11m"), `WARREN_HEARTBEAT="11m0s": want a duration from 1s to 10m, such as 10s`},
 		{"stream queue", with("WARREN_QUEUE_TYPE", "stream"), `WARREN_QUEUE_TYPE="stream": want classic or quorum`},
@@ -354,15 +430,15 @@ func TestLoadErrors(t *testing.T) {
 		{"exec env starts with a digit", with("WARREN_EXEC_ENV", "1X"), `WARREN_EXEC_ENV="1X": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},
 		{"exec env empty name", with("WARREN_EXEC_ENV", "A,,B"), `WARREN_EXEC_ENV="A,,B": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},
 		{"dead exit code x", with("WARREN_EXEC_DEAD_EXIT_CODES", "x"), `WARREN_EXEC_DEAD_EXIT_CODES="x": want exit codes from 1 to 255, comma-separated`},
-		{"health addr without colon", with("WARREN_HEALTH_ADDR", "8080"), `WARREN_HEALTH_ADDR="8080": want a listen address such as :8080 or 127.0.0.1:8080`},
-		{"health addr bad port", with("WARREN_HEALTH_ADDR", ":http"), `WARREN_HEALTH_ADDR=":http": want a listen address such as :8080 or 127.0.0.1:8080`},
-		{"url not amqp", with("WARREN_AMQP_URL", "http://user:s3cret@host/"), `WARREN_AMQP_URL="http://user:xxxxx@host/": ` + urlWant},
-		{"second url bad", with("WARREN_AMQP_URL", "amqp://a/,ftp://b/"), `WARREN_AMQP_URL="ftp://b/": ` + urlWant},
+		{"health addr without colon", with("WARREN_HEALTH_ADDR", "8080"), `WARREN_HEALTH_ADDR="8080": ` + addrWant},
+		{"health addr bad port", with("WARREN_HEALTH_ADDR", ":http"), `WARREN_HEALTH_ADDR=":http": ` + addrWant},
+		{"url not amqp", with("WARREN_AMQP_URL", "http://user:s3cret@host/"), `WARREN_AMQP_URL: the URL does not parse: the scheme is not amqp:// or amqps://; ` + urlWant},
+		{"second url bad", with("WARREN_AMQP_URL", "amqp://a/,ftp://b/"), `WARREN_AMQP_URL: URL 2 of 2 does not parse: the scheme is not amqp:// or amqps://; ` + urlWant},
 		{"url empty", with("WARREN_AMQP_URL", " , "), `WARREN_AMQP_URL is not set: ` + urlWant},
 		// A comma in a password splits the URL; no piece of it may reach
 		// the error.
-		{"comma in password", with("WARREN_AMQP_URL", "amqp://user:1234,s3cret@host/"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
-		{"commas in password", with("WARREN_AMQP_URL", "amqp://user:1,s3cret,x@host/"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
+		{"comma in password", with("WARREN_AMQP_URL", "amqp://user:1234,s3cret@host/"), `WARREN_AMQP_URL: URL 2 of 2 does not parse: no scheme; ` + urlWant},
+		{"commas in password", with("WARREN_AMQP_URL", "amqp://user:1,s3cret,x@host/"), `WARREN_AMQP_URL: URL 2 of 3 does not parse: no scheme; ` + urlWant},
 		// The nodes of one cluster share its credentials and vhost.
 		{"urls with two vhosts", with("WARREN_AMQP_URL", "amqp://u:s3cret@a/,amqp://u:s3cret@b/other"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/other": ` + clusterWant + "vhost)"},
 		{"urls with two users", with("WARREN_AMQP_URL", "amqp://u:s3cret@a/,amqp://v:s3cret@b/"), `WARREN_AMQP_URL="amqp://v:xxxxx@b/": ` + clusterWant + "user)"},
@@ -370,8 +446,8 @@ func TestLoadErrors(t *testing.T) {
 		{"default user beside another", with("WARREN_AMQP_URL", "amqp://a/,amqp://u:s3cret@b/"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/": ` + clusterWant + "user)"},
 		{"default vhost beside another", with("WARREN_AMQP_URL", "amqp://u:p@a:5672,amqp://u:p@b/%2Fx"), `WARREN_AMQP_URL="amqp://u:xxxxx@b/%2Fx": ` + clusterWant + "vhost)"},
 		{"url file with two vhosts", with("WARREN_AMQP_URL_FILE", writeFile(t, "two-vhosts", "amqp://u:s3cret@a/v,amqp://u:s3cret@b/w\n")), `WARREN_AMQP_URL_FILE="amqp://u:xxxxx@b/w": ` + clusterWant + "vhost)"},
-		{"url without scheme", with("WARREN_AMQP_URL", "localhost:5672"), `WARREN_AMQP_URL="<unparseable URL>": ` + urlWant},
-		{"url file holds a bad url", with("WARREN_AMQP_URL_FILE", writeFile(t, "bad-url", "http://user:s3cret@host/\n")), `WARREN_AMQP_URL_FILE="http://user:xxxxx@host/": ` + urlWant},
+		{"url without scheme", with("WARREN_AMQP_URL", "localhost:5672"), `WARREN_AMQP_URL: the URL does not parse: no scheme; ` + urlWant},
+		{"url file holds a bad url", with("WARREN_AMQP_URL_FILE", writeFile(t, "bad-url", "http://user:s3cret@host/\n")), `WARREN_AMQP_URL_FILE: the URL does not parse: the scheme is not amqp:// or amqps://; ` + urlWant},
 		{"url file missing", with("WARREN_AMQP_URL_FILE", missing), `WARREN_AMQP_URL_FILE="` + missing + `": want a readable file holding the broker URL (no such file or directory)`},
 		{"url file empty", with("WARREN_AMQP_URL_FILE", emptyFile), `WARREN_AMQP_URL_FILE="` + emptyFile + `": want a readable file holding the broker URL (the file is empty)`},
 		{"tls ca not pem", with("WARREN_TLS_CA_FILE", notPEM), `WARREN_TLS_CA_FILE="` + notPEM + `": want a readable PEM file of CA certificates`},

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -45,6 +46,45 @@ type Exec struct {
 	// Grace is how long the command has to exit after SIGTERM, at its
 	// timeout, before SIGKILL; 0 means 5s.
 	Grace time.Duration
+
+	mu     sync.Mutex
+	groups map[int]bool // process groups of the commands running
+	killed bool         // KillAll was called: no command may run
+}
+
+// KillAll kills the process groups of every command running, with
+// SIGKILL and no grace, and of any command started from now on. It is
+// the way out when warren must stop at once (a second signal, SIGQUIT):
+// the broker hands the messages of those commands to another consumer,
+// and a command left running would handle its message a second time.
+func (e *Exec) KillAll() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.killed = true
+	for pgid := range e.groups {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	}
+}
+
+// track records a command's process group, or kills it at once after
+// KillAll; untrack forgets it once it is gone.
+func (e *Exec) track(pgid int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.killed {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		return
+	}
+	if e.groups == nil {
+		e.groups = make(map[int]bool)
+	}
+	e.groups[pgid] = true
+}
+
+func (e *Exec) untrack(pgid int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.groups, pgid)
 }
 
 // execBaseEnv are the variables of warren's environment that every
@@ -96,6 +136,7 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 		return fmt.Errorf("start command: %w", err)
 	}
 	pgid := cmd.Process.Pid
+	e.track(pgid)
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
@@ -117,6 +158,7 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	}
 	// Whatever the command left running in its group goes with it.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	e.untrack(pgid)
 	if errors.Is(err, exec.ErrWaitDelay) {
 		// The shell exited 0; what it left behind held the output.
 		err = nil

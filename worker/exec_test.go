@@ -506,3 +506,42 @@ func TestBoundedBuffer(t *testing.T) {
 		t.Errorf("io.Copy(1000 bytes) = %d, %v; kept %d, dropped %d; want 1000, nil; kept 10, dropped 990", n, err, b.Len(), b.dropped)
 	}
 }
+
+// TestExecKillAll: KillAll ends every running command's process group at
+// once, without the grace a timeout gives, and no command runs after it.
+func TestExecKillAll(t *testing.T) {
+	verifyNoLeaks(t)
+	dir := t.TempDir()
+	e, _ := newExec(t, fmt.Sprintf(`sleep 30 & echo $! > %[1]s/"$WARREN_MESSAGE_ID".pid; wait; touch %[1]s/"$WARREN_MESSAGE_ID".done`, dir))
+	e.Grace = time.Minute
+	errs := make(chan error, 2)
+	for _, id := range []string{"a", "b"} {
+		go func() { errs <- e.Handle(context.Background(), &Message{MessageID: id}) }()
+	}
+	pids := []int{readPID(t, filepath.Join(dir, "a.pid")), readPID(t, filepath.Join(dir, "b.pid"))}
+	start := time.Now()
+	e.KillAll()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Errorf("Handle() of a killed command = nil, want an error")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Handle() still running 10s after KillAll")
+		}
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("commands ended %v after KillAll, want at once (no grace)", took)
+	}
+	// SIGKILL is delivered, not waited for: give the kernel a moment.
+	brokertest.WaitFor(t, 2*time.Second, "the commands' background processes gone", func() bool {
+		return processGone(pids[0], "sleep") && processGone(pids[1], "sleep")
+	})
+	if err := e.Handle(context.Background(), &Message{MessageID: "c"}); err == nil {
+		t.Errorf("Handle() after KillAll = nil, want an error: no command may run")
+	}
+	if done, _ := filepath.Glob(filepath.Join(dir, "*.done")); len(done) != 0 {
+		t.Errorf("%d commands finished, want none", len(done))
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,11 +18,29 @@ import (
 const httpErrorBodyBytes = 1024
 
 // HTTP is a handler that POSTs each message to a URL. A 2xx response acks;
-// 408, 429, 5xx, timeouts and connection failures retry, honouring
-// Retry-After; any other status is dead.
+// a status of DeadStatuses is dead; any other status, timeouts and
+// connection failures retry, honouring Retry-After.
 type HTTP struct {
+	// DeadStatuses are the response statuses that mean the message itself
+	// is bad: it goes to the dead-letter queue at once. Every other
+	// status but 2xx retries. NewHTTP sets DefaultHTTPDeadStatuses.
+	DeadStatuses []int
+
 	url    string
 	client *http.Client
+}
+
+// DefaultHTTPDeadStatuses are the statuses that mean dead unless
+// configured otherwise (WARREN_HTTP_DEAD_STATUSES): those that say the
+// request itself is wrong, as CloudEvents and Knative delivery have it.
+// 401, 403, 404, 409, 408, 429 and 5xx mean an endpoint that is
+// deploying, scaling, or waiting for a renewed token: they retry.
+var DefaultHTTPDeadStatuses = []int{
+	http.StatusBadRequest,
+	http.StatusGone,
+	http.StatusRequestEntityTooLarge,
+	http.StatusUnsupportedMediaType,
+	http.StatusUnprocessableEntity,
 }
 
 // NewHTTP returns an HTTP handler posting to url, with one keep-alive
@@ -31,7 +50,8 @@ func NewHTTP(url string, concurrency int) *HTTP {
 	t.MaxIdleConns = max(concurrency, 2)
 	t.MaxIdleConnsPerHost = max(concurrency, 2)
 	return &HTTP{
-		url: url,
+		DeadStatuses: slices.Clone(DefaultHTTPDeadStatuses),
+		url:          url,
 		client: &http.Client{
 			Transport: t,
 			// A redirect of a POST would silently turn into a GET.
@@ -65,16 +85,13 @@ func (h *HTTP) Handle(ctx context.Context, m *Message) error {
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, httpErrorBodyBytes))
 	err = fmt.Errorf("post: status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
-	switch {
-	case resp.StatusCode == http.StatusRequestTimeout,
-		resp.StatusCode == http.StatusTooManyRequests,
-		resp.StatusCode >= 500:
-		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
-			return RetryAfter(err, d)
-		}
-		return err
+	if slices.Contains(h.DeadStatuses, resp.StatusCode) {
+		return Permanent(err)
 	}
-	return Permanent(err)
+	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		return RetryAfter(err, d)
+	}
+	return err
 }
 
 // setMessageHeaders maps the message's properties and AMQP headers to

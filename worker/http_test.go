@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,10 @@ func recordingServer(t *testing.T, status int) (*httptest.Server, <-chan request
 	return srv, reqs
 }
 
+// TestHTTPStatus follows CloudEvents and Knative delivery: what the
+// endpoint may answer while it deploys, scales or renews a token (404,
+// 409, 401, 403, 408, 429, 5xx) retries; only the statuses that say the
+// message itself is bad are dead.
 func TestHTTPStatus(t *testing.T) {
 	verifyNoLeaks(t)
 	for _, tt := range []struct {
@@ -65,19 +70,22 @@ func TestHTTPStatus(t *testing.T) {
 		{201, Ack},
 		{202, Ack},
 		{204, Ack},
+		{401, Retry},
+		{403, Retry},
+		{404, Retry},
+		{405, Retry},
 		{408, Retry},
+		{409, Retry},
 		{429, Retry},
 		{500, Retry},
+		{501, Retry},
 		{502, Retry},
 		{503, Retry},
 		{504, Retry},
 		{400, Dead},
-		{401, Dead},
-		{403, Dead},
-		{404, Dead},
-		{409, Dead},
 		{410, Dead},
 		{413, Dead},
+		{415, Dead},
 		{422, Dead},
 	} {
 		t.Run(strconv.Itoa(tt.give), func(t *testing.T) {
@@ -144,6 +152,35 @@ func TestHTTPRetryAfter(t *testing.T) {
 	}
 }
 
+// TestHTTPDeadStatuses: the statuses that mean dead are a setting; every
+// other failure retries.
+func TestHTTPDeadStatuses(t *testing.T) {
+	verifyNoLeaks(t)
+	for _, tt := range []struct {
+		dead []int
+		give int
+		want Outcome
+	}{
+		{[]int{404}, 404, Dead},
+		{[]int{404}, 400, Retry},
+		{[]int{404}, 422, Retry},
+		{nil, 400, Retry},
+		{nil, 200, Ack},
+		{[]int{500, 599}, 599, Dead},
+		{[]int{500, 599}, 503, Retry},
+	} {
+		t.Run(fmt.Sprintf("%v %d", tt.dead, tt.give), func(t *testing.T) {
+			srv := serve(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(tt.give) })
+			h := newHTTP(t, srv.URL)
+			h.DeadStatuses = tt.dead
+			err := h.Handle(context.Background(), &Message{Body: []byte("x")})
+			if got := OutcomeOf(err); got != tt.want {
+				t.Errorf("Handle() with dead statuses %v answered %d = %v (%v), want %v", tt.dead, tt.give, err, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestHTTPRedirectIsNotFollowed(t *testing.T) {
 	verifyNoLeaks(t)
 	var targetHits atomic.Int32
@@ -156,8 +193,8 @@ func TestHTTPRedirectIsNotFollowed(t *testing.T) {
 	})
 	srv := serve(t, mux.ServeHTTP)
 	err := newHTTP(t, srv.URL+"/hook").Handle(context.Background(), &Message{Body: []byte("x")})
-	if !IsPermanent(err) || !strings.Contains(err.Error(), "status 301") {
-		t.Errorf("Handle() answered 301 = %v, want a dead message naming status 301", err)
+	if OutcomeOf(err) != Retry || !strings.Contains(err.Error(), "status 301") {
+		t.Errorf("Handle() answered 301 = %v, want a retry naming status 301", err)
 	}
 	if n := targetHits.Load(); n != 0 {
 		t.Errorf("redirect target hit %d times, want 0: the redirect must not be followed", n)
@@ -398,8 +435,8 @@ func statusError(status int) error {
 	switch {
 	case status < 300:
 		return nil
-	case status >= 500:
-		return errors.New("retry")
+	case slices.Contains(DefaultHTTPDeadStatuses, status):
+		return Permanent(errors.New("dead"))
 	}
-	return Permanent(errors.New("dead"))
+	return errors.New("retry")
 }

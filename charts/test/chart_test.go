@@ -114,10 +114,12 @@ func TestRender(t *testing.T) {
 				}
 			}
 
-			// The grace period covers the shutdown timeout, with a margin.
+			// The grace period exceeds the longest warren takes to exit.
 			shutdown := parseHMS(t, env["WARREN_SHUTDOWN_TIMEOUT"].Value)
-			if g := pod.TerminationGracePeriodSeconds; g == nil || *g < shutdown+5 {
-				t.Errorf("terminationGracePeriodSeconds = %v, want at least %d (WARREN_SHUTDOWN_TIMEOUT %s + 5)", g, shutdown+5, env["WARREN_SHUTDOWN_TIMEOUT"].Value)
+			if g := pod.TerminationGracePeriodSeconds; g == nil {
+				t.Errorf("terminationGracePeriodSeconds unset, want more than %d", shutdown+drainBoundSeconds)
+			} else if *g <= shutdown+drainBoundSeconds {
+				t.Errorf("terminationGracePeriodSeconds = %d, want more than %d (WARREN_SHUTDOWN_TIMEOUT %s + %d)", *g, shutdown+drainBoundSeconds, env["WARREN_SHUTDOWN_TIMEOUT"].Value, drainBoundSeconds)
 			}
 
 			// The helm test hook is rendered and never selected as a worker.
@@ -218,8 +220,8 @@ func TestTwoValues(t *testing.T) {
 			t.Errorf("%s = %q, want %q", name, got, want)
 		}
 	}
-	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 35 {
-		t.Errorf("terminationGracePeriodSeconds = %d, want 35 (25s + 10)", g)
+	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 45 {
+		t.Errorf("terminationGracePeriodSeconds = %d, want 45 (25s + 15 + 5)", g)
 	}
 }
 
@@ -264,8 +266,8 @@ func TestScenarios(t *testing.T) {
 			if m := volumeMount(c, "tmp"); m == nil || m.MountPath != "/tmp" {
 				t.Errorf("tmp mount = %+v, want an emptyDir at /tmp", m)
 			}
-			if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 340 {
-				t.Errorf("terminationGracePeriodSeconds = %d, want 340 (5m30s + 10)", g)
+			if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 350 {
+				t.Errorf("terminationGracePeriodSeconds = %d, want 350 (5m30s + 15 + 5)", g)
 			}
 		}},
 		{give: "quorum-retry", check: func(t *testing.T, r *rendered) {
@@ -442,17 +444,26 @@ func TestSecretChecksum(t *testing.T) {
 	}
 }
 
-// TestTerminationGrace checks the grace period against the shutdown timeout.
+// drainBoundSeconds is how much longer than WARREN_SHUTDOWN_TIMEOUT warren
+// may take to exit after SIGTERM: the bound of its drain past the shutdown
+// timeout (an exec handler's 5s kill grace and 5s WaitDelay, and the
+// bounded broker calls on the way out). The chart's helper
+// warren.drainBoundSeconds says the same.
+const drainBoundSeconds = 15
+
+// TestTerminationGrace checks the grace period against the longest warren
+// takes to exit: the shutdown timeout plus the drain's fixed bound, and
+// terminationGraceMarginSeconds on top.
 func TestTerminationGrace(t *testing.T) {
 	tests := []struct {
 		give []string
 		want int64
 	}{
-		{give: nil, want: 35},
-		{give: []string{"shutdownTimeout=0s"}, want: 10},
-		{give: []string{"shutdownTimeout=2m"}, want: 130},
-		{give: []string{"shutdownTimeout=1h2m3s"}, want: 3733},
-		{give: []string{"shutdownTimeout=90s", "terminationGraceMarginSeconds=5"}, want: 95},
+		{give: nil, want: 25 + drainBoundSeconds + 5},
+		{give: []string{"shutdownTimeout=1s"}, want: 1 + drainBoundSeconds + 5},
+		{give: []string{"shutdownTimeout=2m"}, want: 120 + drainBoundSeconds + 5},
+		{give: []string{"shutdownTimeout=1h2m3s"}, want: 3723 + drainBoundSeconds + 5},
+		{give: []string{"shutdownTimeout=90s", "terminationGraceMarginSeconds=1"}, want: 90 + drainBoundSeconds + 1},
 	}
 	for _, tt := range tests {
 		r := mustRender(t, scenario{name: "two-values"}, tt.give...)
@@ -485,6 +496,11 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"retry.delays={1s,later}"}, want: "/retry/delays/1"},
 		{give: []string{"retry.maxAttempts=0"}, want: "/retry/maxAttempts"},
 		{give: []string{"shutdownTimeout=25"}, want: "/shutdownTimeout"},
+		// warren refuses 0: it would not mean "at once".
+		{give: []string{"shutdownTimeout=0s"}, want: "shutdownTimeout must be more than 0s"},
+		{give: []string{"shutdownTimeout=0h0m0s"}, want: "shutdownTimeout must be more than 0s"},
+		{give: []string{"terminationGraceMarginSeconds=0"}, want: "/terminationGraceMarginSeconds"},
+		{give: []string{"handler.httpDeadStatuses={400,600}"}, want: "/handler/httpDeadStatuses/1"},
 		{give: []string{"log.level=verbose"}, want: "/log/level"},
 		{give: []string{"health.port=0"}, want: "/health/port"},
 		{give: []string{"broker.url=http://rabbitmq:15672/"}, want: "/broker/url"},

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,8 +56,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "warren: unknown command %q\n\n", cmd)
-	usage(stderr)
+	fmt.Fprintf(stderr, "warren: unknown command %q; run \"warren help\"\n", cmd)
 	return exitConfig
 }
 
@@ -122,10 +122,11 @@ func runWorker(stderr io.Writer) int {
 		}, func() float64 { return 1 }),
 	)
 	name := connectionName(cfg)
+	handler := newHandler(cfg, logger)
 	w, err := worker.New(worker.Config{
 		Dialer:          dialer(cfg, name),
 		Topology:        cfg.Topology(),
-		Handler:         newHandler(cfg, logger),
+		Handler:         handler,
 		Logger:          logger.Named("worker"),
 		Registerer:      reg,
 		Prefetch:        cfg.Prefetch,
@@ -153,19 +154,24 @@ func runWorker(stderr io.Writer) int {
 	logger.Info("starting", zap.String("version", version), zap.String("queue", cfg.Queue),
 		zap.String("handler", cfg.Handler), zap.Stringer("health_addr", hs.Addr()))
 
-	// The first signal starts the drain; a second one kills the process at
-	// once (the broker requeues whatever was unacked). The default action
-	// is restored before the drain shows, so a second signal sent after
-	// /readyz turned 503 is never swallowed.
-	sigctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	wctx, stopWorker := context.WithCancel(context.Background())
 	defer stopWorker()
-	context.AfterFunc(sigctx, func() {
-		stop()
-		logger.Info("shutting down; a second signal stops at once")
-		stopWorker()
-	})
+	sigs := make(chan os.Signal, 1)
+	stopSignals := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT}
+	if !signal.Ignored(syscall.SIGHUP) { // started with nohup: it stays ignored
+		stopSignals = append(stopSignals, syscall.SIGHUP)
+	}
+	signal.Notify(sigs, stopSignals...)
+	defer signal.Stop(sigs)
+	sigDone := make(chan struct{})
+	var sigLoop sync.WaitGroup
+	sigLoop.Add(1)
+	go func() {
+		defer sigLoop.Done()
+		onSignals(sigs, sigDone, logger, stopWorker, handler)
+	}()
+	defer sigLoop.Wait()
+	defer close(sigDone)
 
 	// The health server outlives the worker's drain, so that probes and
 	// metrics answer until the end; either failing stops both.
@@ -189,6 +195,43 @@ func runWorker(stderr io.Writer) int {
 		code = exitFatal
 	}
 	return code
+}
+
+// killer is a handler that can kill the processes it started at once:
+// the exec handler.
+type killer interface{ KillAll() }
+
+// onSignals handles the signals that stop warren until done is closed.
+// The first SIGTERM, SIGINT or SIGHUP starts the drain (stop). A second
+// one, or SIGQUIT, stops at once: the handler's processes are killed
+// first, since the broker hands their messages to another consumer as
+// soon as warren's connection is gone, then the signal is raised again
+// with its default action: the process ends by it (SIGQUIT: Go's
+// goroutine dump and exit code 2).
+func onSignals(sigs <-chan os.Signal, done <-chan struct{}, logger *zap.Logger, stop func(), handler worker.Handler) {
+	draining := false
+	for {
+		var sig os.Signal
+		select {
+		case <-done:
+			return
+		case sig = <-sigs:
+		}
+		if !draining && sig != syscall.SIGQUIT {
+			draining = true
+			logger.Info("shutting down; a second signal stops at once", zap.Stringer("signal", sig))
+			stop()
+			continue
+		}
+		logger.Warn("stopping at once; the broker returns unacked messages to the queue", zap.Stringer("signal", sig))
+		if k, ok := handler.(killer); ok {
+			k.KillAll()
+		}
+		_ = logger.Sync()
+		signal.Reset(sig)
+		_ = syscall.Kill(os.Getpid(), sig.(syscall.Signal))
+		return
+	}
 }
 
 func newLogger(level, format string) (*zap.Logger, error) {
@@ -243,7 +286,9 @@ func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
 			Logger:        logger.Named("exec"),
 		}
 	case config.HandlerHTTP:
-		return worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
+		h := worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
+		h.DeadStatuses = cfg.HTTP.DeadStatuses
+		return h
 	}
 	return worker.LogHandler(logger.Named("message"))
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -186,33 +187,15 @@ func TestHelp(t *testing.T) {
 
 func TestUnknownCommandExits2(t *testing.T) {
 	code, out := runWarren(t, nil, "", "frobnicate")
-	if code != 2 || !strings.Contains(out, `unknown command "frobnicate"`) {
-		t.Errorf("warren frobnicate = %d, %q; want 2 and the command named", code, out)
+	if want := "warren: unknown command \"frobnicate\"; run \"warren help\"\n"; code != 2 || out != want {
+		t.Errorf("warren frobnicate = %d, %q; want 2, %q", code, out, want)
 	}
 }
 
 func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 	// A listener standing in for the broker tells whether warren dialled.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var dialled sync.WaitGroup
-	dialled.Add(1)
-	accepted := make(chan struct{}, 100)
-	go func() {
-		defer dialled.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			accepted <- struct{}{}
-			c.Close()
-		}
-	}()
-	url := "amqp://guest:ConfSecret9@" + ln.Addr().String() + "/"
+	addr, accepted := brokertest.Listen(t, func(net.Conn) {})
+	url := "amqp://guest:ConfSecret9@" + addr + "/"
 	for _, tt := range []struct {
 		name string
 		give []string
@@ -224,9 +207,16 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 		{"concurrency above prefetch", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=2", "WARREN_CONCURRENCY=3"}, `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
 		{"unknown handler", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=magic"}, `WARREN_HANDLER="magic": want one of log, noop, http, exec`},
 		{"negative timeout", []string{"WARREN_QUEUE=q", "WARREN_HANDLER_TIMEOUT=-5s"}, `WARREN_HANDLER_TIMEOUT="-5s": want a positive duration`},
-		{"negative shutdown", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=-1s"}, `WARREN_SHUTDOWN_TIMEOUT="-1s": want a duration of 0s or more`},
+		{"negative shutdown", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=-1s"}, `WARREN_SHUTDOWN_TIMEOUT="-1s": want a positive duration`},
+		{"zero shutdown", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=0s"}, `WARREN_SHUTDOWN_TIMEOUT="0s": want a positive duration`},
+		{"health addr not an ip", []string{"WARREN_QUEUE=q", "WARREN_HEALTH_ADDR=256.1.1.1:80"}, `WARREN_HEALTH_ADDR="256.1.1.1:80": want a listen address`},
+		{"health addr a name", []string{"WARREN_QUEUE=q", "WARREN_HEALTH_ADDR=example.invalid:8080"}, `WARREN_HEALTH_ADDR="example.invalid:8080": want a listen address`},
+		{"health addr leading space", []string{"WARREN_QUEUE=q", "WARREN_HEALTH_ADDR= :8080"}, `WARREN_HEALTH_ADDR=" :8080": want a listen address`},
+		{"url port out of range", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL=amqp://guest:ConfSecret9@localhost:99999/"}, `WARREN_AMQP_URL: the URL does not parse: port out of range 1-65535`},
+		{"derived queue name too long", []string{"WARREN_QUEUE=" + strings.Repeat("q", 250), "WARREN_RETRY_DELAYS=10m"}, `(the longest, <queue>.retry.10m, would be 260 bytes)`},
+		{"http dead status", []string{"WARREN_QUEUE=q", "WARREN_HTTP_DEAD_STATUSES=200"}, `WARREN_HTTP_DEAD_STATUSES="200": want HTTP statuses from 400 to 599`},
 		{"bad duration", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=soon"}, `WARREN_SHUTDOWN_TIMEOUT="soon"`},
-		{"url not amqp", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL=http://guest:ConfSecret9@localhost/"}, `WARREN_AMQP_URL="http://guest:xxxxx@localhost/": want amqp:// or amqps://`},
+		{"url not amqp", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL=http://guest:ConfSecret9@localhost/"}, `WARREN_AMQP_URL: the URL does not parse: the scheme is not amqp:// or amqps://; want amqp:// or amqps://`},
 		{"queue type", []string{"WARREN_QUEUE=q", "WARREN_QUEUE_TYPE=stream"}, `WARREN_QUEUE_TYPE="stream": want classic or quorum`},
 		{"http without url", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=http"}, `WARREN_HTTP_URL is not set`},
 		{"exec without command", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=exec"}, `WARREN_EXEC_COMMAND is not set`},
@@ -253,8 +243,6 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 			}
 		})
 	}
-	ln.Close()
-	dialled.Wait()
 	if n := len(accepted); n != 0 {
 		t.Errorf("warren connected %d times with a bad configuration, want 0", n)
 	}
@@ -649,5 +637,151 @@ func TestMemoryBoundedBySlowHandler(t *testing.T) {
 	}
 	if n := brokertest.Ready(t, q); n < 10_000 {
 		t.Errorf("only %d messages left waiting in the queue: the test did not hold the handler slower than the queue", n)
+	}
+}
+
+// groupMembers returns the live processes (zombies aside) whose process
+// group is one of pgids.
+func groupMembers(t *testing.T, pgids []int) []string {
+	t.Helper()
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var live []string
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b)[i+1:])
+		if len(f) < 3 || f[0] == "Z" {
+			continue
+		}
+		pgrp, _ := strconv.Atoi(f[2])
+		if slices.Contains(pgids, pgrp) {
+			live = append(live, strings.TrimSpace(string(b)[:i+1]))
+		}
+	}
+	return live
+}
+
+// TestWayOutKillsTheHandlersProcesses: when warren stops at once (a second
+// signal, SIGQUIT), the exec handler's process groups die first. Left
+// running, they would finish messages the broker has already handed to
+// another consumer.
+func TestWayOutKillsTheHandlersProcesses(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		first, second syscall.Signal // first 0: none
+		wantSignal    syscall.Signal // what ends warren; 0: an exit code
+		wantCode      int
+	}{
+		{"second SIGTERM", syscall.SIGTERM, syscall.SIGTERM, syscall.SIGTERM, 0},
+		{"second SIGHUP", syscall.SIGHUP, syscall.SIGHUP, syscall.SIGHUP, 0},
+		{"second SIGINT", syscall.SIGINT, syscall.SIGINT, syscall.SIGINT, 0},
+		// Go's own SIGQUIT: a goroutine dump, exit 2, after the kill.
+		{"SIGQUIT while draining", syscall.SIGTERM, syscall.SIGQUIT, 0, 2},
+		{"SIGQUIT", 0, syscall.SIGQUIT, 0, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := brokertest.Queue(t)
+			dir := t.TempDir()
+			command := fmt.Sprintf(`echo $$ > %[1]s/"$WARREN_MESSAGE_ID".pid; sleep 5; touch %[1]s/"$WARREN_MESSAGE_ID".done`, dir)
+			p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND="+command,
+				"WARREN_PREFETCH=2", "WARREN_CONCURRENCY=2", "WARREN_SHUTDOWN_TIMEOUT=60s"))
+			p.waitStatus(t, "/readyz", http.StatusOK)
+			brokertest.Publish(t, q, "m-1", "m-2")
+			var pgids []int
+			brokertest.WaitFor(t, 10*time.Second, "2 commands running", func() bool {
+				pgids = nil
+				files, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+				for _, f := range files {
+					b, _ := os.ReadFile(f)
+					if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+						pgids = append(pgids, pid)
+					}
+				}
+				return len(pgids) == 2
+			})
+			if tt.first != 0 {
+				p.signal(t, tt.first)
+				p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+			}
+			p.signal(t, tt.second)
+			code := p.wait(t, 10*time.Second)
+			ws, _ := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+			switch {
+			case tt.wantSignal != 0 && (!ws.Signaled() || ws.Signal() != tt.wantSignal):
+				t.Errorf("warren ended with %v, want killed by %v", p.cmd.ProcessState, tt.wantSignal)
+			case tt.wantSignal == 0 && code != tt.wantCode:
+				t.Errorf("warren ended with %v, want exit code %d", p.cmd.ProcessState, tt.wantCode)
+			}
+			// Whatever is left of the groups could still finish its
+			// message; once none is, nothing can.
+			brokertest.WaitFor(t, 2*time.Second, "no process left of the commands' groups", func() bool {
+				return len(groupMembers(t, pgids)) == 0
+			})
+			if left := groupMembers(t, pgids); len(left) > 0 {
+				t.Errorf("processes of the commands' groups outlive warren: %q", left)
+			}
+			if done, _ := filepath.Glob(filepath.Join(dir, "*.done")); len(done) != 0 {
+				t.Errorf("%d commands finished their message, want none", len(done))
+			}
+			if !strings.Contains(p.out.String(), "stopping at once") {
+				t.Errorf("warren did not log that it stops at once:\n%s", p.out.String())
+			}
+			brokertest.WaitFor(t, 10*time.Second, "both messages back in the queue", func() bool { return brokertest.Ready(t, q) == 2 })
+		})
+	}
+}
+
+// TestSIGHUPDrainsLikeSIGTERM: a closed terminal or a supervisor's SIGHUP
+// drains and exits 0, as SIGTERM does.
+func TestSIGHUPDrainsLikeSIGTERM(t *testing.T) {
+	q := brokertest.Queue(t)
+	dir := t.TempDir()
+	command := fmt.Sprintf(`touch %[1]s/"$WARREN_MESSAGE_ID".started; sleep 1; touch %[1]s/"$WARREN_MESSAGE_ID".done`, dir)
+	p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND="+command,
+		"WARREN_PREFETCH=1", "WARREN_CONCURRENCY=1", "WARREN_SHUTDOWN_TIMEOUT=20s"))
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	brokertest.Publish(t, q, "m-1", "m-2")
+	brokertest.WaitFor(t, 10*time.Second, "a command running", func() bool {
+		started, _ := filepath.Glob(filepath.Join(dir, "*.started"))
+		return len(started) == 1
+	})
+	p.signal(t, syscall.SIGHUP)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("warren ended with %v after SIGHUP, want exit 0", p.cmd.ProcessState)
+	}
+	if done, _ := filepath.Glob(filepath.Join(dir, "*.done")); len(done) != 1 {
+		t.Errorf("%d commands finished, want the one in flight", len(done))
+	}
+	if !strings.Contains(p.out.String(), "shutting down") {
+		t.Errorf("warren did not log its drain:\n%s", p.out.String())
+	}
+}
+
+// TestSIGTERMEndsAHangingHandshake: a node that accepts the connection and
+// never answers does not hold warren's exit after SIGTERM for the 15s
+// handshake limit.
+func TestSIGTERMEndsAHangingHandshake(t *testing.T) {
+	done := make(chan struct{})
+	addr, accepted := brokertest.Listen(t, func(c net.Conn) {
+		<-done // held open, silent, until the test ends
+	})
+	t.Cleanup(func() { close(done) }) // runs before Listen's own cleanup
+	p := startWarren(t, []string{"WARREN_AMQP_URL=amqp://guest:guest@" + addr + "/", "WARREN_QUEUE=" + brokertest.Name(t)})
+	brokertest.WaitFor(t, 10*time.Second, "warren's connection accepted", func() bool { return len(accepted) > 0 })
+	p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+	start := time.Now()
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 20*time.Second); code != 0 {
+		t.Errorf("warren exited %d after SIGTERM, want 0", code)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("warren took %v to exit after SIGTERM in a hanging handshake, want under 3s", took)
 	}
 }

@@ -271,3 +271,65 @@ func TestExecCommandGetsAMinimalEnvironment(t *testing.T) {
 		}
 	}
 }
+
+// TestRotatedBadURLNeverShown rotates the URL file, while warren runs, to
+// URLs that do not parse because their password holds a character that
+// must be percent-encoded. warren keeps running and says why it cannot
+// connect, and neither its log nor the unauthenticated /readyz shows the
+// password or any piece of it.
+func TestRotatedBadURLNeverShown(t *testing.T) {
+	pw := secret(t)
+	u, err := url.Parse(brokertest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	urlFile := filepath.Join(t.TempDir(), "url")
+	install(t, urlFile, []byte(u.String()+"\n"))
+	q := brokertest.Queue(t)
+	name := brokertest.Name(t)
+	p := startWarren(t, []string{"WARREN_AMQP_URL_FILE=" + urlFile, "WARREN_QUEUE=" + q,
+		"WARREN_CONNECTION_NAME=" + name, "WARREN_LOG_LEVEL=debug"})
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	outputs := map[string]string{}
+	// Each step's reason differs from the last, so that /readyz shows
+	// when warren has read the new file.
+	for i, tt := range []struct {
+		give string // what the password holds
+		want string // what /readyz says
+	}{
+		{`"`, "the user or password holds a character that must be percent-encoded"},
+		{"\t", "a control character"},
+		{`\`, "the user or password holds a character that must be percent-encoded"},
+		{"#", "an @ after the host"},
+		{",", "URL 1 of 2 does not parse: bad port"},
+		{"/", "an @ after the host"},
+	} {
+		half := len(pw) / 2
+		bad := fmt.Sprintf("%s://%s:%s%s%s@%s%s", u.Scheme, u.User.Username(), pw[:half], tt.give, pw[half:], u.Host, u.Path)
+		install(t, urlFile, []byte(bad+"\n"))
+		if i == 0 {
+			if n := brokertest.CloseConnections(t, name); n != 1 {
+				t.Fatalf("broker closed %d connections named %q, want 1", n, name)
+			}
+		}
+		var body string
+		brokertest.WaitFor(t, 20*time.Second, fmt.Sprintf("/readyz saying %q", tt.want), func() bool {
+			_, body = p.status("/readyz")
+			return strings.Contains(body, "WARREN_AMQP_URL_FILE") && strings.Contains(body, tt.want) &&
+				(i == 0 || body != outputs[fmt.Sprintf("/readyz %d", i-1)])
+		})
+		outputs[fmt.Sprintf("/readyz %d", i)] = body
+	}
+	install(t, urlFile, []byte(u.String()+"\n"))
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	p.signal(t, syscall.SIGTERM)
+	if code := p.wait(t, 30*time.Second); code != 0 {
+		t.Errorf("warren exited %d after SIGTERM, want 0", code)
+	}
+	outputs["log"] = p.out.String()
+	var pieces []string
+	for i := 0; i+4 <= len(pw); i++ {
+		pieces = append(pieces, pw[i:i+4])
+	}
+	noSecret(t, outputs, pieces...)
+}

@@ -128,11 +128,24 @@ warren.durationSeconds turns a duration of hours, minutes and seconds
 {{- end }}
 
 {{/*
-The pod's terminationGracePeriodSeconds: the shutdown timeout plus a margin,
-so the kubelet never kills warren while it drains.
+warren.drainBoundSeconds is how much longer than WARREN_SHUTDOWN_TIMEOUT
+warren may take to exit after SIGTERM: its drain is bounded at the shutdown
+timeout plus this, which covers an exec handler's 5s between SIGTERM and
+SIGKILL, the 5s it then waits for the command's output to close, and the
+bounded broker calls on the way out. The one place the chart states it.
+*/}}
+{{- define "warren.drainBoundSeconds" -}}
+15
+{{- end }}
+
+{{/*
+The pod's terminationGracePeriodSeconds: the longest warren takes to exit
+(the shutdown timeout plus warren.drainBoundSeconds) and
+terminationGraceMarginSeconds on top, so the kubelet never kills warren
+while it drains.
 */}}
 {{- define "warren.terminationGracePeriodSeconds" -}}
-{{- add (include "warren.durationSeconds" .Values.shutdownTimeout | atoi) .Values.terminationGraceMarginSeconds }}
+{{- add (include "warren.durationSeconds" .Values.shutdownTimeout | atoi) (include "warren.drainBoundSeconds" . | atoi) .Values.terminationGraceMarginSeconds }}
 {{- end }}
 
 {{/*
@@ -145,6 +158,9 @@ say: rules across several values.
 {{- end }}
 {{- if not (or .Values.broker.url .Values.broker.existingSecret) }}
 {{- fail "broker.url or broker.existingSecret is required: --set-string broker.url=amqp://user:password@host:5672/" }}
+{{- end }}
+{{- if eq (include "warren.durationSeconds" .Values.shutdownTimeout) "0" }}
+{{- fail "shutdownTimeout must be more than 0s: warren refuses WARREN_SHUTDOWN_TIMEOUT=0s" }}
 {{- end }}
 {{- if gt (int .Values.concurrency) (int .Values.prefetch) }}
 {{- fail (printf "concurrency (%v) must be at most prefetch (%v)" .Values.concurrency .Values.prefetch) }}
