@@ -50,6 +50,7 @@ type Config struct {
 	Handler        string          `default:"log" desc:"log, noop, http or exec"`
 	HandlerTimeout time.Duration   `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
 	RetryDelays    []time.Duration `split_words:"true" default:"1s,10s,1m" desc:"waits before the 2nd, 3rd, ... attempt, comma-separated; the last repeats; empty: retry at the tail of the queue"`
+	MaxRetryAfter  time.Duration   `split_words:"true" default:"1h" desc:"longest wait a handler may ask for (HTTP Retry-After); a message asking for more is dead-lettered"`
 	MaxAttempts    int             `split_words:"true" default:"5" desc:"attempts before a message is dead-lettered to <queue>.dead"`
 	DeliveryLimit  int             `split_words:"true" default:"0" desc:"quorum queues: deliveries before the broker dead-letters a message that is never settled (0: none)"`
 	HTTP           struct {
@@ -121,6 +122,7 @@ var wants = map[string]string{
 	"WARREN_HANDLER":              "one of log, noop, http, exec",
 	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
 	"WARREN_RETRY_DELAYS":         "durations from 1ms to 24h, comma-separated, such as 1s,10s,1m",
+	"WARREN_MAX_RETRY_AFTER":      "a duration from 1s to 168h, such as 1h",
 	"WARREN_MAX_ATTEMPTS":         "an integer from 1 to 1000",
 	"WARREN_DELIVERY_LIMIT":       "0 (none), or an integer from 1 to 1000 with WARREN_QUEUE_TYPE=quorum",
 	"WARREN_HTTP_URL":             "an http:// or https:// URL",
@@ -251,6 +253,8 @@ func (c *Config) Validate() error {
 		return e
 	case c.HandlerTimeout <= 0:
 		return bad("WARREN_HANDLER_TIMEOUT", c.HandlerTimeout.String())
+	case c.MaxRetryAfter < time.Second || c.MaxRetryAfter > 168*time.Hour:
+		return bad("WARREN_MAX_RETRY_AFTER", c.MaxRetryAfter.String())
 	case c.MaxAttempts < 1 || c.MaxAttempts > 1000:
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
 	case c.DeliveryLimit < 0 || c.DeliveryLimit > 1000 || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):

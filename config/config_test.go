@@ -122,6 +122,7 @@ func TestLoadDefaults(t *testing.T) {
 		{"ShutdownTimeout", c.ShutdownTimeout, 25 * time.Second},
 		// The worker's default, for library users, is the same.
 		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), fmt.Sprint(worker.DefaultHTTPDeadStatuses)},
+		{"MaxRetryAfter", c.MaxRetryAfter, worker.DefaultMaxRetryAfter},
 		{"Heartbeat", c.Heartbeat, 10 * time.Second},
 		{"HealthAddr", c.HealthAddr, ":8080"},
 		{"QueueType", c.QueueType, "classic"},
@@ -379,6 +380,9 @@ func TestLoadErrors(t *testing.T) {
 		{"concurrency above prefetch", with("WARREN_PREFETCH", "2", "WARREN_CONCURRENCY", "3"), `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
 		{"concurrency above default prefetch", with("WARREN_CONCURRENCY", "17"), `WARREN_CONCURRENCY="17": want an integer from 1 to WARREN_PREFETCH (16)`},
 		{"concurrency 0", with("WARREN_CONCURRENCY", "0"), `WARREN_CONCURRENCY="0": want an integer from 1 to WARREN_PREFETCH (16)`},
+		{"max retry after 0", with("WARREN_MAX_RETRY_AFTER", "0s"), `WARREN_MAX_RETRY_AFTER="0s": want a duration from 1s to 168h, such as 1h`},
+		{"max retry after above a week", with("WARREN_MAX_RETRY_AFTER", "169h"), `WARREN_MAX_RETRY_AFTER="169h0m0s": want a duration from 1s to 168h, such as 1h`},
+		{"max retry after not a duration", with("WARREN_MAX_RETRY_AFTER", "soon"), `WARREN_MAX_RETRY_AFTER="soon": want a duration from 1s to 168h, such as 1h`},
 		{"unknown handler", with("WARREN_HANDLER", "kafka"), `WARREN_HANDLER="kafka": want one of log, noop, http, exec`},
 		{"http without url", with("WARREN_HANDLER", "http"), `WARREN_HTTP_URL is not set: want an http:// or https:// URL (WARREN_HANDLER=http)`},
 		{"http url not http", with("WARREN_HANDLER", "http", "WARREN_HTTP_URL", "ftp://files/in"), `WARREN_HTTP_URL="ftp://files/in": want an http:// or https:// URL`},

@@ -495,6 +495,7 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"handler.timeout=soon"}, want: "/handler/timeout"},
 		{give: []string{"retry.delays={1s,later}"}, want: "/retry/delays/1"},
 		{give: []string{"retry.maxAttempts=0"}, want: "/retry/maxAttempts"},
+		{give: []string{"retry.maxRetryAfter=soon"}, want: "/retry/maxRetryAfter"},
 		{give: []string{"shutdownTimeout=25"}, want: "/shutdownTimeout"},
 		// warren refuses 0: it would not mean "at once".
 		{give: []string{"shutdownTimeout=0s"}, want: "shutdownTimeout must be more than 0s"},

@@ -134,6 +134,7 @@ func runWorker(stderr io.Writer) int {
 		HandlerTimeout:  cfg.HandlerTimeout,
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		MaxAttempts:     cfg.MaxAttempts,
+		MaxRetryAfter:   cfg.MaxRetryAfter,
 		ConsumerTag:     "warren-" + name,
 	})
 	if err != nil {
