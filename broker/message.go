@@ -27,6 +27,10 @@ const (
 	// published: its copies travel through warren's own queues.
 	HeaderExchange   = "x-warren-exchange"
 	HeaderRoutingKey = "x-warren-routing-key"
+	// HeaderPublishID is a token unique to one publish, set by
+	// Publisher.Send: the broker hands it back in basic.return, which is
+	// how a return finds the publish it answers.
+	HeaderPublishID = "x-warren-publish-id"
 )
 
 // Attempts returns the attempts a delivery already had, from its
