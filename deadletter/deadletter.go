@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -131,13 +132,7 @@ func Replay(ctx context.Context, conn *amqp.Connection, t broker.Topology, limit
 		if !ok {
 			break
 		}
-		msg := broker.CopyOf(&d)
-		for _, h := range []string{broker.HeaderAttempts, broker.HeaderRetryAt, broker.HeaderReason,
-			broker.HeaderDiedAt, broker.HeaderQueue, "x-death", "x-first-death-exchange",
-			"x-first-death-queue", "x-first-death-reason", "x-delivery-count"} {
-			delete(msg.Headers, h)
-		}
-		if err := pub.Publish(ctx, "", t.Queue, msg); err != nil {
+		if err := pub.Publish(ctx, "", t.Queue, replayCopy(&d, t.Queue)); err != nil {
 			// The dead message stays where it was.
 			return moved, errors.Join(fmt.Errorf("replay to %q: %w", t.Queue, err), ch.Nack(d.DeliveryTag, false, true))
 		}
@@ -148,6 +143,49 @@ func Replay(ctx context.Context, conn *amqp.Connection, t broker.Topology, limit
 		moved++
 	}
 	return moved, nil
+}
+
+// replayCopy returns the copy of d, a message of queue's dead-letter
+// queue, that goes back to queue: its attempts and the marks of its death
+// gone. A message the broker dead-lettered from queue itself (a quorum
+// queue's delivery limit) never had a copy made by warren: the broker's
+// x-death entry for queue, and only that one, says how it was published.
+func replayCopy(d *amqp.Delivery, queue string) amqp.Publishing {
+	if _, ok := d.Headers[broker.HeaderRoutingKey]; !ok {
+		if ex, rk, ok := diedIn(d.Headers, queue); ok {
+			c := *d
+			c.Headers = maps.Clone(d.Headers)
+			c.Exchange, c.RoutingKey = ex, rk
+			d = &c
+		}
+	}
+	msg := broker.CopyOf(d)
+	for _, h := range []string{broker.HeaderAttempts, broker.HeaderRetryAt, broker.HeaderReason,
+		broker.HeaderDiedAt, broker.HeaderQueue, "x-death", "x-first-death-exchange",
+		"x-first-death-queue", "x-first-death-reason", "x-delivery-count"} {
+		delete(msg.Headers, h)
+	}
+	return msg
+}
+
+// diedIn returns the exchange and routing key of the x-death entry the
+// broker wrote when it dead-lettered a message from queue.
+func diedIn(h amqp.Table, queue string) (string, string, bool) {
+	deaths, _ := h["x-death"].([]any)
+	for _, x := range deaths {
+		death, ok := x.(amqp.Table)
+		if !ok || death["queue"] != queue {
+			continue
+		}
+		ex, okEx := death["exchange"].(string)
+		keys, _ := death["routing-keys"].([]any)
+		if len(keys) == 0 || !okEx {
+			return "", "", false
+		}
+		rk, ok := keys[0].(string)
+		return ex, rk, ok
+	}
+	return "", "", false
 }
 
 // Dial opens a connection to a node of the cluster, as broker.Dialer.Dial
