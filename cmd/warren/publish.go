@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,7 +10,6 @@ import (
 	"io"
 	"iter"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -88,9 +88,17 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}
 
-	var total int
+	var (
+		total int
+		input = argBodies(fs.Args())
+		lr    *lineReader
+	)
+	if fs.NArg() == 0 {
+		lr = &lineReader{r: bufio.NewReaderSize(stdin, 64<<10), max: maxLine}
+		input = lr.lines()
+	}
 	msgs := func(yield func(amqp.Publishing) bool) {
-		for body := range bodies(fs.Args(), stdin) {
+		for body := range input {
 			for range *count {
 				total++
 				if !yield(amqp.Publishing{ContentType: *contentType, Body: body, AppId: "warren"}) {
@@ -108,26 +116,83 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		logger.Error("publish", zap.Int("confirmed", confirmed), zap.Int("total", total), zap.Error(err))
 		return exitFatal
 	}
+	if lr != nil && lr.err != nil {
+		fmt.Fprintf(stderr, "warren publish: %v\n", lr.err)
+		return exitFatal
+	}
 	return exitOK
 }
 
-// bodies yields args, or the lines of stdin when there are none.
-func bodies(args []string, stdin io.Reader) iter.Seq[[]byte] {
+// argBodies yields the bodies given as arguments.
+func argBodies(bodies []string) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
-		if len(args) > 0 {
-			for _, a := range args {
-				if !yield([]byte(a)) {
-					return
-				}
-			}
-			return
-		}
-		sc := bufio.NewScanner(stdin)
-		sc.Buffer(make([]byte, 64*1024), 16<<20)
-		for sc.Scan() {
-			if !yield([]byte(strings.TrimSuffix(sc.Text(), "\r"))) {
+		for _, b := range bodies {
+			if !yield([]byte(b)) {
 				return
 			}
 		}
 	}
+}
+
+// maxLine is the longest line of stdin published: RabbitMQ's default
+// max_message_size (128 MiB), which a broker refuses to raise past 512 MiB.
+const maxLine = 128 << 20
+
+// lineReader yields the lines of stdin, each whole, however long, up to
+// max bytes. It stops at the first line it cannot read, and err then says
+// which line and why.
+type lineReader struct {
+	r   *bufio.Reader
+	max int
+	n   int // lines read
+	err error
+}
+
+func (lr *lineReader) lines() iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		for {
+			line, err := lr.next()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				lr.err = fmt.Errorf("stdin line %d: %w", lr.n, err)
+				return
+			}
+			if !yield(line) {
+				return
+			}
+		}
+	}
+}
+
+// next returns the next line, without its line ending.
+func (lr *lineReader) next() ([]byte, error) {
+	lr.n++
+	var line []byte
+	for {
+		chunk, err := lr.r.ReadSlice('\n')
+		line = append(line, chunk...)
+		switch {
+		case err == io.EOF && len(line) == 0:
+			lr.n--
+			return nil, io.EOF
+		case len(line) > lr.max+len("\r\n"):
+			return nil, lr.tooLong()
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		case err != nil && err != io.EOF:
+			return nil, fmt.Errorf("read: %w; not published, nor what follows", err)
+		}
+		// A whole line; the last one may have no line ending.
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		if len(line) > lr.max {
+			return nil, lr.tooLong()
+		}
+		return line, nil
+	}
+}
+
+func (lr *lineReader) tooLong() error {
+	return fmt.Errorf("longer than %d bytes, the most a broker takes by default (max_message_size); not published, nor what follows", lr.max)
 }

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"testing/iotest"
+
+	"github.com/warren-mq/warren/internal/brokertest"
+)
+
+// TestPublishStdinLongLine: a line far longer than a bufio.Scanner takes
+// by default (17 MB) is published like the others, and so is every line
+// after it.
+func TestPublishStdinLongLine(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, nil)
+	big := strings.Repeat("x", 17<<20)
+	code, out := runWarren(t, brokerEnv(q), "first\n"+big+"\nthird\n", "publish")
+	if code != 0 || !strings.Contains(out, "published 3 of 3 messages") {
+		t.Fatalf("warren publish of 3 lines, the second of 17 MB = %d, %q; want 0, published 3 of 3", code, out)
+	}
+	var sizes []int
+	for _, d := range brokertest.Get(t, q, 10) {
+		sizes = append(sizes, len(d.Body))
+	}
+	if want := []int{5, len(big), 5}; fmt.Sprint(sizes) != fmt.Sprint(want) {
+		t.Errorf("queue holds bodies of %v bytes, want %v", sizes, want)
+	}
+}
+
+func TestReadLine(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		give    io.Reader
+		want    []string
+		wantErr string
+	}{
+		{name: "lines", give: strings.NewReader("a\nbb\r\n\nccc"), want: []string{"a", "bb", "", "ccc"}},
+		{name: "longer than the buffer", give: strings.NewReader("0123456789\n0123456789012\n"), want: []string{"0123456789", "0123456789012"}},
+		{name: "at the limit with CRLF", give: strings.NewReader("0123456789abcdef\r\n"), want: []string{"0123456789abcdef"}},
+		{name: "over the limit", give: strings.NewReader("a\n0123456789abcdefg\nb\n"), want: []string{"a"}, wantErr: "line 2: longer than 16 bytes"},
+		{name: "read error", give: io.MultiReader(strings.NewReader("a\nb"), iotest.ErrReader(errors.New("disk on fire"))), want: []string{"a"}, wantErr: "line 2: read: disk on fire"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &lineReader{r: bufio.NewReaderSize(tt.give, 16), max: 16}
+			var got []string
+			for line := range r.lines() {
+				got = append(got, string(line))
+			}
+			if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", tt.want) {
+				t.Errorf("lines = %q, want %q", got, tt.want)
+			}
+			if (r.err == nil) != (tt.wantErr == "") || r.err != nil && !strings.Contains(r.err.Error(), tt.wantErr) {
+				t.Errorf("lines ended with %v, want %q", r.err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// TestPublishStdinUnreadableFails: stdin that cannot be read (here a
+// directory) fails the command, naming the line; it never passes for an
+// empty input.
+func TestPublishStdinUnreadableFails(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, nil)
+	dir, err := os.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	cmd := exec.Command(binary, "publish")
+	cmd.Env = append(baseEnv(), brokerEnv(q)...)
+	cmd.Stdin = dir
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "stdin line 1: read:") {
+		t.Errorf("warren publish < a directory = %d, %q; want 1 and the line that could not be read", code, out)
+	}
+}
