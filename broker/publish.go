@@ -194,6 +194,21 @@ func (p *Publisher) Wait(ctx context.Context, m *Pending) error {
 	return nil
 }
 
+// errNotConfirmed stands for a confirm not waited for.
+var errNotConfirmed = errors.New("confirm not waited for")
+
+// poll returns what Wait would for m if its confirm has come, and
+// errNotConfirmed otherwise, without waiting.
+func (p *Publisher) poll(m *Pending) error {
+	select {
+	case <-m.dc.Done():
+		return p.Wait(context.Background(), m)
+	default:
+		p.forget(m.token)
+		return errNotConfirmed
+	}
+}
+
 // Publish sends msg and waits for its confirm.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
 	m, err := p.Send(ctx, exchange, key, msg)

@@ -64,8 +64,15 @@ func baseEnv() []string { return warrentest.Env("atexit_sleep_ms=0 halt_on_error
 // with SIGKILL when the test ends, if it still runs.
 func startWarren(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startWarrenWithStdin(t, env, nil, args...)
+}
+
+// startWarrenWithStdin is startWarren with stdin, nil for none.
+func startWarrenWithStdin(t *testing.T, env []string, stdin io.Reader, args ...string) *proc {
+	t.Helper()
 	addr := freeAddr(t)
 	cmd := exec.Command(binary, args...)
+	cmd.Stdin = stdin
 	cmd.Env = append(baseEnv(), "WARREN_HEALTH_ADDR="+addr)
 	cmd.Env = append(cmd.Env, env...)
 	p := &proc{cmd: cmd, out: &warrentest.Buffer{}, health: "http://" + addr, done: make(chan struct{})}

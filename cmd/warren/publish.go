@@ -10,6 +10,7 @@ import (
 	"io"
 	"iter"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -95,7 +96,7 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	)
 	if fs.NArg() == 0 {
 		lr = &lineReader{r: bufio.NewReaderSize(stdin, 64<<10), max: maxLine}
-		input = lr.lines()
+		input = lr.lines(ctx)
 	}
 	msgs := func(yield func(amqp.Publishing) bool) {
 		for body := range input {
@@ -107,20 +108,37 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	confirmed, err := stream.Publish(ctx, cfg.Exchange, key, msgs)
+	r, err := stream.Run(ctx, cfg.Exchange, key, msgs)
 	if err == nil || total > 0 {
 		// Nothing was read when no node could be reached at all.
-		fmt.Fprintf(stdout, "published %d of %d messages\n", confirmed, total)
+		fmt.Fprintln(stdout, summary(r, total))
 	}
-	if err != nil || confirmed != total {
-		logger.Error("publish", zap.Int("confirmed", confirmed), zap.Int("total", total), zap.Error(err))
-		return exitFatal
+	if err == nil && lr != nil {
+		err = lr.err
 	}
-	if lr != nil && lr.err != nil {
-		fmt.Fprintf(stderr, "warren publish: %v\n", lr.err)
-		return exitFatal
+	if err == nil && r.Confirmed != total {
+		err = errors.New("not every message was confirmed")
 	}
-	return exitOK
+	return failed(ctx, stderr, "warren publish", err)
+}
+
+// summary says what became of the total messages read.
+func summary(r broker.Result, total int) string {
+	s := fmt.Sprintf("published %d of %d messages", r.Confirmed, total)
+	var notes []string
+	if r.Refused > 0 {
+		notes = append(notes, fmt.Sprintf("%d refused by the broker", r.Refused))
+	}
+	switch {
+	case r.Unconfirmed == 1:
+		notes = append(notes, "1 unconfirmed: it may or may not have reached the queue")
+	case r.Unconfirmed > 1:
+		notes = append(notes, fmt.Sprintf("%d unconfirmed: they may or may not have reached the queue", r.Unconfirmed))
+	}
+	if len(notes) > 0 {
+		s += " (" + strings.Join(notes, "; ") + ")"
+	}
+	return s
 }
 
 // argBodies yields the bodies given as arguments.
@@ -148,18 +166,36 @@ type lineReader struct {
 	err error
 }
 
-func (lr *lineReader) lines() iter.Seq[[]byte] {
+// lines yields the lines until one cannot be read or ctx ends. Each line
+// is read by a goroutine of its own, so that a signal ends the command
+// even while stdin has nothing to give: a read of stdin cannot be
+// interrupted, and a goroutine abandoned in one ends with the process.
+func (lr *lineReader) lines(ctx context.Context) iter.Seq[[]byte] {
+	type read struct {
+		line []byte
+		err  error
+	}
 	return func(yield func([]byte) bool) {
 		for {
-			line, err := lr.next()
-			if err == io.EOF {
+			got := make(chan read, 1)
+			go func() {
+				line, err := lr.next()
+				got <- read{line, err}
+			}()
+			var r read
+			select {
+			case <-ctx.Done():
+				return
+			case r = <-got:
+			}
+			if r.err == io.EOF {
 				return
 			}
-			if err != nil {
-				lr.err = fmt.Errorf("stdin line %d: %w", lr.n, err)
+			if r.err != nil {
+				lr.err = fmt.Errorf("stdin line %d: %w", lr.n, r.err)
 				return
 			}
-			if !yield(line) {
+			if !yield(r.line) {
 				return
 			}
 		}

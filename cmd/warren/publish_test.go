@@ -2,14 +2,17 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/warren-mq/warren/internal/brokertest"
 )
@@ -50,7 +53,7 @@ func TestReadLine(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := &lineReader{r: bufio.NewReaderSize(tt.give, 16), max: 16}
 			var got []string
-			for line := range r.lines() {
+			for line := range r.lines(context.Background()) {
 				got = append(got, string(line))
 			}
 			if fmt.Sprintf("%q", got) != fmt.Sprintf("%q", tt.want) {
@@ -80,5 +83,33 @@ func TestPublishStdinUnreadableFails(t *testing.T) {
 	out, _ := cmd.CombinedOutput()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(out), "stdin line 1: read:") {
 		t.Errorf("warren publish < a directory = %d, %q; want 1 and the line that could not be read", code, out)
+	}
+}
+
+// TestPublishEndsOnSIGTERMWhileReadingStdin: a signal ends warren publish
+// while stdin, still open, has nothing more to give, and it says what it
+// published.
+func TestPublishEndsOnSIGTERMWhileReadingStdin(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, nil)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pw.Close()
+	p := startWarrenWithStdin(t, brokerEnv(q), pr, "publish")
+	pr.Close()
+	if _, err := pw.WriteString("first\n"); err != nil {
+		t.Fatal(err)
+	}
+	brokertest.WaitFor(t, 20*time.Second, "the first line in the queue", func() bool { return brokertest.Ready(t, q) == 1 })
+	p.signal(t, syscall.SIGTERM)
+	code := p.wait(t, 5*time.Second)
+	// The message is stored; its confirm may still be on its way.
+	out := p.out.String()
+	said := strings.Contains(out, "published 1 of 1 messages") ||
+		strings.Contains(out, "published 0 of 1 messages (1 unconfirmed: it may or may not have reached the queue)")
+	if code != 1 || !said || !strings.Contains(out, "interrupted") {
+		t.Errorf("warren publish after SIGTERM = %d, %q; want 1, 1 of 1 published (or unconfirmed), interrupted", code, out)
 	}
 }
