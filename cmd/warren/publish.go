@@ -9,15 +9,16 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/config"
 )
 
 // publishWindow is how many messages warren publish keeps unconfirmed.
@@ -30,8 +31,9 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	count := fs.Int("count", 1, "publish each body this many times")
 	contentType := fs.String("content-type", "text/plain", "content type of the messages")
 	retryFor := fs.Duration("retry-for", time.Minute, "once a connection is lost, how long to keep trying the nodes to send the unconfirmed messages again (0: give up at once)")
+	declare := fs.Bool("declare", false, "declare the topology, as the worker does with the same environment, instead of checking that the queue (or WARREN_EXCHANGE) exists")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: warren publish [flags] [body ...]\n\nPublishes each body, or each line of stdin when there is none, to\nWARREN_EXCHANGE (or the default exchange, to WARREN_QUEUE), persistent and\nconfirmed. When its connection is lost, the messages whose confirm was lost\nare sent again, with the same message id, on another node of\nWARREN_AMQP_URL. Exits 1 if any message was not confirmed.\n\nFlags:")
+		fmt.Fprintln(stderr, "Usage: warren publish [flags] [body ...]\n\nPublishes each body, or each line of stdin when there is none, to\nWARREN_EXCHANGE (or the default exchange, to WARREN_QUEUE), persistent and\nconfirmed. It only checks that the queue (or the exchange) exists, and\nleaves declaring it to the worker; -declare declares it. When its\nconnection is lost, the messages whose confirm was lost are sent again,\nwith the same message id, on another node of WARREN_AMQP_URL. Exits 1 if\nany message was not confirmed, or a line of stdin could not be read.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -44,11 +46,10 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "warren publish: -count=%d: want 1 or more\n", *count)
 		return exitConfig
 	}
-	cfg, logger, code := load(stderr)
+	cfg, code := loadCommand(stderr, "warren publish", "the queue to publish to")
 	if code != exitOK {
 		return code
 	}
-	defer logger.Sync() //nolint:errcheck // nothing to do if stderr is gone
 
 	key := *routingKey
 	if key == "" {
@@ -69,24 +70,25 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		RetryFor: *retryFor,
 		Connected: func(node string, lost error) {
 			if lost != nil {
-				logger.Warn("connection lost; sending the unconfirmed messages again", zap.String("node", node), zap.Error(lost))
-				return
+				fmt.Fprintf(stderr, "warren publish: connection lost (%v); sending the unconfirmed messages again through %s\n", lost, node)
 			}
-			logger.Debug("connected", zap.String("node", node))
 		},
-	}
-	if cfg.Declare {
-		stream.Setup = func(conn *amqp.Connection) error {
+		Setup: func(conn *amqp.Connection) error {
 			ch, err := conn.Channel()
 			if err != nil {
 				return fmt.Errorf("open channel: %w", err)
 			}
 			defer ch.Close()
-			if err := cfg.Topology().Apply(ch); err != nil {
-				return fmt.Errorf("declare topology: %w", err)
+			if *declare {
+				topo := cfg.Topology()
+				topo.Declare = true
+				if err := topo.Apply(ch); err != nil {
+					return fmt.Errorf("declare topology: %w", err)
+				}
+				return nil
 			}
-			return nil
-		}
+			return checkTarget(ch, cfg.Exchange, key)
+		},
 	}
 
 	var (
@@ -120,6 +122,72 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = errors.New("not every message was confirmed")
 	}
 	return failed(ctx, stderr, "warren publish", err)
+}
+
+// checkTarget checks that what warren publish sends to exists: the
+// exchange, or with the default exchange, the queue named by key. It
+// creates nothing: the worker declares the topology, with settings (queue
+// type, retry queues) that publish's environment may not share.
+func checkTarget(ch *amqp.Channel, exchange, key string) error {
+	var err error
+	what := fmt.Sprintf("queue %q", key)
+	if exchange != "" {
+		what = fmt.Sprintf("exchange %q", exchange)
+		err = ch.ExchangeDeclarePassive(exchange, "", // the type is not checked
+			true,  // durable
+			false, // autoDelete
+			false, // internal
+			false, // noWait
+			nil)
+	} else {
+		_, err = ch.QueueDeclarePassive(key,
+			true,  // durable
+			false, // autoDelete
+			false, // exclusive
+			false, // noWait
+			nil)
+	}
+	var aerr *amqp.Error
+	if errors.As(err, &aerr) && aerr.Code == amqp.NotFound {
+		return fmt.Errorf("%s does not exist: start the worker, which declares it, or publish with -declare", what)
+	}
+	if err != nil {
+		return fmt.Errorf("check %s: %w", what, err)
+	}
+	return nil
+}
+
+// loadCommand reads the configuration of the subcommand cmd, whose
+// WARREN_QUEUE is queueWant; on failure it says why in one line on stderr
+// and returns the exit code. Unknown variables are named, one line each.
+func loadCommand(stderr io.Writer, cmd, queueWant string) (*config.Config, int) {
+	cfg, err := config.Load()
+	if err != nil {
+		var cerr *config.Error
+		if errors.As(err, &cerr) && cerr.Var == "WARREN_QUEUE" && cerr.Unset {
+			cerr.Want = queueWant
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+		return nil, exitConfig
+	}
+	for _, name := range config.Unknown(os.Environ()) {
+		fmt.Fprintf(stderr, "%s: unknown variable %s ignored\n", cmd, name)
+	}
+	return cfg, exitOK
+}
+
+// failed says on stderr, in one line, why cmd failed, and returns its exit
+// code; a nil err is no failure.
+func failed(ctx context.Context, stderr io.Writer, cmd string, err error) int {
+	switch {
+	case ctx.Err() != nil:
+		fmt.Fprintf(stderr, "%s: interrupted by a signal\n", cmd)
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: %v\n", cmd, err)
+	default:
+		return exitOK
+	}
+	return exitFatal
 }
 
 // summary says what became of the total messages read.

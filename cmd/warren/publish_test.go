@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -111,5 +112,54 @@ func TestPublishEndsOnSIGTERMWhileReadingStdin(t *testing.T) {
 		strings.Contains(out, "published 0 of 1 messages (1 unconfirmed: it may or may not have reached the queue)")
 	if code != 1 || !said || !strings.Contains(out, "interrupted") {
 		t.Errorf("warren publish after SIGTERM = %d, %q; want 1, 1 of 1 published (or unconfirmed), interrupted", code, out)
+	}
+}
+
+// TestPublishLeavesTheTopologyToTheWorker: warren publish only checks that
+// its queue exists; run before a worker whose settings differ (here a
+// classic worker after a quorum publish), it leaves nothing the worker
+// would refuse. With -declare it declares the topology.
+func TestPublishLeavesTheTopologyToTheWorker(t *testing.T) {
+	q := brokertest.Queue(t)
+	quorum := append(brokerEnv(q), "WARREN_QUEUE_TYPE=quorum")
+	code, out := runWarren(t, quorum, "", "publish", "early")
+	if code != 1 || !strings.Contains(out, q) || !strings.Contains(out, "-declare") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("warren publish before the queue exists = %d, %q; want 1 and one line naming the queue and -declare", code, out)
+	}
+	p := startWarren(t, brokerEnv(q)) // classic
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	if code, out := runWarren(t, quorum, "", "publish", "later"); code != 0 || !strings.Contains(out, "published 1 of 1 messages") {
+		t.Errorf("warren publish once the worker declared the queue = %d, %q; want 0, 1 of 1 published", code, out)
+	}
+
+	q2 := brokertest.Queue(t)
+	if code, out := runWarren(t, brokerEnv(q2), "", "publish", "-declare", "x"); code != 0 || brokertest.Ready(t, q2) != 1 {
+		t.Errorf("warren publish -declare = %d, %q, %d messages in the queue; want 0, 1", code, out, brokertest.Ready(t, q2))
+	}
+}
+
+// TestSubcommandsSpeakPlainly: the subcommands' errors are one plain line
+// on stderr, named after the command, with the exit code of the README.
+func TestSubcommandsSpeakPlainly(t *testing.T) {
+	closed := freeAddr(t)
+	for _, tt := range []struct {
+		name     string
+		env      []string
+		args     []string
+		wantCode int
+		want     string
+	}{
+		{"publish without a queue", nil, []string{"publish", "x"}, 2, "warren publish: WARREN_QUEUE is not set: want the queue to publish to"},
+		{"dead list without a queue", nil, []string{"dead", "list"}, 2, "warren dead: WARREN_QUEUE is not set: want the queue whose dead-letter queue"},
+		{"publish to no broker", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL=amqp://guest:Secret7@" + closed + "/"}, []string{"publish", "x"}, 1, "warren publish: dial "},
+		{"dead list of no broker", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL=amqp://guest:Secret7@" + closed + "/"}, []string{"dead", "list"}, 1, "warren dead list: dial "},
+		{"dead list of no queue", brokerEnv(brokertest.Name(t)), []string{"dead", "list"}, 1, "warren dead list: list dead messages: inspect queue"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := runWarren(t, tt.env, "", tt.args...)
+			if code != tt.wantCode || !strings.HasPrefix(out, tt.want) || strings.Count(strings.TrimSpace(out), "\n") != 0 || strings.Contains(out, "Secret7") {
+				t.Errorf("warren %v = %d, %q; want %d and one line starting %q, no password", tt.args, code, out, tt.wantCode, tt.want)
+			}
+		})
 	}
 }
