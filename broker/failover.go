@@ -29,6 +29,10 @@ type Stream struct {
 	Setup func(conn *amqp.Connection) error
 	// Window is how many messages are kept unconfirmed at most.
 	Window int
+	// WindowBytes, if above 0, bounds the bodies kept unconfirmed (and so
+	// held in memory, to be sent again after a loss), in bytes; a message
+	// larger than it is sent alone.
+	WindowBytes int
 	// RetryFor is how long to keep dialling, with backoff, once a
 	// connection was lost; 0 gives up at the first loss. The first dial is
 	// not retried: a broker that cannot be reached at all is an error.
@@ -211,6 +215,7 @@ func (s *Stream) redial(ctx context.Context, st *streamState) error {
 type streamState struct {
 	next      func() (amqp.Publishing, bool)
 	resend    []amqp.Publishing // sent on a lost connection, unconfirmed: sent first on the next
+	unsent    []amqp.Publishing // taken and never sent: sent after resend
 	confirmed int
 	refused   int
 	firstErr  error // the first refused or unroutable message
@@ -229,6 +234,11 @@ func (st *streamState) take() (amqp.Publishing, bool) {
 	if len(st.resend) > 0 {
 		m := st.resend[0]
 		st.resend = st.resend[1:]
+		return m, true
+	}
+	if len(st.unsent) > 0 {
+		m := st.unsent[0]
+		st.unsent = st.unsent[1:]
 		return m, true
 	}
 	m, ok := st.next()
@@ -310,7 +320,10 @@ func (s *Stream) publishOn(ctx context.Context, conn *amqp.Connection, exchange,
 		return giveBack(err)
 	}
 	window := min(max(s.Window, 1), maxReturns)
-	wait := func() error {
+	var held int // bytes of the bodies in pending
+	// wait waits for the oldest confirm; on a failure, next, taken and
+	// not sent, goes back to be taken again.
+	wait := func(next ...amqp.Publishing) error {
 		f := pending[0]
 		err := p.Wait(ctx, f.p)
 		switch {
@@ -319,26 +332,30 @@ func (s *Stream) publishOn(ctx context.Context, conn *amqp.Connection, exchange,
 		case errors.Is(err, ErrNacked) || errors.Is(err, ErrUnroutable):
 			st.refuse(err)
 		default:
-			return giveBack(err)
+			err = giveBack(err)
+			st.unsent = append(next, st.unsent...)
+			return err
 		}
 		pending = pending[1:]
+		held -= len(f.msg.Body)
 		return nil
 	}
 	for {
-		if len(pending) == window {
-			if err := wait(); err != nil {
-				return err
-			}
-		}
 		msg, ok := st.take()
 		if !ok {
 			break
+		}
+		for len(pending) > 0 && (len(pending) >= window || s.WindowBytes > 0 && held+len(msg.Body) > s.WindowBytes) {
+			if err := wait(msg); err != nil {
+				return err
+			}
 		}
 		m, err := p.Send(ctx, exchange, key, msg)
 		if err != nil {
 			return giveBack(err, msg)
 		}
 		pending = append(pending, inFlight{msg: msg, p: m})
+		held += len(msg.Body)
 	}
 	for len(pending) > 0 {
 		if err := wait(); err != nil {

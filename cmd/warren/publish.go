@@ -21,8 +21,12 @@ import (
 	"github.com/warren-mq/warren/config"
 )
 
-// publishWindow is how many messages warren publish keeps unconfirmed.
-const publishWindow = 256
+// publishWindow and publishWindowBytes bound the messages warren publish
+// keeps unconfirmed, and holds in memory, in number and in bytes.
+const (
+	publishWindow      = 256
+	publishWindowBytes = 256 << 20
+)
 
 func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("publish", flag.ContinueOnError)
@@ -65,9 +69,10 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitConfig
 	}
 	stream := &broker.Stream{
-		Dial:     dialer(cfg, connectionName(cfg)+"-publish").Dial,
-		Window:   publishWindow,
-		RetryFor: *retryFor,
+		Dial:        dialer(cfg, connectionName(cfg)+"-publish").Dial,
+		Window:      publishWindow,
+		WindowBytes: publishWindowBytes,
+		RetryFor:    *retryFor,
 		Connected: func(node string, lost error) {
 			if lost != nil {
 				fmt.Fprintf(stderr, "warren publish: connection lost (%v); sending the unconfirmed messages again through %s\n", lost, node)
