@@ -37,6 +37,11 @@ type Stream struct {
 	// connection was lost; 0 gives up at the first loss. The first dial is
 	// not retried: a broker that cannot be reached at all is an error.
 	RetryFor time.Duration
+	// Blocked, if set, is told each time the broker blocks a connection
+	// of the stream (a memory or disk alarm), with the reason, and when it
+	// unblocks it; the stream waits meanwhile. It is called from a
+	// goroutine of the stream's own.
+	Blocked func(amqp.Blocking)
 	// Connected, if set, is told of every connection opened: the node
 	// (its URL without password), and the error that lost the previous
 	// one (nil for the first).
@@ -82,13 +87,22 @@ const closeGrace = 2 * time.Second
 // memory or disk alarm: it stops reading it). A blocked connection is
 // closed at once, without the handshake; any other within closeGrace.
 func CloseWhenDone(ctx context.Context, conn *amqp.Connection) func() error {
-	var blocked atomic.Bool
+	return closeWhenDone(ctx, conn, nil)
+}
+
+// closeWhenDone is CloseWhenDone, telling blocked, if not nil, each time
+// the broker blocks or unblocks conn.
+func closeWhenDone(ctx context.Context, conn *amqp.Connection, blocked func(amqp.Blocking)) func() error {
+	var isBlocked atomic.Bool
 	notes := conn.NotifyBlocked(make(chan amqp.Blocking, 1))
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
 		for b := range notes { // closed with the connection
-			blocked.Store(b.Active)
+			isBlocked.Store(b.Active)
+			if blocked != nil {
+				blocked(b)
+			}
 		}
 	}()
 	var (
@@ -98,7 +112,7 @@ func CloseWhenDone(ctx context.Context, conn *amqp.Connection) func() error {
 	closeConn := func() error {
 		once.Do(func() {
 			deadline := time.Now().Add(closeGrace)
-			if blocked.Load() {
+			if isBlocked.Load() {
 				deadline = time.Now()
 			}
 			if cerr := conn.CloseDeadline(deadline); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
@@ -258,7 +272,7 @@ type inFlight struct {
 // *errLost. It closes conn.
 func (s *Stream) publishOn(ctx context.Context, conn *amqp.Connection, exchange, key string, st *streamState) error {
 	lost := LostWatch(conn)
-	closeConn := CloseWhenDone(ctx, conn)
+	closeConn := closeWhenDone(ctx, conn, s.Blocked)
 	var (
 		pending []inFlight
 		p       *Publisher

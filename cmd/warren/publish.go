@@ -78,6 +78,11 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "warren publish: connection lost (%v); sending the unconfirmed messages again through %s\n", lost, node)
 			}
 		},
+		Blocked: func(b amqp.Blocking) {
+			if b.Active {
+				fmt.Fprintf(stderr, "warren publish: the broker blocks publishing (%s); waiting until it unblocks, or a signal\n", b.Reason)
+			}
+		},
 		Setup: func(conn *amqp.Connection) error {
 			ch, err := conn.Channel()
 			if err != nil {
