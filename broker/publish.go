@@ -31,8 +31,13 @@ var (
 type Publisher struct {
 	ch      *amqp.Channel
 	returns chan amqp.Return
+	closes  chan *amqp.Error
 	catchUp chan chan struct{} // Wait asks readReturns to record all it was handed
 	stopped chan struct{}      // closed when readReturns ended
+	// closeErr is why the broker closed the channel (a message over its
+	// max_message_size, a missing exchange), nil for any other end; set
+	// before stopped is closed.
+	closeErr *amqp.Error
 
 	mu sync.Mutex
 	// pending holds the token of every publish sent and not yet waited
@@ -60,6 +65,9 @@ func NewPublisher(conn *amqp.Connection) (*Publisher, error) {
 	p := &Publisher{
 		ch:      ch,
 		returns: ch.NotifyReturn(make(chan amqp.Return, maxReturns)),
+		// The library sends it at most one error, before it closes the
+		// returns channel: the buffer holds it until readReturns ends.
+		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
 		catchUp: make(chan chan struct{}),
 		stopped: make(chan struct{}),
 		pending: make(map[string]bool),
@@ -78,6 +86,11 @@ func (p *Publisher) readReturns() {
 		select {
 		case r, ok := <-p.returns:
 			if !ok {
+				select {
+				case e := <-p.closes:
+					p.closeErr = e
+				default:
+				}
 				return
 			}
 			p.record(r)
@@ -172,6 +185,13 @@ func (p *Publisher) Wait(ctx context.Context, m *Pending) error {
 	}
 	if !acked {
 		if p.ch.IsClosed() {
+			select {
+			case <-p.stopped:
+				if p.closeErr != nil {
+					return fmt.Errorf("wait for confirm: %w", closedBy{p.closeErr})
+				}
+			case <-ctx.Done():
+			}
 			return fmt.Errorf("wait for confirm: %w", amqp.ErrClosed)
 		}
 		return ErrNacked
@@ -193,6 +213,13 @@ func (p *Publisher) Wait(ctx context.Context, m *Pending) error {
 	}
 	return nil
 }
+
+// closedBy is the error of a channel the broker closed: its reason, and
+// amqp.ErrClosed, as the library says of every closed channel.
+type closedBy struct{ err *amqp.Error }
+
+func (e closedBy) Error() string   { return "the broker closed the channel: " + e.err.Error() }
+func (e closedBy) Unwrap() []error { return []error{e.err, amqp.ErrClosed} }
 
 // errNotConfirmed stands for a confirm not waited for.
 var errNotConfirmed = errors.New("confirm not waited for")

@@ -17,21 +17,8 @@ import (
 // copy may have reached the queue, or not).
 func TestSIGTERMDuringMemoryAlarm(t *testing.T) {
 	n := brokertest.StartNode(t)
-	conn, err := amqp.Dial(n.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
 	q := brokertest.Name(t) // the node goes with the test: no clean-up
-	for _, name := range []string{q, q + ".dead"} {
-		if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ch := nodeChannel(t, n, q, q+".dead")
 	if err := ch.Publish("", q+".dead", false, false, amqp.Publishing{Body: []byte("dead one")}); err != nil {
 		t.Fatal(err)
 	}
@@ -74,4 +61,25 @@ func TestSIGTERMDuringMemoryAlarm(t *testing.T) {
 			})
 		})
 	}
+}
+
+// nodeChannel opens a channel to the test's own node n, closed when the
+// test ends, and declares the durable queues named.
+func nodeChannel(t *testing.T, n *brokertest.Node, queues ...string) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range queues {
+		if _, err := ch.QueueDeclare(name, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ch
 }
