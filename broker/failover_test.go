@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -98,5 +99,51 @@ func TestStreamSendsUnconfirmedAgainOnAnotherNode(t *testing.T) {
 			}
 			t.Logf("%d in the queue, %d distinct", len(got), len(ids))
 		})
+	}
+}
+
+// TestStreamWindowBytes: with WindowBytes, the bodies kept unconfirmed
+// never pass it (a larger message goes alone). With the broker's confirms
+// held up, a stream of 6-byte messages and a 10-byte window sends one and
+// takes the next, and no more.
+func TestStreamWindowBytes(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, nil)
+	node := brokertest.NewProxy(t)
+	d := &broker.Dialer{URLs: []string{node.URL()}}
+	s := &broker.Stream{Dial: d.Dial, Window: 256, WindowBytes: 10}
+	const total = 20
+	var taken atomic.Int32
+	msgs := func(yield func(amqp.Publishing) bool) {
+		for k := range total {
+			if k == 0 {
+				node.StallFromBroker(true) // the publisher is ready: hold up the confirms
+			}
+			taken.Add(1)
+			if !yield(amqp.Publishing{Body: []byte(fmt.Sprintf("m-%04d", k))}) { // 6 bytes
+				return
+			}
+		}
+	}
+	type result struct {
+		r   broker.Result
+		err error
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan result, 1)
+	go func() {
+		r, err := s.Run(ctx, "", q, msgs)
+		done <- result{r, err}
+	}()
+	brokertest.WaitFor(t, 10*time.Second, "two messages taken", func() bool { return taken.Load() >= 2 })
+	// Without the bound, the other 18 would be taken at once.
+	time.Sleep(300 * time.Millisecond)
+	if n := taken.Load(); n != 2 {
+		t.Errorf("%d messages taken with the first unconfirmed, want 2", n)
+	}
+	cancel() // the confirms are gone: the broker's side is dropped
+	if got := <-done; got.r.Confirmed != 0 || got.r.Unconfirmed != 1 {
+		t.Errorf("Run = %+v, %v; want 1 unconfirmed (the second was never sent)", got.r, got.err)
 	}
 }

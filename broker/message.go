@@ -27,6 +27,10 @@ const (
 	// published: its copies travel through warren's own queues.
 	HeaderExchange   = "x-warren-exchange"
 	HeaderRoutingKey = "x-warren-routing-key"
+	// HeaderPublishID is a token unique to one publish, set by
+	// Publisher.Send: the broker hands it back in basic.return, which is
+	// how a return finds the publish it answers.
+	HeaderPublishID = "x-warren-publish-id"
 )
 
 // Attempts returns the attempts a delivery already had, from its
@@ -90,15 +94,23 @@ func RetryAt(h amqp.Table) (time.Time, bool) {
 // cloned so they can be changed. The expiration is dropped (a copy that
 // expires in warren's queues would return early, or vanish from the
 // dead-letter queue) and so is the user id (the broker checks it against
-// the publishing user, who may not be warren's).
+// the publishing user, who may not be warren's), and the publish token of
+// the hop that brought d (Publisher.Send sets a new one).
+//
+// The first copy of a message records the exchange and routing key d came
+// with, in warren's own headers; later copies keep them. Only those
+// headers say where a message came from: a copy back from warren's retry
+// queue arrives through the default exchange with the queue's name as its
+// key, and an x-death header may be another system's, written before the
+// message ever reached warren.
 func CopyOf(d *amqp.Delivery) amqp.Publishing {
-	h := make(amqp.Table, len(d.Headers)+4)
+	h := make(amqp.Table, len(d.Headers)+2)
 	for k, v := range d.Headers {
 		h[k] = v
 	}
-	// How the message was first published, kept through its detours.
+	delete(h, HeaderPublishID)
 	if _, ok := h[HeaderRoutingKey]; !ok {
-		h[HeaderExchange], h[HeaderRoutingKey] = origin(d)
+		h[HeaderExchange], h[HeaderRoutingKey] = d.Exchange, d.RoutingKey
 	}
 	return amqp.Publishing{
 		Headers:         h,
@@ -114,21 +126,4 @@ func CopyOf(d *amqp.Delivery) amqp.Publishing {
 		AppId:           d.AppId,
 		Body:            d.Body,
 	}
-}
-
-// origin returns the exchange and routing key d was first published with:
-// its own, or for a message the broker dead-lettered, those its x-death
-// header remembers.
-func origin(d *amqp.Delivery) (string, string) {
-	if deaths, ok := d.Headers["x-death"].([]any); ok && len(deaths) > 0 {
-		if death, ok := deaths[len(deaths)-1].(amqp.Table); ok {
-			ex, _ := death["exchange"].(string)
-			if keys, ok := death["routing-keys"].([]any); ok && len(keys) > 0 {
-				if rk, ok := keys[0].(string); ok {
-					return ex, rk
-				}
-			}
-		}
-	}
-	return d.Exchange, d.RoutingKey
 }

@@ -58,7 +58,13 @@ func FuzzHeaders(f *testing.F) {
 		if !same(d.Headers, before) {
 			t.Fatalf("CopyOf changed the delivery's headers")
 		}
+		if _, ok := c.Headers[broker.HeaderPublishID]; ok {
+			t.Fatalf("CopyOf kept the publish token of the delivery")
+		}
 		for k, v := range h {
+			if k == broker.HeaderPublishID {
+				continue
+			}
 			if !same(c.Headers[k], v) {
 				t.Fatalf("CopyOf lost header %q: %#v, want %#v", k, c.Headers[k], v)
 			}
@@ -97,29 +103,53 @@ func cloneTable(h amqp.Table) amqp.Table {
 }
 
 // TestCopyOfOrigin: a copy remembers how the message was first published,
-// also after the broker dead-lettered it (x-death), whatever x-death holds.
+// as warren first received it, and later hops keep that. An x-death header
+// says nothing about it: it may come from another system's dead-lettering
+// before the message ever reached warren's queue.
 func TestCopyOfOrigin(t *testing.T) {
+	retried := amqp.Table{"x-death": []any{amqp.Table{"queue": "q.retry.1s", "reason": "expired",
+		"exchange": "", "routing-keys": []any{"q.retry.1s"}}}}
 	for _, tt := range []struct {
 		name       string
 		give       amqp.Table
+		exchange   string
+		key        string
 		wantRK     string
 		wantExchng string
 	}{
-		{"plain", nil, "rk", "ex"},
-		{"kept from an earlier copy", amqp.Table{broker.HeaderRoutingKey: "first", broker.HeaderExchange: "ex0"}, "first", "ex0"},
-		{"dead-lettered by the broker", amqp.Table{"x-death": []any{amqp.Table{"exchange": "orig", "routing-keys": []any{"orig-rk"}}}}, "orig-rk", "orig"},
-		{"x-death not a list", amqp.Table{"x-death": "garbage"}, "rk", "ex"},
-		{"x-death empty", amqp.Table{"x-death": []any{}}, "rk", "ex"},
-		{"x-death entry not a table", amqp.Table{"x-death": []any{int32(1)}}, "rk", "ex"},
-		{"routing keys not strings", amqp.Table{"x-death": []any{amqp.Table{"exchange": "orig", "routing-keys": []any{int64(5)}}}}, "rk", "ex"},
-		{"routing keys missing", amqp.Table{"x-death": []any{amqp.Table{"exchange": "orig"}}}, "rk", "ex"},
+		{"plain", nil, "ex", "rk", "rk", "ex"},
+		{"kept from an earlier copy", amqp.Table{broker.HeaderRoutingKey: "first", broker.HeaderExchange: "ex0"}, "ex", "rk", "first", "ex0"},
+		{"foreign x-death ignored", amqp.Table{"x-death": []any{amqp.Table{"exchange": "orig", "routing-keys": []any{"orig-rk"}}}}, "ex", "rk", "rk", "ex"},
+		{"foreign x-death on a later hop", amqp.Table{broker.HeaderRoutingKey: "rk", broker.HeaderExchange: "ex",
+			"x-death": []any{amqp.Table{"exchange": "orig", "routing-keys": []any{"orig-rk"}}}}, "", "q", "rk", "ex"},
+		{"back from warren's retry queue", withHeaders(retried, broker.HeaderRoutingKey, "orders.new", broker.HeaderExchange, "orders"), "", "q", "orders.new", "orders"},
+		{"x-death not a list", amqp.Table{"x-death": "garbage"}, "ex", "rk", "rk", "ex"},
+		{"x-death empty", amqp.Table{"x-death": []any{}}, "ex", "rk", "rk", "ex"},
+		{"x-death entry not a table", amqp.Table{"x-death": []any{int32(1)}}, "ex", "rk", "rk", "ex"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := broker.CopyOf(&amqp.Delivery{Headers: tt.give, Exchange: "ex", RoutingKey: "rk"})
+			c := broker.CopyOf(&amqp.Delivery{Headers: tt.give, Exchange: tt.exchange, RoutingKey: tt.key})
 			if rk, ex := c.Headers[broker.HeaderRoutingKey], c.Headers[broker.HeaderExchange]; rk != tt.wantRK || ex != tt.wantExchng {
 				t.Errorf("CopyOf(%v) origin = %v, %v; want %q, %q", tt.give, ex, rk, tt.wantExchng, tt.wantRK)
 			}
 		})
+	}
+}
+
+func withHeaders(h amqp.Table, kv ...string) amqp.Table {
+	c := cloneTable(h)
+	for i := 0; i+1 < len(kv); i += 2 {
+		c[kv[i]] = kv[i+1]
+	}
+	return c
+}
+
+// TestCopyOfDropsPublishToken: the token of the publish that brought a
+// message belongs to that publish only; a copy starts without one.
+func TestCopyOfDropsPublishToken(t *testing.T) {
+	c := broker.CopyOf(&amqp.Delivery{Headers: amqp.Table{broker.HeaderPublishID: "earlier-hop", "k": "v"}})
+	if tok, ok := c.Headers[broker.HeaderPublishID]; ok || c.Headers["k"] != "v" {
+		t.Errorf("CopyOf headers = %v (token %v); want the token gone, the rest kept", c.Headers, tok)
 	}
 }
 

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"maps"
 	"sync"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -23,24 +23,36 @@ var (
 
 // Publisher publishes persistent, mandatory messages on a channel in
 // confirm mode. It is safe for concurrent use.
+//
+// Each publish carries a token of its own in the x-warren-publish-id
+// header, which the broker hands back in basic.return: a return is matched
+// to exactly the publish it answers, never by a property the producer
+// chose (copies of one message share its message id).
 type Publisher struct {
 	ch      *amqp.Channel
 	returns chan amqp.Return
-	closes  chan *amqp.Error // the broker's reason, when it closes ch
+	closes  chan *amqp.Error
+	catchUp chan chan struct{} // Wait asks readReturns to record all it was handed
+	stopped chan struct{}      // closed when readReturns ended
+	// closeErr is why the broker closed the channel (a message over its
+	// max_message_size, a missing exchange), nil for any other end; set
+	// before stopped is closed.
+	closeErr *amqp.Error
 
-	reasonOnce sync.Once
-	reason     *amqp.Error
-
-	mu       sync.Mutex
-	returned map[string]struct{} // message ids the broker returned
+	mu sync.Mutex
+	// pending holds the token of every publish sent and not yet waited
+	// for, and whether the broker returned it. A return is recorded only
+	// for a token still here, and a token leaves with its Wait: the map
+	// never holds more than the publishes in flight.
+	pending map[string]bool
 }
 
-// maxReturns bounds the returns buffered between two waits. amqp091-go
-// blocks its reader on a full notification channel, so it is sized above
-// the number of messages a caller keeps unconfirmed.
+// maxReturns bounds the returns buffered between the library's reader and
+// readReturns, and the window of PublishAll.
 const maxReturns = 4096
 
-// NewPublisher opens a channel on conn and puts it in confirm mode.
+// NewPublisher opens a channel on conn and puts it in confirm mode. Close
+// it when done: that ends the goroutine it starts.
 func NewPublisher(conn *amqp.Connection) (*Publisher, error) {
 	ch, err := conn.Channel()
 	if err != nil {
@@ -50,78 +62,187 @@ func NewPublisher(conn *amqp.Connection) (*Publisher, error) {
 		ch.Close()
 		return nil, fmt.Errorf("enable publisher confirms: %w", err)
 	}
-	return &Publisher{
-		ch:       ch,
-		returns:  ch.NotifyReturn(make(chan amqp.Return, maxReturns)),
-		closes:   ch.NotifyClose(make(chan *amqp.Error, 1)),
-		returned: make(map[string]struct{}),
-	}, nil
+	p := &Publisher{
+		ch:      ch,
+		returns: ch.NotifyReturn(make(chan amqp.Return, maxReturns)),
+		// The library sends it at most one error, before it closes the
+		// returns channel: the buffer holds it until readReturns ends.
+		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+		catchUp: make(chan chan struct{}),
+		stopped: make(chan struct{}),
+		pending: make(map[string]bool),
+	}
+	go p.readReturns()
+	return p, nil
 }
 
-// Close closes the publisher's channel.
-func (p *Publisher) Close() error { return p.ch.Close() }
+// readReturns records the returns of pending publishes until the channel
+// closes. It drains the returns channel all the time: amqp091-go drops a
+// return it cannot hand over within 5 s, and a dropped return would let
+// an unroutable copy pass for confirmed.
+func (p *Publisher) readReturns() {
+	defer close(p.stopped)
+	for {
+		select {
+		case r, ok := <-p.returns:
+			if !ok {
+				select {
+				case e := <-p.closes:
+					p.closeErr = e
+				default:
+				}
+				return
+			}
+			p.record(r)
+		case done := <-p.catchUp:
+			p.drainReturns()
+			close(done)
+		}
+	}
+}
+
+// drainReturns records the returns already buffered.
+func (p *Publisher) drainReturns() {
+	for {
+		select {
+		case r, ok := <-p.returns:
+			if !ok {
+				return // readReturns sees the close next
+			}
+			p.record(r)
+		default:
+			return
+		}
+	}
+}
+
+func (p *Publisher) record(r amqp.Return) {
+	token, _ := r.Headers[HeaderPublishID].(string)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.pending[token]; ok {
+		p.pending[token] = true
+	}
+}
+
+func (p *Publisher) forget(token string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.pending, token)
+}
+
+// Close closes the publisher's channel and waits for its return reader to
+// end.
+func (p *Publisher) Close() error {
+	err := p.ch.Close()
+	<-p.stopped
+	return err
+}
 
 // Pending is a published message whose confirm is outstanding.
 type Pending struct {
-	dc *amqp.DeferredConfirmation
-	id string
+	dc    *amqp.DeferredConfirmation
+	token string
 }
 
-// Send publishes msg without waiting for its confirm. msg is made
-// persistent, and given a message id if it has none, to match a return.
+// Send publishes msg without waiting for its confirm; pass what it
+// returns to Wait, once. msg is made persistent, given a message id if it
+// has none, and a publish token of its own (any token it carries, from an
+// earlier hop, is replaced); its headers are copied, not changed.
 func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Publishing) (*Pending, error) {
 	msg.DeliveryMode = amqp.Persistent
 	if msg.MessageId == "" {
 		msg.MessageId = newID()
 	}
+	token := newID()
+	h := make(amqp.Table, len(msg.Headers)+1)
+	maps.Copy(h, msg.Headers)
+	h[HeaderPublishID] = token
+	msg.Headers = h
+	// Registered before the publish: its return may come before
+	// PublishWithDeferredConfirmWithContext returns.
+	p.mu.Lock()
+	p.pending[token] = false
+	p.mu.Unlock()
 	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key,
 		true,  // mandatory: an unroutable message is returned, not dropped
 		false, // immediate
 		msg)
 	if err != nil {
+		p.forget(token)
 		if p.ch.IsClosed() {
-			err = p.closed()
+			err = p.closedErr(ctx)
 		}
 		return nil, fmt.Errorf("publish: %w", err)
 	}
-	return &Pending{dc: dc, id: msg.MessageId}, nil
+	return &Pending{dc: dc, token: token}, nil
 }
 
 // Wait waits for the confirm of m. It returns nil only when the broker
 // confirmed the message and did not return it.
 func (p *Publisher) Wait(ctx context.Context, m *Pending) error {
+	defer p.forget(m.token)
 	acked, err := m.dc.WaitContext(ctx)
 	if err != nil {
 		return fmt.Errorf("wait for confirm: %w", err)
 	}
 	if !acked {
 		if p.ch.IsClosed() {
-			return fmt.Errorf("wait for confirm: %w", p.closed())
+			return fmt.Errorf("wait for confirm: %w", p.closedErr(ctx))
 		}
 		return ErrNacked
 	}
 	// The broker sends basic.return before basic.ack, and amqp091-go hands
-	// frames on in order: a return for m is already buffered.
-	p.mu.Lock()
-	defer p.mu.Unlock()
-drain:
-	for {
-		select {
-		case r, ok := <-p.returns:
-			if !ok {
-				// Closed with the channel: receiving again would spin.
-				break drain
-			}
-			p.returned[r.MessageId] = struct{}{}
-		default:
-			break drain
-		}
+	// both on in order: a return of m is buffered or already recorded.
+	// readReturns records everything buffered before it answers.
+	done := make(chan struct{})
+	select {
+	case p.catchUp <- done:
+		<-done
+	case <-p.stopped: // it recorded everything before it ended
 	}
-	if _, ok := p.returned[m.id]; ok {
-		delete(p.returned, m.id)
+	p.mu.Lock()
+	returned := p.pending[m.token]
+	p.mu.Unlock()
+	if returned {
 		return ErrUnroutable
 	}
 	return nil
+}
+
+// closedErr returns why the channel closed: the broker's reason once the
+// return reader has seen it, amqp.ErrClosed for any other end.
+func (p *Publisher) closedErr(ctx context.Context) error {
+	select {
+	case <-p.stopped:
+		if p.closeErr != nil {
+			return closedBy{p.closeErr}
+		}
+	case <-ctx.Done():
+	}
+	return amqp.ErrClosed
+}
+
+// closedBy is the error of a channel the broker closed: its reason, and
+// amqp.ErrClosed, as the library says of every closed channel.
+type closedBy struct{ err *amqp.Error }
+
+func (e closedBy) Error() string   { return "the broker closed the channel: " + e.err.Error() }
+func (e closedBy) Unwrap() []error { return []error{e.err, amqp.ErrClosed} }
+
+// errNotConfirmed stands for a confirm not waited for.
+var errNotConfirmed = errors.New("confirm not waited for")
+
+// poll returns what Wait would for m if its confirm has come, and
+// errNotConfirmed otherwise, without waiting.
+func (p *Publisher) poll(m *Pending) error {
+	select {
+	case <-m.dc.Done():
+		return p.Wait(context.Background(), m)
+	default:
+		p.forget(m.token)
+		return errNotConfirmed
+	}
 }
 
 // Publish sends msg and waits for its confirm.
@@ -150,6 +271,12 @@ func (p *Publisher) PublishAll(ctx context.Context, exchange, key string, window
 		confirmed int
 		firstErr  error
 	)
+	defer func() {
+		// Left unwaited by an early return: their returns are not wanted.
+		for _, m := range pending {
+			p.forget(m.token)
+		}
+	}()
 	wait := func(m *Pending) error {
 		err := p.Wait(ctx, m)
 		switch {
@@ -183,37 +310,6 @@ func (p *Publisher) PublishAll(ctx context.Context, exchange, key string, window
 	}
 	return confirmed, firstErr
 }
-
-// closeReasonWait bounds the wait for the broker's reason for closing a
-// channel: amqp091-go marks a channel closed a moment before it passes the
-// reason on.
-const closeReasonWait = time.Second
-
-// closed returns the error of a publish on the closed channel: amqp.ErrClosed,
-// and with it the reason the broker gave for closing the channel (403
-// ACCESS_REFUSED when the user may not write, say), which is what an
-// operator needs to read.
-func (p *Publisher) closed() error {
-	p.reasonOnce.Do(func() {
-		t := time.NewTimer(closeReasonWait)
-		defer t.Stop()
-		select {
-		case p.reason = <-p.closes: // nil, with the channel closed, on a Close of ours
-		case <-t.C:
-		}
-	})
-	if p.reason == nil {
-		return amqp.ErrClosed
-	}
-	return &closedError{reason: p.reason}
-}
-
-// closedError is a publish that failed because the broker closed its
-// channel for reason.
-type closedError struct{ reason *amqp.Error }
-
-func (e *closedError) Error() string   { return "channel closed by the broker: " + e.reason.Error() }
-func (e *closedError) Unwrap() []error { return []error{e.reason, amqp.ErrClosed} }
 
 // IsClosed reports whether the publisher's channel is closed; a closed
 // publisher never publishes again.

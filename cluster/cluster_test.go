@@ -392,7 +392,7 @@ func (s *suite) publishFailsOver(t *testing.T) {
 		r.urls = append(r.urls, p.URL())
 	}
 	const total = 20000
-	cmd := exec.Command(binary, "publish", "-retry-for", "1m")
+	cmd := exec.Command(binary, "publish", "-declare", "-retry-for", "1m")
 	cmd.Env = append(warrentest.Env(gorace), "WARREN_AMQP_URL="+strings.Join(r.urls, ","), "WARREN_QUEUE="+r.q, "WARREN_QUEUE_TYPE=quorum")
 	out := &warrentest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -469,7 +469,7 @@ func (s *suite) replayFailsOver(t *testing.T) {
 	for i := range s.p.replayed {
 		fmt.Fprintf(&lines, "d-%05d\n", i)
 	}
-	pub := exec.Command(binary, "publish", "-routing-key", q+".dead")
+	pub := exec.Command(binary, "publish", "-declare", "-routing-key", q+".dead")
 	pub.Env = env
 	pub.Stdin = strings.NewReader(lines.String())
 	if out, err := pub.CombinedOutput(); err != nil {

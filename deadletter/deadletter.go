@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -95,6 +96,11 @@ func entryOf(d *amqp.Delivery) Entry {
 	return e
 }
 
+// ErrUnconfirmed marks a replay that ended with a copy sent and neither
+// confirmed nor refused: the copy may be in the queue, or not, and the
+// dead message stays in the dead-letter queue.
+var ErrUnconfirmed = errors.New("a copy was sent and not confirmed: it may or may not have reached the queue")
+
 // Replay moves messages from the dead-letter queue of t back to its queue,
 // at most limit of them (0: all those there when it starts, so that
 // messages that die again meanwhile are not replayed in a loop). Each copy
@@ -131,14 +137,12 @@ func Replay(ctx context.Context, conn *amqp.Connection, t broker.Topology, limit
 		if !ok {
 			break
 		}
-		msg := broker.CopyOf(&d)
-		for _, h := range []string{broker.HeaderAttempts, broker.HeaderRetryAt, broker.HeaderReason,
-			broker.HeaderDiedAt, broker.HeaderQueue, "x-death", "x-first-death-exchange",
-			"x-first-death-queue", "x-first-death-reason", "x-delivery-count"} {
-			delete(msg.Headers, h)
-		}
-		if err := pub.Publish(ctx, "", t.Queue, msg); err != nil {
-			// The dead message stays where it was.
+		if err := pub.Publish(ctx, "", t.Queue, replayCopy(&d, t.Queue)); err != nil {
+			if !errors.Is(err, broker.ErrNacked) && !errors.Is(err, broker.ErrUnroutable) {
+				err = fmt.Errorf("%w: %w", ErrUnconfirmed, err)
+			}
+			// The dead message stays where it was; closing the channel
+			// hands it back if the nack does not.
 			return moved, errors.Join(fmt.Errorf("replay to %q: %w", t.Queue, err), ch.Nack(d.DeliveryTag, false, true))
 		}
 		if err := ch.Ack(d.DeliveryTag, false); err != nil {
@@ -148,6 +152,49 @@ func Replay(ctx context.Context, conn *amqp.Connection, t broker.Topology, limit
 		moved++
 	}
 	return moved, nil
+}
+
+// replayCopy returns the copy of d, a message of queue's dead-letter
+// queue, that goes back to queue: its attempts and the marks of its death
+// gone. A message the broker dead-lettered from queue itself (a quorum
+// queue's delivery limit) never had a copy made by warren: the broker's
+// x-death entry for queue, and only that one, says how it was published.
+func replayCopy(d *amqp.Delivery, queue string) amqp.Publishing {
+	if _, ok := d.Headers[broker.HeaderRoutingKey]; !ok {
+		if ex, rk, ok := diedIn(d.Headers, queue); ok {
+			c := *d
+			c.Headers = maps.Clone(d.Headers)
+			c.Exchange, c.RoutingKey = ex, rk
+			d = &c
+		}
+	}
+	msg := broker.CopyOf(d)
+	for _, h := range []string{broker.HeaderAttempts, broker.HeaderRetryAt, broker.HeaderReason,
+		broker.HeaderDiedAt, broker.HeaderQueue, "x-death", "x-first-death-exchange",
+		"x-first-death-queue", "x-first-death-reason", "x-delivery-count"} {
+		delete(msg.Headers, h)
+	}
+	return msg
+}
+
+// diedIn returns the exchange and routing key of the x-death entry the
+// broker wrote when it dead-lettered a message from queue.
+func diedIn(h amqp.Table, queue string) (string, string, bool) {
+	deaths, _ := h["x-death"].([]any)
+	for _, x := range deaths {
+		death, ok := x.(amqp.Table)
+		if !ok || death["queue"] != queue {
+			continue
+		}
+		ex, okEx := death["exchange"].(string)
+		keys, _ := death["routing-keys"].([]any)
+		if len(keys) == 0 || !okEx {
+			return "", "", false
+		}
+		rk, ok := keys[0].(string)
+		return ex, rk, ok
+	}
+	return "", "", false
 }
 
 // Dial opens a connection to a node of the cluster, as broker.Dialer.Dial
@@ -164,14 +211,14 @@ type Dial func(ctx context.Context) (*amqp.Connection, string, error)
 // is watched for up to 30 s for the messages the lost connection held to
 // come back. A duplicate is possible, a loss is not.
 func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, retryFor time.Duration) (int, error) {
-	conn, _, err := dial(ctx)
+	conn, closeConn, err := dialBounded(ctx, dial)
 	if err != nil {
 		return 0, err
 	}
 	if limit <= 0 {
 		n, _, err := List(ctx, conn, t, 0)
 		if err != nil {
-			conn.Close()
+			_ = closeConn()
 			return 0, err
 		}
 		limit = n
@@ -186,14 +233,14 @@ func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, 
 		lost := err != nil && ctx.Err() == nil && lostWatch()
 		if err == nil && hadLoss && moved < limit && reappears(ctx, conn, t) {
 			// A message the lost connection held is back in the queue.
-			conn.Close()
-			conn, _, err = dial(ctx)
+			_ = closeConn()
+			conn, closeConn, err = dialBounded(ctx, dial)
 			if err != nil {
 				return moved, err
 			}
 			continue
 		}
-		conn.Close()
+		_ = closeConn()
 		if err == nil || !lost || ctx.Err() != nil {
 			return moved, err
 		}
@@ -210,7 +257,7 @@ func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, 
 		}
 		deadline := time.Now().Add(retryFor)
 		for {
-			conn, _, err = dial(ctx)
+			conn, closeConn, err = dialBounded(ctx, dial)
 			if err == nil {
 				break
 			}
@@ -225,6 +272,17 @@ func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, 
 			wait = min(2*wait, 5*time.Second)
 		}
 	}
+}
+
+// dialBounded dials a node and ties the connection to ctx, as
+// broker.CloseWhenDone does: the end of ctx closes it, within a bound
+// even while the broker blocks it. Call the function it returns once done.
+func dialBounded(ctx context.Context, dial Dial) (*amqp.Connection, func() error, error) {
+	conn, _, err := dial(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return conn, broker.CloseWhenDone(ctx, conn), nil
 }
 
 // heldFor bounds the wait for messages that a lost connection held to be

@@ -13,8 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"go.uber.org/zap"
-
+	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/deadletter"
 )
 
@@ -56,11 +55,10 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "warren dead: counts must be 0 or more")
 		return exitConfig
 	}
-	cfg, logger, code := load(stderr)
+	cfg, code := loadCommand(stderr, "warren dead", "the queue whose dead-letter queue (WARREN_QUEUE.dead) to use")
 	if code != exitOK {
 		return code
 	}
-	defer logger.Sync() //nolint:errcheck // nothing to do if stderr is gone
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -68,23 +66,22 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 	topo := cfg.Topology()
 	if limit != nil {
 		moved, err := deadletter.ReplayAcross(ctx, dial, topo, *limit, *retryFor)
-		fmt.Fprintf(stdout, "replayed %d messages from %s to %s\n", moved, topo.DeadQueue(), topo.Queue)
-		if err != nil {
-			logger.Error("replay dead messages", zap.Error(err))
-			return exitFatal
+		summary := fmt.Sprintf("replayed %d messages from %s to %s", moved, topo.DeadQueue(), topo.Queue)
+		if errors.Is(err, deadletter.ErrUnconfirmed) {
+			summary += fmt.Sprintf(" (1 unconfirmed: its copy may or may not have reached %s; the message stays in %s)", topo.Queue, topo.DeadQueue())
 		}
-		return exitOK
+		fmt.Fprintln(stdout, summary)
+		return failed(ctx, stderr, "warren dead replay", err)
 	}
 	conn, _, err := dial(ctx)
 	if err != nil {
-		logger.Error("connect", zap.Error(err))
-		return exitFatal
+		return failed(ctx, stderr, "warren dead list", err)
 	}
-	defer conn.Close()
+	closeConn := broker.CloseWhenDone(ctx, conn)
+	defer closeConn() //nolint:errcheck // the listing is done
 	count, entries, err := deadletter.List(ctx, conn, topo, *n)
 	if err != nil {
-		logger.Error("list dead messages", zap.Error(err))
-		return exitFatal
+		return failed(ctx, stderr, "warren dead list", fmt.Errorf("list dead messages: %w", err))
 	}
 	printEntries(stdout, topo.DeadQueue(), count, entries)
 	return exitOK

@@ -65,8 +65,15 @@ func baseEnv() []string { return warrentest.Env("atexit_sleep_ms=0 halt_on_error
 // with SIGKILL when the test ends, if it still runs.
 func startWarren(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startWarrenWithStdin(t, env, nil, args...)
+}
+
+// startWarrenWithStdin is startWarren with stdin, nil for none.
+func startWarrenWithStdin(t *testing.T, env []string, stdin io.Reader, args ...string) *proc {
+	t.Helper()
 	addr := freeAddr(t)
 	cmd := exec.Command(binary, args...)
+	cmd.Stdin = stdin
 	cmd.Env = append(baseEnv(), "WARREN_HEALTH_ADDR="+addr)
 	cmd.Env = append(cmd.Env, env...)
 	p := &proc{cmd: cmd, out: &warrentest.Buffer{}, health: "http://" + addr, done: make(chan struct{})}
@@ -201,7 +208,7 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 		give []string
 		want string
 	}{
-		{"missing queue", nil, `WARREN_QUEUE is not set: want the name of the queue to consume`},
+		{"missing queue", nil, `WARREN_QUEUE is not set: want the `}, // the queue to consume, or to publish to
 		{"prefetch not a number", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=abc"}, `WARREN_PREFETCH="abc": want an integer from 1 to 65535`},
 		{"prefetch too big", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=70000"}, `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
 		{"concurrency above prefetch", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=2", "WARREN_CONCURRENCY=3"}, `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
@@ -403,9 +410,9 @@ func TestPublish(t *testing.T) {
 		wantCode  int
 		wantQueue int
 	}{
-		{"arguments", []string{"publish", "a", "b", "c"}, "", 0, 3},
-		{"count", []string{"publish", "-count", "50", "x"}, "", 0, 50},
-		{"stdin lines", []string{"publish"}, "one\ntwo\r\nthree\n", 0, 3},
+		{"arguments", []string{"publish", "-declare", "a", "b", "c"}, "", 0, 3},
+		{"count", []string{"publish", "-declare", "-count", "50", "x"}, "", 0, 50},
+		{"stdin lines", []string{"publish", "-declare"}, "one\ntwo\r\nthree\n", 0, 3},
 		{"bad count", []string{"publish", "-count", "0", "x"}, "", 2, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
