@@ -511,3 +511,41 @@ func TestQuorumTopologyDeadLettersAtLeastOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestForeignDeathKeepsTheOrigin: a message that another system's
+// dead-lettering marked with x-death keeps, on every attempt, the exchange
+// and routing key it reached warren with.
+func TestForeignDeathKeepsTheOrigin(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeleteAfter(t, q+".retry.100ms")
+	var mu sync.Mutex
+	var seen []string
+	h := start(t, worker.Config{
+		Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{100 * time.Millisecond}},
+		Handler: worker.HandlerFunc(func(_ context.Context, m *worker.Message) error {
+			mu.Lock()
+			seen = append(seen, fmt.Sprintf("%d %q %q", m.Attempt, m.Exchange, m.RoutingKey))
+			mu.Unlock()
+			if m.Attempt == 1 {
+				return errors.New("transient")
+			}
+			return nil
+		}),
+	})
+	h.waitReady(t)
+	publishHeadersTo(t, "", q, amqp.Table{"x-death": []any{amqp.Table{
+		"exchange": "other-ex", "routing-keys": []any{"other.key"}, "queue": "other-queue",
+		"reason": "rejected", "count": int64(1),
+	}}}, "from elsewhere")
+	brokertest.WaitFor(t, 10*time.Second, "the second attempt", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= 2
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{fmt.Sprintf("1 %q %q", "", q), fmt.Sprintf("2 %q %q", "", q)}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("attempts saw %q, want %q: x-death is another system's, not how the message reached warren", seen, want)
+	}
+}

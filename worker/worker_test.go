@@ -708,11 +708,18 @@ func TestExchangeBindings(t *testing.T) {
 
 func publishHeaders(t *testing.T, exchange string, headers amqp.Table, body string) {
 	t.Helper()
+	publishHeadersTo(t, exchange, "", headers, body)
+}
+
+// publishHeadersTo publishes body with headers to exchange with key, and
+// waits for the broker's confirm.
+func publishHeadersTo(t *testing.T, exchange, key string, headers amqp.Table, body string) {
+	t.Helper()
 	ch := brokertest.Channel(t)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
-	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), exchange, "", false, false,
+	dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), exchange, key, false, false,
 		amqp.Publishing{Headers: headers, Body: []byte(body), DeliveryMode: amqp.Persistent})
 	if err != nil || !dc.Wait() {
 		t.Fatalf("publish with headers: %v", err)
