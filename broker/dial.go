@@ -129,8 +129,8 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 		hb = DefaultHeartbeat
 	}
 	props := amqp.NewConnectionProperties()
-	if d.Name != "" {
-		props.SetClientConnectionName(d.Name)
+	if name := d.Name + nameSuffix(ctx); d.Name != "" {
+		props.SetClientConnectionName(name)
 	}
 	cfg := amqp.Config{
 		Heartbeat:       hb,

@@ -20,8 +20,9 @@ import (
 // its unacked messages already.
 type session struct {
 	w      *Worker
+	conn   *amqp.Connection // ch's connection, closed by force when a call on the way out hangs
 	ch     *amqp.Channel
-	copies *copier // publishes retry and dead copies on the same connection
+	copies *copier // publishes retry and dead copies, on a connection of its own
 	acks   *acker
 
 	mu       sync.Mutex
@@ -36,21 +37,19 @@ type job struct {
 }
 
 // serveChannel opens a channel on conn, declares the topology and consumes
-// until the channel closes or ctx is done, in which case it drains. A
-// consumer cancelled by the broker (its queue was deleted) is declared and
-// consumed again on the same channel.
-func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job) error {
+// until the channel closes or ctx is done, in which case it drains until
+// dctx ends at the latest. A consumer cancelled by the broker (its queue
+// was deleted) is declared and consumed again on the same channel.
+func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
-	s := &session{w: w, ch: ch, copies: copies}
+	s := &session{w: w, conn: conn, ch: ch, copies: copies}
 	s.acks = newAcker(ch, w.metrics, w.cfg.Prefetch)
 	defer func() {
 		s.acks.stop()
-		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
-			w.log.Debug("close channel", zap.Error(err))
-		}
+		s.call("close channel", func() error { return ch.Close() })
 	}()
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cancels := ch.NotifyCancel(make(chan string, 1))
@@ -83,7 +82,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 		for {
 			select {
 			case <-ctx.Done():
-				return s.drain(hctx, tag, deliveries, closed)
+				return s.drain(dctx, tag, deliveries, closed)
 			case e := <-closed:
 				return closeError(e)
 			case <-ticker.C:
@@ -93,7 +92,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 					// Closed by a cancel from the broker, or with the channel.
 					select {
 					case <-ctx.Done():
-						return nil
+						return s.drain(dctx, "", nil, closed)
 					case e := <-closed:
 						return closeError(e)
 					case t := <-cancels:
@@ -106,7 +105,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 				s.acks.received(d.DeliveryTag)
 				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
 					if errors.Is(err, errDraining) {
-						return s.drain(hctx, tag, deliveries, closed)
+						return s.drain(dctx, tag, deliveries, closed)
 					}
 					return err
 				}
@@ -137,16 +136,19 @@ func (s *session) forward(ctx context.Context, jobs chan<- job, d amqp.Delivery,
 	}
 }
 
-// drain stops the consumer, hands back deliveries that no handler started,
-// and waits until running handlers are settled or hctx ends at the
-// shutdown timeout. The caller closes the channel, which hands back the
-// rest.
-func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp.Delivery, closed <-chan *amqp.Error) error {
+// drain stops the consumer (tag; none if empty), hands back deliveries
+// that no handler started, and waits until running handlers are settled
+// or dctx ends, a while after the shutdown timeout cancelled them. Either
+// way it flushes the acks owed. The caller closes the channel, which
+// hands back the rest. A call to the broker that hangs (a blocked or
+// stalled connection) closes the connection: the broker requeues what it
+// held.
+func (s *session) drain(dctx context.Context, tag string, deliveries <-chan amqp.Delivery, closed <-chan *amqp.Error) error {
 	w := s.w
 	w.setNotReady("draining")
 	w.log.Info("draining", zap.Int("inflight", s.pending()))
-	if err := s.ch.Cancel(tag, false); err != nil {
-		w.log.Debug("cancel consumer", zap.Error(err))
+	if tag != "" {
+		s.call("cancel consumer", func() error { return s.ch.Cancel(tag, false) })
 	}
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
@@ -162,8 +164,8 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 			s.settle(&d, Requeue)
 		case <-closed:
 			return nil
-		case <-hctx.Done():
-			return nil
+		case <-dctx.Done():
+			return s.giveUp()
 		case <-ticker.C:
 			w.touch()
 		}
@@ -171,18 +173,37 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 	for {
 		select {
 		case <-s.idleChan():
-			s.acks.flushOwed()
+			s.call("flush acks", func() error { s.acks.flushOwed(); return nil })
 			w.log.Info("drained")
 			return nil
 		case <-closed:
 			return nil
-		case <-hctx.Done():
-			s.acks.flushOwed()
-			w.log.Warn("shutdown timeout: handing back unfinished messages", zap.Int("inflight", s.pending()))
-			return nil
+		case <-dctx.Done():
+			return s.giveUp()
 		case <-ticker.C:
 			w.touch()
 		}
+	}
+}
+
+// giveUp ends a drain whose handlers did not all return in time: what
+// they finished is acked, the rest goes back with the channel.
+func (s *session) giveUp() error {
+	s.call("flush acks", func() error { s.acks.flushOwed(); return nil })
+	s.w.log.Warn("shutdown timeout: handing back unfinished messages", zap.Int("inflight", s.pending()))
+	return nil
+}
+
+// call makes a broker call on the way out, bounded by closeTimeout; past
+// it, the connection is closed by force.
+func (s *session) call(what string, fn func() error) {
+	var err error
+	if !bounded(s.conn, time.Now().Add(closeTimeout), func() { err = fn() }) {
+		s.w.log.Warn(what+": no answer from the broker; connection closed", zap.Duration("after", closeTimeout))
+		return
+	}
+	if err != nil && !errors.Is(err, amqp.ErrClosed) {
+		s.w.log.Debug(what, zap.Error(err))
 	}
 }
 

@@ -1,0 +1,173 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/worker"
+)
+
+// TestMemoryAlarmBlocksOnlyCopies raises a memory alarm on a node of the
+// test's own while a handler fails: the retry copies that go out during
+// the alarm get their connection blocked by the broker, and that must
+// neither stop the acks of the messages that succeed nor hold the drain.
+func TestMemoryAlarmBlocksOnlyCopies(t *testing.T) {
+	node := brokertest.StartNode(t)
+	q := brokertest.Name(t)
+	name := brokertest.Name(t)
+	const (
+		failing    = 2
+		succeeding = 100
+		shutdown   = 5 * time.Second
+	)
+	gate := make(chan struct{})
+	rec := newRecorder(func(ctx context.Context, m *worker.Message, _ int) error {
+		select {
+		case <-gate: // the first handlers run only once the alarm is on
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if strings.HasPrefix(string(m.Body), "fail") {
+			return errors.New("transient")
+		}
+		return nil
+	})
+	topo := broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{time.Hour}}
+	h := start(t, worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{node.URL()}, Name: name},
+		Topology: topo, Handler: rec, Prefetch: 16, Concurrency: 4, ShutdownTimeout: shutdown,
+	})
+	h.waitReady(t)
+
+	ch, err := brokertest.DialTo(t, node.URL()).Channel()
+	if err != nil {
+		t.Fatalf("open channel: %v", err)
+	}
+	bodies := append(brokertest.Bodies("fail", failing), brokertest.Bodies("ok", succeeding)...)
+	brokertest.PublishOn(t, ch, "", q, bodies...)
+
+	node.Ctl(t, "set_vm_memory_high_watermark", "0.000001")
+	alarmOn := true
+	clearAlarm := func() {
+		if alarmOn {
+			node.Ctl(t, "set_vm_memory_high_watermark", "0.4")
+			alarmOn = false
+		}
+	}
+	t.Cleanup(clearAlarm)
+	brokertest.WaitFor(t, 30*time.Second, "the memory alarm raised", func() bool {
+		return strings.Contains(node.Ctl(t, "eval", "rabbit_alarm:get_alarms()."), "memory")
+	})
+	close(gate)
+
+	// (a) The messages that succeed are acked on the consuming connection
+	// while the copies wait: the queue empties but for the failing ones.
+	handled := func() int {
+		n := 0
+		for _, b := range brokertest.Bodies("ok", succeeding) {
+			if rec.count(b) > 0 {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for handled() < succeeding || node.Messages(t)[q] > failing {
+		if time.Now().After(deadline) {
+			t.Fatalf("during the alarm: %d of %d messages handled, %d still in %s (want at most the %d failing ones); connections:\n%s",
+				handled(), succeeding, node.Messages(t)[q], q, failing, node.Ctl(t, "list_connections", "name", "state"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// (b) The blocked copies' connection is shown.
+	brokertest.WaitFor(t, 10*time.Second, "warren_blocked = 1", func() bool {
+		return h.metric(t, "warren_blocked") == 1
+	})
+	if err := h.w.Ready(); err == nil || !strings.Contains(err.Error(), "broker blocked publishing") {
+		t.Errorf("Ready() = %v during the alarm, want the reason: broker blocked publishing", err)
+	}
+	t.Logf("connections during the alarm:\n%s", node.Ctl(t, "list_connections", "name", "state"))
+
+	// (c) The drain ends in time though the copies' connection is blocked.
+	begin := time.Now()
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	d := time.Since(begin)
+	t.Logf("Run returned %s after cancel, shutdown timeout %s", d.Round(time.Millisecond), shutdown)
+	if d > shutdown+5*time.Second {
+		t.Errorf("Run returned %s after cancel, want within the shutdown timeout %s plus 5s", d.Round(time.Millisecond), shutdown)
+	}
+	clearAlarm()
+
+	// Nothing lost: every message was handled, or is in a queue of warren's.
+	seen := make(map[string]bool)
+	for _, b := range bodies {
+		if strings.HasPrefix(b, "ok") && rec.count(b) > 0 {
+			seen[b] = true
+		}
+	}
+	for _, queue := range []string{q, topo.RetryQueue(time.Hour), topo.DeadQueue()} {
+		for _, d := range brokertest.GetOn(t, ch, queue, -1) {
+			seen[string(d.Body)] = true
+		}
+	}
+	for _, b := range bodies {
+		if !seen[b] {
+			t.Errorf("message %q lost: not handled and in none of warren's queues", b)
+		}
+	}
+}
+
+// TestDrainIsBoundedWhenAHandlerNeverReturns runs a handler that ignores
+// its context: Run must still return within DrainBound of the shutdown
+// timeout, with the connection closed, so that the message goes back to
+// the queue instead of waiting for an ack that never comes.
+func TestDrainIsBoundedWhenAHandlerNeverReturns(t *testing.T) {
+	q := brokertest.Queue(t)
+	const shutdown = time.Second
+	release := make(chan struct{})
+	var running atomic.Int32
+	rec := newRecorder(func(context.Context, *worker.Message, int) error {
+		running.Add(1)
+		<-release // deaf to its context
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: 2, Concurrency: 1,
+		HandlerTimeout: time.Hour, ShutdownTimeout: shutdown})
+	t.Cleanup(func() { close(release) }) // before the harness stops: the goroutine ends
+	h.waitReady(t)
+	brokertest.Publish(t, q, "stuck", "waiting")
+	brokertest.WaitFor(t, 10*time.Second, "the handler running", func() bool { return running.Load() == 1 })
+
+	bound := worker.DrainBound(shutdown)
+	begin := time.Now()
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+		close(h.done)
+	case <-time.After(bound + 2*time.Second):
+		t.Fatalf("Run still running %s after cancel, want it back within DrainBound(%s) = %s", time.Since(begin).Round(time.Millisecond), shutdown, bound)
+	}
+	took := time.Since(begin)
+	t.Logf("Run returned %s after cancel; DrainBound(%s) = %s", took.Round(time.Millisecond), shutdown, bound)
+	brokertest.WaitFor(t, 5*time.Second, "warren's connections closed", func() bool {
+		return brokertest.Connections(t, h.name) == 0
+	})
+	brokertest.WaitFor(t, 5*time.Second, "both messages back in the queue", func() bool {
+		return brokertest.Ready(t, q) == 2
+	})
+	if got := h.metric(t, "warren_messages_total", "outcome", "ack"); got != 0 {
+		t.Errorf("acked %v messages, want 0: the stuck one never finished", got)
+	}
+}
