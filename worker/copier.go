@@ -45,21 +45,28 @@ func newCopier(w *Worker) *copier {
 // publish publishes msg to queue through the default exchange and waits
 // for the broker's confirm.
 func (c *copier) publish(ctx context.Context, queue string, msg amqp.Publishing) error {
-	p, err := c.publisher(ctx)
+	p, conn, err := c.publisher(ctx)
 	if err != nil {
 		return err
 	}
-	return p.Publish(ctx, "", queue, msg)
+	// ctx bounds the wait for the confirm, not the write: a write to a
+	// connection the broker no longer reads blocks once the socket's
+	// buffers are full (a large copy). closeTimeout past ctx's deadline,
+	// the connection is closed under it.
+	if !bounded(conn, ctxDeadline(ctx, copyTimeout).Add(closeTimeout), func() { err = p.Publish(ctx, "", queue, msg) }) {
+		return fmt.Errorf("publish the copy: the write did not end %s past its deadline; the copies' connection was closed", closeTimeout)
+	}
+	return err
 }
 
-// publisher returns the open publisher, opening the connection and its
-// channel if need be. One goroutine opens; the others wait for it, or
-// for their context.
-func (c *copier) publisher(ctx context.Context) (*broker.Publisher, error) {
+// publisher returns the open publisher and its connection, opening them
+// if need be. One goroutine opens; the others wait for it, or for their
+// context.
+func (c *copier) publisher(ctx context.Context) (*broker.Publisher, *amqp.Connection, error) {
 	select {
 	case c.opening <- struct{}{}:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("open the copies' connection: %w", ctx.Err())
+		return nil, nil, fmt.Errorf("open the copies' connection: %w", ctx.Err())
 	}
 	defer func() { <-c.opening }()
 
@@ -68,14 +75,14 @@ func (c *copier) publisher(ctx context.Context) (*broker.Publisher, error) {
 	c.mu.Unlock()
 	switch {
 	case closed:
-		return nil, fmt.Errorf("copies' connection: %w", amqp.ErrClosed)
+		return nil, nil, fmt.Errorf("copies' connection: %w", amqp.ErrClosed)
 	case pub != nil && !pub.IsClosed():
-		return pub, nil
+		return pub, conn, nil
 	}
 	if conn == nil || conn.IsClosed() {
 		var err error
 		if conn, err = c.dial(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	// Opening a channel is a call the broker answers: bounded by ctx, on
@@ -85,16 +92,16 @@ func (c *copier) publisher(ctx context.Context) (*broker.Publisher, error) {
 		err = fmt.Errorf("open the copies' channel: %w", context.DeadlineExceeded)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		_ = conn.CloseDeadline(time.Now())
-		return nil, fmt.Errorf("copies' connection: %w", amqp.ErrClosed)
+		forceClose(conn)
+		return nil, nil, fmt.Errorf("copies' connection: %w", amqp.ErrClosed)
 	}
 	c.pub = pub
-	return pub, nil
+	return pub, conn, nil
 }
 
 // dial opens the copies' connection, named after the consuming one where
@@ -115,7 +122,7 @@ func (c *copier) dial(ctx context.Context) (*amqp.Connection, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		_ = conn.CloseDeadline(time.Now())
+		forceClose(conn)
 		return nil, fmt.Errorf("copies' connection: %w", amqp.ErrClosed)
 	}
 	c.conn, c.pub = conn, nil
@@ -134,6 +141,19 @@ func (c *copier) close(by time.Time) {
 		c.w.closeConn(conn, by)
 	}
 	c.watchers.Wait()
+}
+
+// abortIfBlocked closes the copies' connection at once if the broker
+// blocks it. Once handlers are cancelled, no copy waiting on it will be
+// confirmed in time, and a write stuck on it (a copy larger than the
+// socket's buffers) would hold its handler until the drain's end.
+func (c *copier) abortIfBlocked() {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil && c.w.isBlocked(conn) {
+		forceClose(conn)
+	}
 }
 
 // ctxDeadline returns ctx's deadline, or d from now if it has none.

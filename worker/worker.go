@@ -221,7 +221,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	clock.Add(1)
 	go func() {
 		defer clock.Done()
-		w.shutdownClock(ctx, runDone, cancelHandlers, cancelDrain, func() {
+		cancel := func() {
+			cancelHandlers()
+			copies.abortIfBlocked()
+		}
+		w.shutdownClock(ctx, runDone, cancel, cancelDrain, func() {
 			// Whatever still waits on the broker (a call on a stalled
 			// link, a topology declaration) ends now.
 			if c := w.conn.Load(); c != nil {
@@ -331,7 +335,7 @@ func (w *Worker) supervise(ctx, dctx context.Context, copies *copier, jobs chan<
 		// The copies' connection opens with the first consuming one, so
 		// that the first copy does not wait for a dial; it stays open
 		// across reconnections of the consuming one.
-		if _, err := copies.publisher(ctx); err != nil && ctx.Err() == nil {
+		if _, _, err := copies.publisher(ctx); err != nil && ctx.Err() == nil {
 			w.log.Warn("cannot open the copies' connection; trying again at the first copy", zap.Error(err))
 		}
 		var watchers sync.WaitGroup
