@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,14 +27,19 @@ func TestMemoryAlarmBlocksOnlyCopies(t *testing.T) {
 		succeeding = 100
 		shutdown   = 5 * time.Second
 	)
-	gate := make(chan struct{})
+	// Each batch of handlers runs only once the alarm is on.
+	first, late := make(chan struct{}), make(chan struct{})
 	rec := newRecorder(func(ctx context.Context, m *worker.Message, _ int) error {
+		gate := first
+		if strings.HasPrefix(string(m.Body), "late") {
+			gate = late
+		}
 		select {
-		case <-gate: // the first handlers run only once the alarm is on
+		case <-gate:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if strings.HasPrefix(string(m.Body), "fail") {
+		if !strings.HasPrefix(string(m.Body), "ok") {
 			return errors.New("transient")
 		}
 		return nil
@@ -52,19 +58,25 @@ func TestMemoryAlarmBlocksOnlyCopies(t *testing.T) {
 	bodies := append(brokertest.Bodies("fail", failing), brokertest.Bodies("ok", succeeding)...)
 	brokertest.PublishOn(t, ch, "", q, bodies...)
 
-	node.Ctl(t, "set_vm_memory_high_watermark", "0.000001")
-	alarmOn := true
-	clearAlarm := func() {
-		if alarmOn {
-			node.Ctl(t, "set_vm_memory_high_watermark", "0.4")
-			alarmOn = false
+	alarmOn := false
+	alarm := func(on bool) {
+		if on == alarmOn {
+			return
 		}
+		watermark := "0.4"
+		if on {
+			watermark = "0.000001"
+		}
+		node.Ctl(t, "set_vm_memory_high_watermark", watermark)
+		brokertest.WaitFor(t, 30*time.Second, fmt.Sprintf("the memory alarm on: %v", on), func() bool {
+			return strings.Contains(node.Ctl(t, "eval", "rabbit_alarm:get_alarms()."), "memory") == on
+		})
+		alarmOn = on
 	}
-	t.Cleanup(clearAlarm)
-	brokertest.WaitFor(t, 30*time.Second, "the memory alarm raised", func() bool {
-		return strings.Contains(node.Ctl(t, "eval", "rabbit_alarm:get_alarms()."), "memory")
-	})
-	close(gate)
+	t.Cleanup(func() { alarm(false) })
+	blockedLogs := func(msg string) int { return h.logs.FilterMessage(msg).Len() }
+	alarm(true)
+	close(first)
 
 	// (a) The messages that succeed are acked on the consuming connection
 	// while the copies wait: the queue empties but for the failing ones.
@@ -86,16 +98,35 @@ func TestMemoryAlarmBlocksOnlyCopies(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
-	// (b) The blocked copies' connection is shown.
+	// (b) The blocked copies' connection is shown, and shown no more once
+	// the alarm clears; the copies then go out.
 	brokertest.WaitFor(t, 10*time.Second, "warren_blocked = 1", func() bool {
 		return h.metric(t, "warren_blocked") == 1
 	})
-	if err := h.w.Ready(); err == nil || !strings.Contains(err.Error(), "broker blocked publishing") {
-		t.Errorf("Ready() = %v during the alarm, want the reason: broker blocked publishing", err)
+	if err := h.w.Ready(); err == nil || !strings.Contains(err.Error(), "broker blocked publishing: low on memory") {
+		t.Errorf("Ready() = %v during the alarm, want the reason: broker blocked publishing: low on memory", err)
+	}
+	if n := blockedLogs("broker blocked a connection of warren's"); n != 1 {
+		t.Errorf("logged the block %d times, want once", n)
 	}
 	t.Logf("connections during the alarm:\n%s", node.Ctl(t, "list_connections", "name", "state"))
+	alarm(false)
+	brokertest.WaitFor(t, 20*time.Second, "unblocked, ready, the failed messages in the retry queue", func() bool {
+		return h.metric(t, "warren_blocked") == 0 && h.w.Ready() == nil &&
+			node.Messages(t)[topo.RetryQueue(time.Hour)] == failing && node.Messages(t)[q] == 0
+	})
+	if n := blockedLogs("broker unblocked a connection of warren's"); n != 1 {
+		t.Errorf("logged the unblock %d times, want once", n)
+	}
 
-	// (c) The drain ends in time though the copies' connection is blocked.
+	// (c) The drain ends in time though the copies' connection is blocked
+	// again, with a copy waiting on it.
+	brokertest.PublishOn(t, ch, "", q, "late-fail")
+	alarm(true)
+	close(late)
+	brokertest.WaitFor(t, 20*time.Second, "warren_blocked = 1 again", func() bool {
+		return h.metric(t, "warren_blocked") == 1 && h.metric(t, "warren_inflight_messages") == 1
+	})
 	begin := time.Now()
 	if err := h.stop(t); err != nil {
 		t.Fatalf("Run = %v, want nil", err)
@@ -105,7 +136,7 @@ func TestMemoryAlarmBlocksOnlyCopies(t *testing.T) {
 	if d > shutdown+5*time.Second {
 		t.Errorf("Run returned %s after cancel, want within the shutdown timeout %s plus 5s", d.Round(time.Millisecond), shutdown)
 	}
-	clearAlarm()
+	alarm(false)
 
 	// Nothing lost: every message was handled, or is in a queue of warren's.
 	seen := make(map[string]bool)
@@ -119,7 +150,7 @@ func TestMemoryAlarmBlocksOnlyCopies(t *testing.T) {
 			seen[string(d.Body)] = true
 		}
 	}
-	for _, b := range bodies {
+	for _, b := range append(bodies, "late-fail") {
 		if !seen[b] {
 			t.Errorf("message %q lost: not handled and in none of warren's queues", b)
 		}
