@@ -74,7 +74,8 @@ type Config struct {
 	Concurrency int
 	// HandlerTimeout bounds one call of the handler.
 	HandlerTimeout time.Duration
-	// ShutdownTimeout bounds the drain once Run's context is done.
+	// ShutdownTimeout bounds the drain once Run's context is done: then
+	// handlers are cancelled. Run returns within DrainBound of it.
 	ShutdownTimeout time.Duration
 	// MaxAttempts is how many attempts a message has before it is
 	// dead-lettered; 0 means DefaultMaxAttempts.
