@@ -202,3 +202,33 @@ func TestDrainIsBoundedWhenAHandlerNeverReturns(t *testing.T) {
 		t.Errorf("acked %v messages, want 0: the stuck one never finished", got)
 	}
 }
+
+// TestDrainIsBoundedOnAStalledLink stops the worker while its link to the
+// broker carries nothing, before the heartbeat notices: cancelling the
+// consumer gets no answer, and the drain must not wait for one.
+func TestDrainIsBoundedOnAStalledLink(t *testing.T) {
+	q := brokertest.Queue(t)
+	proxy := brokertest.NewProxy(t)
+	const shutdown = time.Second
+	h := start(t, worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}, Heartbeat: 10 * time.Second},
+		Topology: topology(q), Handler: worker.Noop(), ShutdownTimeout: shutdown,
+	})
+	h.waitReady(t)
+	proxy.Stall(true)
+	t.Cleanup(func() { proxy.Stall(false) })
+
+	bound := worker.DrainBound(shutdown)
+	begin := time.Now()
+	h.cancel()
+	select {
+	case err := <-h.done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+		close(h.done)
+	case <-time.After(bound + 2*time.Second):
+		t.Fatalf("Run still running %s after cancel on a stalled link, want it back within DrainBound(%s) = %s", time.Since(begin).Round(time.Millisecond), shutdown, bound)
+	}
+	t.Logf("Run returned %s after cancel; DrainBound(%s) = %s", time.Since(begin).Round(time.Millisecond), shutdown, bound)
+}
