@@ -157,8 +157,8 @@ func (d *Dialer) dialOne(ctx context.Context, rawURL string, tlsConfig *tls.Conf
 		hb = DefaultHeartbeat
 	}
 	props := amqp.NewConnectionProperties()
-	if d.Name != "" {
-		props.SetClientConnectionName(d.Name)
+	if name := d.Name + nameSuffix(ctx); d.Name != "" {
+		props.SetClientConnectionName(name)
 	}
 	// amqp091-go's handshakes take no context: closing the connection
 	// when ctx ends is what stops them (a SIGTERM while a node accepts

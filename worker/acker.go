@@ -37,10 +37,17 @@ type slot struct {
 // acker settles the deliveries of one channel. Acks are coalesced; nacks go
 // out at once, one per message. Its window holds every tag from the lowest
 // unsettled one to the newest, so at most the prefetch count.
+//
+// What to send is decided under mu, and written under wmu alone, in the
+// order decided: a socket that backs up holds only the goroutines that
+// settle, never received, and so never the delivery loop.
 type acker struct {
 	ch    amqp.Acknowledger // the channel that delivered the tags
 	m     *metrics
 	batch int
+
+	wmu   sync.Mutex // held while frames are written
+	spare []ackFrame // the writer's other buffer; guarded by wmu
 
 	mu     sync.Mutex
 	base   uint64 // every tag up to base is settled
@@ -49,7 +56,17 @@ type acker struct {
 	window []slot // buf[head:]: window[i] is tag base+1+i
 	owed   int    // slots in state toAck
 	timer  *time.Timer
-	dead   bool // the channel failed an ack: what is owed is stale
+	dead   bool       // the channel failed a write: what is owed is stale
+	out    []ackFrame // decided and not yet written, in order
+}
+
+// ackFrame is one ack or nack decided and waiting to be written, with the
+// outcomes it settles, counted once it is written.
+type ackFrame struct {
+	tag      uint64
+	multiple bool
+	nack     bool
+	outcomes [numOutcomes]int
 }
 
 func newAcker(ch amqp.Acknowledger, m *metrics, prefetch int) *acker {
@@ -70,7 +87,15 @@ func (a *acker) received(tag uint64) {
 // ack records that tag is finished with outcome o and owes an ack.
 func (a *acker) ack(tag uint64, o Outcome) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.decideAck(tag, o)
+	pending := len(a.out) > 0
+	a.mu.Unlock()
+	if pending {
+		a.write()
+	}
+}
+
+func (a *acker) decideAck(tag uint64, o Outcome) {
 	sl := a.slot(tag)
 	if sl == nil || sl.state != running {
 		return
@@ -94,26 +119,75 @@ func (a *acker) ack(tag uint64, o Outcome) {
 // nack hands tag back to the queue at once.
 func (a *acker) nack(tag uint64) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.decideNack(tag)
+	pending := len(a.out) > 0
+	a.mu.Unlock()
+	if pending {
+		a.write()
+	}
+}
+
+func (a *acker) decideNack(tag uint64) {
 	sl := a.slot(tag)
 	if sl == nil || sl.state != running {
 		return
 	}
 	sl.state = settled
-	if err := a.ch.Nack(tag, false, true); err != nil {
+	if a.dead {
 		a.m.stale.Inc()
 	} else {
-		a.m.messages[Requeue].Inc()
+		f := ackFrame{tag: tag, nack: true}
+		f.outcomes[Requeue] = 1
+		a.out = append(a.out, f)
 	}
 	a.trim()
 }
 
-// flushOwed sends every ack owed; the timer calls it, and the session before
-// it closes the channel.
+// flushOwed sends every ack owed, and returns once every frame decided
+// before it is written; the timer calls it, and the session before it
+// closes the channel.
 func (a *acker) flushOwed() {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.flush(true)
+	a.mu.Unlock()
+	a.write()
+}
+
+// write writes the frames decided so far, in order. One goroutine writes
+// at a time; the others wait here for their frames to be on the wire.
+func (a *acker) write() {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	for {
+		a.mu.Lock()
+		out := a.out
+		a.out, a.spare = a.spare[:0], nil
+		a.mu.Unlock()
+		if len(out) == 0 {
+			a.spare = out
+			return
+		}
+		for i, f := range out {
+			var err error
+			if f.nack {
+				err = a.ch.Nack(f.tag, f.multiple, true)
+			} else {
+				err = a.ch.Ack(f.tag, f.multiple)
+			}
+			if err != nil {
+				a.mu.Lock()
+				a.fail(out[i:])
+				a.mu.Unlock()
+				break
+			}
+			for o, n := range f.outcomes {
+				if n > 0 {
+					a.m.messages[o].Add(float64(n))
+				}
+			}
+		}
+		a.spare = out[:0]
+	}
 }
 
 // stop drops the timer; what is still owed is left to the broker, which
@@ -128,12 +202,13 @@ func (a *acker) stop() {
 	a.dead = true
 }
 
-// flush acks, with one multiple ack, every owed tag below the first running
-// one. With all (the timer fired: a slow message holds the lowest tag), it
-// acks the rest one by one: a finished message never waits behind a slow
-// one for longer than ackDelay. A full batch alone does not do that: under
-// load a handler goroutine that waits to be scheduled holds the lowest tag
-// for a moment, and acking one by one then costs a write per message.
+// flush decides, with one multiple ack, every owed tag below the first
+// running one. With all (the timer fired: a slow message holds the lowest
+// tag), it acks the rest one by one: a finished message never waits behind
+// a slow one for longer than ackDelay. A full batch alone does not do
+// that: under load a handler goroutine that waits to be scheduled holds
+// the lowest tag for a moment, and acking one by one then costs a write
+// per message. The caller holds mu, and writes what was decided.
 func (a *acker) flush(all bool) {
 	if a.timer != nil {
 		a.timer.Stop()
@@ -153,13 +228,11 @@ func (a *acker) flush(all bool) {
 		}
 	}
 	if last >= 0 {
-		if err := a.ch.Ack(a.base+uint64(last)+1, true); err != nil {
-			a.fail()
-			return
-		}
+		f := ackFrame{tag: a.base + uint64(last) + 1, multiple: true}
 		for i := range a.window[:last+1] {
-			a.done(&a.window[i])
+			a.done(&a.window[i], &f)
 		}
+		a.out = append(a.out, f)
 		a.trim()
 	}
 	if a.owed > 0 && all {
@@ -167,11 +240,9 @@ func (a *acker) flush(all bool) {
 			if a.window[i].state != toAck {
 				continue
 			}
-			if err := a.ch.Ack(a.base+uint64(i)+1, false); err != nil {
-				a.fail()
-				return
-			}
-			a.done(&a.window[i])
+			f := ackFrame{tag: a.base + uint64(i) + 1}
+			a.done(&a.window[i], &f)
+			a.out = append(a.out, f)
 		}
 		a.trim()
 	}
@@ -180,20 +251,32 @@ func (a *acker) flush(all bool) {
 	}
 }
 
-// done counts an owed slot as acked.
-func (a *acker) done(sl *slot) {
+// done moves an owed slot into f, the frame that acks it.
+func (a *acker) done(sl *slot, f *ackFrame) {
 	if sl.state != toAck {
 		return
 	}
 	sl.state = settled
 	a.owed--
-	a.m.messages[sl.outcome].Inc()
+	f.outcomes[sl.outcome]++
 }
 
-// fail marks what is owed as stale: the channel is gone, and with it the
-// delivery tags; the broker has requeued those messages.
-func (a *acker) fail() {
+// fail counts the frames that could not be written, and what is still
+// owed, as stale: the channel is gone, and with it the delivery tags; the
+// broker has requeued those messages. The caller holds mu.
+func (a *acker) fail(unwritten []ackFrame) {
 	a.dead = true
+	for _, f := range unwritten {
+		for _, n := range f.outcomes {
+			a.m.stale.Add(float64(n))
+		}
+	}
+	for _, f := range a.out {
+		for _, n := range f.outcomes {
+			a.m.stale.Add(float64(n))
+		}
+	}
+	a.out = a.out[:0]
 	for i := range a.window {
 		if a.window[i].state == toAck {
 			a.window[i].state = settled

@@ -233,3 +233,64 @@ func TestAckerWindowStaysWithinItsBuffer(t *testing.T) {
 		t.Errorf("window holds %d slots, want at most the in-flight ones and a batch", n)
 	}
 }
+
+// stuckAcks is a channel whose socket is backed up: an Ack or Nack write
+// blocks until the test lets it through.
+type stuckAcks struct {
+	frames
+	writing chan struct{} // receives once a write is stuck
+	release chan struct{} // closed to let every write through
+}
+
+func (s *stuckAcks) Ack(tag uint64, multiple bool) error {
+	s.writing <- struct{}{}
+	<-s.release
+	return s.frames.Ack(tag, multiple)
+}
+
+func (s *stuckAcks) Nack(tag uint64, multiple, requeue bool) error {
+	s.writing <- struct{}{}
+	<-s.release
+	return s.frames.Nack(tag, multiple, requeue)
+}
+
+func TestAckerReceivesWhileAWriteIsStuck(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &stuckAcks{writing: make(chan struct{}, 16), release: make(chan struct{})}
+	a := newAcker(s, m, 4) // a batch of 1: every ack is written at once
+	t.Cleanup(a.stop)
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(s.release) }) }
+	t.Cleanup(release) // runs first: nothing stays stuck after the test
+	a.received(1)
+	a.received(2)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() { defer wg.Done(); a.ack(1, Ack) }()
+	// The ack of 1 is on its way and stuck; the ack of 2 is decided now
+	// and written after it.
+	<-s.writing
+	go func() { defer wg.Done(); a.ack(2, Ack) }()
+
+	done := make(chan struct{})
+	go func() { a.received(3); close(done) }() // the delivery loop
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		release()
+		<-done
+		t.Fatal("received(3) blocked for 2s while an Ack write was stuck")
+	}
+	release()
+	wg.Wait()
+	if got, want := s.String(), "ack 1+, ack 2+"; got != want {
+		t.Errorf("sent %q, want %q: in tag order", got, want)
+	}
+	if got := testutil.ToFloat64(m.messages[Ack]); got != 2 {
+		t.Errorf("messages{outcome=ack} = %v, want 2", got)
+	}
+}

@@ -17,6 +17,7 @@ type metrics struct {
 	connected   prometheus.Gauge
 	reconnects  prometheus.Counter
 	consuming   prometheus.Gauge
+	blocked     prometheus.Gauge
 	brokerInfo  *prometheus.GaugeVec
 	// copyFailures counts copies the broker did not take, by reason.
 	copyFailures *prometheus.CounterVec
@@ -63,6 +64,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_consuming",
 			Help: "1 while warren consumes its queue (ready), else 0.",
 		}),
+		blocked: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warren_blocked",
+			Help: "1 while the broker blocks any of warren's connections (a memory or disk alarm: publishing stops), else 0.",
+		}),
 		brokerInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "warren_broker_info",
 			Help: "1 for the broker node (host:port) warren is connected to, 0 for the one it last lost; other nodes have no series.",
@@ -76,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming, m.brokerInfo, m.copyFailures} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming, m.blocked, m.brokerInfo, m.copyFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

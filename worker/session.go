@@ -19,11 +19,13 @@ import (
 // on another channel, and once a channel is gone the broker has requeued
 // its unacked messages already.
 type session struct {
-	w      *Worker
+	w *Worker
+	// conn is ch's connection: closed by force when a call on the way out
+	// hangs, and where the topology is declared again on a channel of its own.
+	conn   *amqp.Connection
 	ch     *amqp.Channel
-	copies *copier // publishes retry and dead copies on the same connection
+	copies *copier // publishes retry and dead copies, on a connection of its own
 	acks   *acker
-	conn   *amqp.Connection // ch's, to declare the topology again on a channel of its own
 
 	stopping <-chan struct{} // closed when the drain begins
 	ended    chan struct{}   // closed when the session is over
@@ -40,22 +42,20 @@ type job struct {
 }
 
 // serveChannel opens a channel on conn, declares the topology and consumes
-// until the channel closes or ctx is done, in which case it drains. A
-// consumer cancelled by the broker (its queue was deleted) is declared and
-// consumed again on the same channel.
-func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job) error {
+// until the channel closes or ctx is done, in which case it drains until
+// dctx ends at the latest. A consumer cancelled by the broker (its queue
+// was deleted) is declared and consumed again on the same channel.
+func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
-	s := &session{w: w, ch: ch, copies: copies, conn: conn, stopping: ctx.Done(), ended: make(chan struct{})}
+	s := &session{w: w, conn: conn, ch: ch, copies: copies, stopping: ctx.Done(), ended: make(chan struct{})}
 	s.acks = newAcker(ch, w.metrics, w.cfg.Prefetch)
 	defer func() {
 		close(s.ended)
 		s.acks.stop()
-		if err := ch.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
-			w.log.Debug("close channel", zap.Error(err))
-		}
+		s.call("close channel", func() error { return ch.Close() })
 	}()
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cancels := ch.NotifyCancel(make(chan string, 1))
@@ -88,7 +88,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 		for {
 			select {
 			case <-ctx.Done():
-				return s.drain(hctx, tag, deliveries, closed)
+				return s.drain(dctx, tag, deliveries, closed)
 			case e := <-closed:
 				return closeError(e)
 			case <-ticker.C:
@@ -98,7 +98,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 					// Closed by a cancel from the broker, or with the channel.
 					select {
 					case <-ctx.Done():
-						return s.drain(hctx, tag, nil, closed)
+						return s.drain(dctx, "", nil, closed)
 					case e := <-closed:
 						return closeError(e)
 					case t := <-cancels:
@@ -106,7 +106,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 						w.log.Info("consumer cancelled by the broker; declaring and consuming again once its deliveries are settled",
 							zap.String("consumer", t), zap.Int("inflight", s.pending()))
 						w.metrics.reconnects.Inc()
-						if stop, err := s.settleCancelled(ctx, hctx, tag, closed, ticker.C); stop {
+						if stop, err := s.settleCancelled(ctx, dctx, closed, ticker.C); stop {
 							return err
 						}
 						break consume
@@ -115,7 +115,7 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 				s.acks.received(d.DeliveryTag)
 				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
 					if errors.Is(err, errDraining) {
-						return s.drain(hctx, tag, deliveries, closed)
+						return s.drain(dctx, tag, deliveries, closed)
 					}
 					return err
 				}
@@ -128,15 +128,16 @@ func (w *Worker) serveChannel(ctx, hctx context.Context, conn *amqp.Connection, 
 // cancelled is settled and its ack sent. The prefetch limits each consumer
 // on its own: a new one beside the old one's unsettled deliveries would
 // hold up to twice the prefetch. It reports whether serveChannel must
-// return, with what, because the channel closed or the drain began.
-func (s *session) settleCancelled(ctx, hctx context.Context, tag string, closed <-chan *amqp.Error, tick <-chan time.Time) (bool, error) {
+// return, with what, because the channel closed or the drain began (the
+// broker cancelled the consumer already: the drain has none to cancel).
+func (s *session) settleCancelled(ctx, dctx context.Context, closed <-chan *amqp.Error, tick <-chan time.Time) (bool, error) {
 	for {
 		select {
 		case <-s.idleChan():
 			s.acks.flushOwed()
 			return false, nil
 		case <-ctx.Done():
-			return true, s.drain(hctx, tag, nil, closed)
+			return true, s.drain(dctx, "", nil, closed)
 		case e := <-closed:
 			return true, closeError(e)
 		case <-tick:
@@ -167,16 +168,19 @@ func (s *session) forward(ctx context.Context, jobs chan<- job, d amqp.Delivery,
 	}
 }
 
-// drain stops the consumer, hands back deliveries that no handler started,
-// and waits until running handlers are settled or hctx ends at the
-// shutdown timeout. The caller closes the channel, which hands back the
-// rest.
-func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp.Delivery, closed <-chan *amqp.Error) error {
+// drain stops the consumer (tag; none if empty), hands back deliveries
+// that no handler started, and waits until running handlers are settled
+// or dctx ends, a while after the shutdown timeout cancelled them. Either
+// way it flushes the acks owed. The caller closes the channel, which
+// hands back the rest. A call to the broker that hangs (a blocked or
+// stalled connection) closes the connection: the broker requeues what it
+// held.
+func (s *session) drain(dctx context.Context, tag string, deliveries <-chan amqp.Delivery, closed <-chan *amqp.Error) error {
 	w := s.w
 	w.setNotReady("draining")
 	w.log.Info("draining", zap.Int("inflight", s.pending()))
-	if err := s.ch.Cancel(tag, false); err != nil {
-		w.log.Debug("cancel consumer", zap.Error(err))
+	if tag != "" {
+		s.call("cancel consumer", func() error { return s.ch.Cancel(tag, false) })
 	}
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
@@ -192,8 +196,8 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 			s.settle(&d, Requeue)
 		case <-closed:
 			return nil
-		case <-hctx.Done():
-			return nil
+		case <-dctx.Done():
+			return s.giveUp()
 		case <-ticker.C:
 			w.touch()
 		}
@@ -201,18 +205,37 @@ func (s *session) drain(hctx context.Context, tag string, deliveries <-chan amqp
 	for {
 		select {
 		case <-s.idleChan():
-			s.acks.flushOwed()
+			s.call("flush acks", func() error { s.acks.flushOwed(); return nil })
 			w.log.Info("drained")
 			return nil
 		case <-closed:
 			return nil
-		case <-hctx.Done():
-			s.acks.flushOwed()
-			w.log.Warn("shutdown timeout: handing back unfinished messages", zap.Int("inflight", s.pending()))
-			return nil
+		case <-dctx.Done():
+			return s.giveUp()
 		case <-ticker.C:
 			w.touch()
 		}
+	}
+}
+
+// giveUp ends a drain whose handlers did not all return in time: what
+// they finished is acked, the rest goes back with the channel.
+func (s *session) giveUp() error {
+	s.call("flush acks", func() error { s.acks.flushOwed(); return nil })
+	s.w.log.Warn("shutdown timeout: handing back unfinished messages", zap.Int("inflight", s.pending()))
+	return nil
+}
+
+// call makes a broker call on the way out, bounded by closeTimeout; past
+// it, the connection is closed by force.
+func (s *session) call(what string, fn func() error) {
+	var err error
+	if !bounded(s.conn, time.Now().Add(closeTimeout), func() { err = fn() }) {
+		s.w.log.Warn(what+": no answer from the broker; connection closed", zap.Duration("after", closeTimeout))
+		return
+	}
+	if err != nil && !errors.Is(err, amqp.ErrClosed) {
+		s.w.log.Debug(what, zap.Error(err))
 	}
 }
 

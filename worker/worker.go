@@ -75,7 +75,8 @@ type Config struct {
 	Concurrency int
 	// HandlerTimeout bounds one call of the handler.
 	HandlerTimeout time.Duration
-	// ShutdownTimeout bounds the drain once Run's context is done.
+	// ShutdownTimeout bounds the drain once Run's context is done: then
+	// handlers are cancelled. Run returns within DrainBound of it.
 	ShutdownTimeout time.Duration
 	// MaxAttempts is how many attempts a message has before it is
 	// dead-lettered; 0 means DefaultMaxAttempts.
@@ -99,6 +100,10 @@ type Worker struct {
 	lastTick atomic.Int64           // unix nanoseconds of the last loop tick
 	dialing  atomic.Bool            // a dial is under way: bounded by its own timeouts, it does not tick
 	slots    []atomic.Int64         // per handler goroutine: unix nanoseconds its handler started, 0 when idle
+
+	conn          atomic.Pointer[amqp.Connection] // the consuming connection, while open
+	blocked       blockedSet
+	blockedReason atomic.Pointer[string] // why the broker blocks a connection of warren's; nil when none is
 
 	reported string // last failure logged at error level, to log a repeat only at debug
 
@@ -162,10 +167,18 @@ func New(cfg Config) (*Worker, error) {
 }
 
 // Ready returns nil while the worker consumes its queue, else an error
-// saying why not (connecting, declaring, draining, copies refused).
+// saying why not (connecting, declaring, draining, copies refused), or
+// that the broker blocks publishing. A blocked worker still consumes and
+// acks, but its retry and dead copies wait, and so do the messages they
+// copy: not ready says so where operators look. It does not restart the
+// worker; in Kubernetes it only takes the pod out of its Service's
+// endpoints.
 func (w *Worker) Ready() error {
 	if r := w.notReady.Load(); r != nil {
 		return errors.New(*r)
+	}
+	if r := w.blockedReason.Load(); r != nil {
+		return fmt.Errorf("broker blocked publishing: %s", *r)
 	}
 	if r := w.copyFail.trouble.Load(); r != nil {
 		return errors.New(*r)
@@ -207,48 +220,110 @@ func (w *Worker) touch() { w.lastTick.Store(time.Now().UnixNano()) }
 // hands back what it prefetched, lets running handlers finish and settles
 // them, all within the shutdown timeout, and returns nil. A broker that is
 // unreachable or refuses the topology is not fatal: Run keeps trying with
-// backoff and reports not ready meanwhile.
+// backoff and reports not ready meanwhile. Once ctx is done, Run returns
+// within DrainBound of the shutdown timeout, whatever the broker and the
+// handlers do.
 func (w *Worker) Run(ctx context.Context) error {
 	// Handlers outlive ctx: they are cancelled only when the shutdown
-	// timeout has passed since ctx ended.
+	// timeout has passed since ctx ended. The drain waits for them
+	// handlerGrace longer (dctx), and then everything is closed.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	var (
-		mu       sync.Mutex
-		deadline *time.Timer
-	)
-	stopWatch := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		deadline = time.AfterFunc(w.cfg.ShutdownTimeout, cancelHandlers)
-		mu.Unlock()
-	})
-	defer func() {
-		stopWatch()
-		mu.Lock()
-		if deadline != nil {
-			deadline.Stop()
+	dctx, cancelDrain := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelDrain()
+	copies := newCopier(w)
+	hardStop := make(chan struct{}) // closed when every connection was closed by force
+	runDone := make(chan struct{})
+	var clock sync.WaitGroup
+	clock.Add(1)
+	go func() {
+		defer clock.Done()
+		cancel := func() {
+			cancelHandlers()
+			copies.abortIfBlocked()
 		}
-		mu.Unlock()
+		w.shutdownClock(ctx, runDone, cancel, cancelDrain, func() {
+			// Whatever still waits on the broker (a call on a stalled
+			// link, a topology declaration) ends now.
+			if c := w.conn.Load(); c != nil {
+				forceClose(c)
+			}
+			copies.close(time.Now())
+			close(hardStop)
+		})
+	}()
+	defer func() {
+		close(runDone)
+		clock.Wait()
 	}()
 
 	jobs := make(chan job)
-	var wg sync.WaitGroup
+	var (
+		wg      sync.WaitGroup
+		running atomic.Int32
+		idle    = make(chan struct{})
+	)
+	running.Store(int32(len(w.slots)))
 	for i := range w.slots {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() {
+				if running.Add(-1) == 0 {
+					close(idle)
+				}
+			}()
 			w.dispatch(hctx, jobs, &w.slots[i])
 		}()
 	}
-	w.supervise(ctx, hctx, jobs)
+	w.supervise(ctx, dctx, copies, jobs)
 	close(jobs)
-	wg.Wait()
+	select {
+	case <-idle:
+		wg.Wait()
+	case <-hardStop:
+		// A handler that ignores its context: its message went back to
+		// the queue with the connection, closed by now. Its goroutine
+		// ends when the handler returns, and settles nothing.
+		w.log.Warn("handlers still running at the drain's bound; leaving them", zap.Int32("handlers", running.Load()))
+	}
+	copies.close(time.Now().Add(closeTimeout))
 	w.log.Info("stopped")
 	return nil
 }
 
-// supervise keeps a connection open until ctx is done.
-func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
+// shutdownClock waits for ctx to end, then keeps the drain's time:
+// handlers are cancelled at the shutdown timeout, the drain stops waiting
+// for them handlerGrace later, and closeTimeout after that every
+// connection is closed by force. It returns early when Run is done.
+func (w *Worker) shutdownClock(ctx context.Context, runDone <-chan struct{}, cancelHandlers, cancelDrain, forceClose func()) {
+	select {
+	case <-ctx.Done():
+	case <-runDone:
+		return
+	}
+	for _, step := range []struct {
+		after time.Duration
+		do    func()
+	}{
+		{w.cfg.ShutdownTimeout, cancelHandlers},
+		{handlerGrace, cancelDrain},
+		{closeTimeout, forceClose},
+	} {
+		t := time.NewTimer(step.after)
+		select {
+		case <-t.C:
+			step.do()
+		case <-runDone:
+			t.Stop()
+			return
+		}
+	}
+}
+
+// supervise keeps a connection open until ctx is done; dctx ends when the
+// drain must stop waiting for handlers.
+func (w *Worker) supervise(ctx, dctx context.Context, copies *copier, jobs chan<- job) {
 	bo := backoff{min: minBackoff, max: maxBackoff}
 	for {
 		w.touch()
@@ -274,12 +349,21 @@ func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
 		w.metrics.connected.Set(1)
 		w.metrics.setNode(addr, true)
 		w.log.Info("connected", zap.String("node", node), zap.String("broker_node", addr))
-		err = w.serveConnection(ctx, hctx, conn, jobs, &bo)
+		// The copies' connection opens with the first consuming one, so
+		// that the first copy does not wait for a dial; it stays open
+		// across reconnections of the consuming one.
+		if _, _, err := copies.publisher(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("cannot open the copies' connection; trying again at the first copy", zap.Error(err))
+		}
+		var watchers sync.WaitGroup
+		w.watchBlocked(conn, "consume", &watchers)
+		w.conn.Store(conn)
+		err = w.serveConnection(ctx, dctx, conn, copies, jobs, &bo)
 		w.metrics.connected.Set(0)
 		w.metrics.setNode(addr, false)
-		if cerr := conn.Close(); cerr != nil && !errors.Is(cerr, amqp.ErrClosed) {
-			w.log.Debug("close connection", zap.Error(cerr))
-		}
+		w.closeConn(conn, time.Now().Add(closeTimeout))
+		w.conn.Store(nil)
+		watchers.Wait()
 		if ctx.Err() != nil {
 			return
 		}
@@ -294,13 +378,11 @@ func (w *Worker) supervise(ctx, hctx context.Context, jobs chan<- job) {
 
 // serveConnection consumes on channels of conn, opening a new channel after
 // a channel error, until conn closes or ctx is done.
-func (w *Worker) serveConnection(ctx, hctx context.Context, conn *amqp.Connection, jobs chan<- job, bo *backoff) error {
+func (w *Worker) serveConnection(ctx, dctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job, bo *backoff) error {
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
-	copies := &copier{conn: conn}
-	defer copies.close()
 	for {
 		start := time.Now()
-		err := w.serveChannel(ctx, hctx, conn, copies, jobs)
+		err := w.serveChannel(ctx, dctx, conn, copies, jobs)
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -647,7 +647,7 @@ func TestPassiveDeclareWaitsForQueue(t *testing.T) {
 	q := brokertest.Queue(t)
 	rec := newRecorder(nil)
 	h := start(t, worker.Config{Topology: broker.Topology{Queue: q, Declare: false}, Handler: rec})
-	for _, name := range []string{q + ".dead", q} {
+	for _, name := range []string{q, q + ".dead"} { // Q first: it is declared first
 		brokertest.WaitFor(t, 10*time.Second, "not ready while "+name+" is missing", func() bool {
 			err := h.w.Ready()
 			return err != nil && strings.Contains(err.Error(), "NOT_FOUND") && strings.Contains(err.Error(), name)

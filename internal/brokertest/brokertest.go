@@ -34,7 +34,14 @@ func URL() string {
 // broker answers. The connection is closed when the test ends.
 func Dial(t testing.TB) *amqp.Connection {
 	t.Helper()
-	conn, err := amqp.Dial(URL())
+	return DialTo(t, URL())
+}
+
+// DialTo connects to the broker at url (a node of the test's own, say);
+// the connection is closed when the test ends.
+func DialTo(t testing.TB, url string) *amqp.Connection {
+	t.Helper()
+	conn, err := amqp.Dial(url)
 	if err != nil {
 		t.Fatalf("dial test broker (start one with `make broker`, or set WARREN_TEST_AMQP_URL): %v", err)
 	}
@@ -103,7 +110,14 @@ func Publish(t testing.TB, queue string, bodies ...string) {
 // confirmed; it fails the test if the broker does not confirm them all.
 func PublishTo(t testing.TB, exchange, key string, bodies ...string) {
 	t.Helper()
-	ch := Channel(t)
+	PublishOn(t, Channel(t), exchange, key, bodies...)
+}
+
+// PublishOn publishes bodies on ch, a channel to any broker, to exchange
+// with key, persistent and confirmed; it fails the test if the broker
+// does not confirm them all.
+func PublishOn(t testing.TB, ch *amqp.Channel, exchange, key string, bodies ...string) {
+	t.Helper()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatalf("confirm mode: %v", err)
 	}

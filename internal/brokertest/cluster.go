@@ -170,20 +170,39 @@ func (c *Cluster) Leader(t testing.TB, queue string) *Node {
 // queue, by name, as a running node reports them; nil if it cannot say.
 func (c *Cluster) Messages(t testing.TB) map[string]int {
 	t.Helper()
-	out, err := c.running(t).ctl(30*time.Second, "list_queues", "name", "messages", "--formatter", "json", "-q")
+	m, err := c.running(t).messages()
 	if err != nil {
 		return nil
+	}
+	return m
+}
+
+// Messages returns the messages (ready and unacknowledged) of every queue
+// of the node, by name; it fails the test if the node cannot say.
+func (n *Node) Messages(t testing.TB) map[string]int {
+	t.Helper()
+	m, err := n.messages()
+	if err != nil {
+		t.Fatalf("list queues of node %s: %v", n.Name, err)
+	}
+	return m
+}
+
+func (n *Node) messages() (map[string]int, error) {
+	out, err := n.ctl(30*time.Second, "list_queues", "name", "messages", "--formatter", "json", "-q")
+	if err != nil {
+		return nil, err
 	}
 	var rows []struct {
 		Name     string `json:"name"`
 		Messages int    `json:"messages"`
 	}
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
-		return nil
+		return nil, fmt.Errorf("list_queues: %w: %s", err, out)
 	}
 	m := make(map[string]int, len(rows))
 	for _, r := range rows {
 		m[r.Name] = r.Messages
 	}
-	return m
+	return m, nil
 }
