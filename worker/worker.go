@@ -175,6 +175,9 @@ func New(cfg Config) (*Worker, error) {
 // endpoints.
 func (w *Worker) Ready() error {
 	if r := w.notReady.Load(); r != nil {
+		if step := w.dialStep(); step != "" {
+			return errors.New("connecting: " + step)
+		}
 		return errors.New(*r)
 	}
 	if r := w.blockedReason.Load(); r != nil {
@@ -184,6 +187,20 @@ func (w *Worker) Ready() error {
 		return errors.New(*r)
 	}
 	return nil
+}
+
+// stepper is a Dialer that says what a dial under way waits for
+// (broker.Dialer: "handshake with host:port").
+type stepper interface{ Step() string }
+
+// dialStep returns what the dial of the consuming connection waits for,
+// or "" when none is under way.
+func (w *Worker) dialStep() string {
+	s, ok := w.cfg.Dialer.(stepper)
+	if !ok || !w.dialing.Load() {
+		return ""
+	}
+	return s.Step()
 }
 
 // Alive returns nil while the worker's loops make progress and no handler

@@ -783,6 +783,12 @@ func TestSIGTERMEndsAHangingHandshake(t *testing.T) {
 	p := startWarren(t, []string{"WARREN_AMQP_URL=amqp://guest:guest@" + addr + "/", "WARREN_QUEUE=" + brokertest.Name(t)})
 	brokertest.WaitFor(t, 10*time.Second, "warren's connection accepted", func() bool { return len(accepted) > 0 })
 	p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
+	// /readyz says what warren waits for, not "starting".
+	want := "connecting: handshake with " + addr
+	brokertest.WaitFor(t, 10*time.Second, "/readyz saying "+want, func() bool {
+		_, body := p.status("/readyz")
+		return strings.Contains(body, want)
+	})
 	start := time.Now()
 	p.signal(t, syscall.SIGTERM)
 	if code := p.wait(t, 20*time.Second); code != 0 {
