@@ -43,8 +43,12 @@ var defaultTimeouts = timeouts{
 	read:       10 * time.Second,
 	write:      30 * time.Second,
 	idle:       60 * time.Second,
-	shutdown:   5 * time.Second,
+	shutdown:   ShutdownTimeout,
 }
+
+// ShutdownTimeout bounds how long Serve waits, once its context ends, for
+// requests under way: a part of how long warren takes to exit.
+const ShutdownTimeout = 5 * time.Second
 
 // maxHeaderBytes is far more than any probe or scraper sends; the default 1 MiB
 // would only help a misbehaving client.

@@ -129,10 +129,11 @@ warren.durationSeconds turns a duration of hours, minutes and seconds
 
 {{/*
 warren.drainBoundSeconds is how much longer than WARREN_SHUTDOWN_TIMEOUT
-warren may take to exit after SIGTERM: its drain is bounded at the shutdown
-timeout plus this, which covers an exec handler's 5s between SIGTERM and
-SIGKILL, the 5s it then waits for the command's output to close, and the
-bounded broker calls on the way out. The one place the chart states it.
+warren may take to exit after SIGTERM: worker.DrainBound (the 6s a
+cancelled handler has to return, an exec command's SIGTERM-to-SIGKILL among
+them, and the bounded broker calls on the way out: 9s) and then the health
+server's shutdown (5s), plus a second. The one place the chart states it;
+cmd/warren's TestChartGraceCoversTheExit checks it against the daemon.
 */}}
 {{- define "warren.drainBoundSeconds" -}}
 15
