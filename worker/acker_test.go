@@ -518,6 +518,47 @@ func (b *ackBroker) worstWait() (time.Duration, uint64) {
 	return worst, worstTag
 }
 
+func TestAckerKeepsTheAckDelayBehindASlowMessage(t *testing.T) {
+	// Four handlers finish a message every 50 µs between them; the
+	// handler of tag 1 takes 120 ms, and no multiple ack can be sent
+	// before it is done.
+	l := ackLoad{prefetch: 1000, workers: 4, pace: 50 * time.Microsecond, slow: 120 * time.Millisecond, length: 250 * time.Millisecond}
+	b := l.run(t)
+	// A loaded machine of two cores delays a timer, or a goroutine, by a
+	// few milliseconds; not by tens.
+	const tolerance = 20 * time.Millisecond
+	worst, tag := b.worstWait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	singles := 0
+	for _, f := range b.frames {
+		if !f.multiple {
+			singles++
+		}
+	}
+	t.Logf("%d messages, %d frames (%d single acks); the longest wait for an ack %v (tag %d)",
+		b.delivered, len(b.frames), singles, worst, tag)
+	if worst > ackDelay+tolerance {
+		t.Errorf("tag %d waited %v for its ack once finished, want at most %v (ackDelay) + %v",
+			tag, worst, ackDelay, tolerance)
+	}
+	// While tag 1 runs, the rest can only be acked one by one; once it is
+	// done, a frame acks a batch again, with at most a few stragglers to
+	// ack alone when the timer fires.
+	behind := 0 // messages finished while tag 1 ran
+	for tag := uint64(2); tag <= b.delivered; tag++ {
+		if b.finished[tag] < b.finished[1] {
+			behind++
+		}
+	}
+	batch := min(l.prefetch/4, maxAckBatch)
+	ticks := int(b.frames[len(b.frames)-1].at / ackDelay)
+	if want := behind + int(b.delivered)/batch + 4*ticks + 8; len(b.frames) > want {
+		t.Errorf("%d frames for %d messages, %d of them behind the slow one; want at most %d",
+			len(b.frames), b.delivered, behind, want)
+	}
+}
+
 func TestAckerFramesPer1000Messages(t *testing.T) {
 	// The usual case: fast handlers, none slow. A frame acks a batch;
 	// the timer, and the odd message finished out of order, add a few.
