@@ -29,11 +29,13 @@ const (
 	settled                 // acked or nacked on the channel
 )
 
-// slot is one delivery tag's entry in the acker's window.
+// slot is one delivery tag's entry in the acker's window. It is kept to
+// 16 bytes: behind a slow message the window holds one for every message
+// acked since.
 type slot struct {
-	state   tagState
-	outcome Outcome
 	owedAt  time.Duration // when it became owed, on the acker's clock
+	state   tagState
+	outcome uint8 // an Outcome
 }
 
 // acker settles the deliveries of one channel. Acks are coalesced; nacks go
@@ -118,7 +120,7 @@ func (a *acker) decideAck(tag uint64, o Outcome) {
 		a.trim()
 		return
 	}
-	sl.state, sl.outcome, sl.owedAt = toAck, o, a.now()
+	sl.state, sl.outcome, sl.owedAt = toAck, uint8(o), a.now()
 	if a.owed == 0 {
 		a.oldest = sl.owedAt
 	}
