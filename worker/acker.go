@@ -9,7 +9,8 @@ import (
 
 // Ack coalescing: finished messages are acked together with one
 // basic.ack(multiple=true) up to the highest delivery tag below which every
-// message is finished, flushed when a batch fills or after ackDelay.
+// message is finished, flushed when a batch fills, or once the oldest owed
+// ack has waited ackDelay.
 const (
 	// ackDelay is the longest a finished message waits for its ack.
 	ackDelay = 5 * time.Millisecond
@@ -28,15 +29,20 @@ const (
 	settled                 // acked or nacked on the channel
 )
 
-// slot is one delivery tag's entry in the acker's window.
+// slot is one delivery tag's entry in the acker's window. It is kept to
+// 16 bytes: behind a slow message the window holds one for every message
+// acked since.
 type slot struct {
+	owedAt  time.Duration // when it became owed, on the acker's clock
 	state   tagState
-	outcome Outcome
+	outcome uint8 // an Outcome
 }
 
 // acker settles the deliveries of one channel. Acks are coalesced; nacks go
 // out at once, one per message. Its window holds every tag from the lowest
-// unsettled one to the newest, so at most the prefetch count.
+// unsettled one to the newest: the prefetch count, and, while a slow
+// message holds the lowest tag, one settled slot for each message acked
+// alone since (those acks free the broker's window for more deliveries).
 //
 // What to send is decided under mu, and written under wmu alone, in the
 // order decided: a socket that backs up holds only the goroutines that
@@ -49,15 +55,23 @@ type acker struct {
 	wmu   sync.Mutex // held while frames are written
 	spare []ackFrame // the writer's other buffer; guarded by wmu
 
+	epoch time.Time // the acker's clock starts here
+
 	mu     sync.Mutex
 	base   uint64 // every tag up to base is settled
 	buf    []slot // buf[head:] is the window
 	head   int
-	window []slot // buf[head:]: window[i] is tag base+1+i
-	owed   int    // slots in state toAck
-	timer  *time.Timer
-	dead   bool       // the channel failed a write: what is owed is stale
-	out    []ackFrame // decided and not yet written, in order
+	window []slot        // buf[head:]: window[i] is tag base+1+i
+	owed   int           // slots in state toAck
+	oldest time.Duration // the earliest owedAt of an owed slot, if any
+	// The timer fires at due, the oldest owed ack's deadline; due is 0
+	// while nothing is owed. Only the first owed ack sets it and only a
+	// flush moves it: an ack owed later must not push back the deadline
+	// of one owed before it.
+	timer *time.Timer
+	due   time.Duration
+	dead  bool       // the channel failed a write: what is owed is stale
+	out   []ackFrame // decided and not yet written, in order
 }
 
 // ackFrame is one ack or nack decided and waiting to be written, with the
@@ -70,7 +84,7 @@ type ackFrame struct {
 }
 
 func newAcker(ch amqp.Acknowledger, m *metrics, prefetch int) *acker {
-	return &acker{ch: ch, m: m, batch: min(max(prefetch/4, 1), maxAckBatch)}
+	return &acker{ch: ch, m: m, batch: min(max(prefetch/4, 1), maxAckBatch), epoch: time.Now()}
 }
 
 // received enters a delivery tag, as it arrives, before any handler has it.
@@ -106,14 +120,15 @@ func (a *acker) decideAck(tag uint64, o Outcome) {
 		a.trim()
 		return
 	}
-	sl.state, sl.outcome = toAck, o
-	a.owed++
-	switch {
-	case a.owed >= a.batch:
-		a.flush(false)
-	case a.timer == nil:
-		a.timer = time.AfterFunc(ackDelay, a.flushOwed)
+	sl.state, sl.outcome, sl.owedAt = toAck, uint8(o), a.now()
+	if a.owed == 0 {
+		a.oldest = sl.owedAt
 	}
+	a.owed++
+	if a.owed >= a.batch {
+		a.flush(false)
+	}
+	a.schedule()
 }
 
 // nack hands tag back to the queue at once.
@@ -144,14 +159,63 @@ func (a *acker) decideNack(tag uint64) {
 }
 
 // flushOwed sends every ack owed, and returns once every frame decided
-// before it is written; the timer calls it, and the session before it
-// closes the channel.
+// before it is written; the session calls it before it closes the
+// channel.
 func (a *acker) flushOwed() {
 	a.mu.Lock()
 	a.flush(true)
+	a.schedule()
 	a.mu.Unlock()
 	a.write()
 }
+
+// fire is the timer's: the oldest owed ack has waited ackDelay, so
+// everything owed goes out now, and what is owed later waits for the next
+// deadline rather than going out one by one as it comes.
+func (a *acker) fire() {
+	a.mu.Lock()
+	if a.due == 0 {
+		a.mu.Unlock()
+		return
+	}
+	if wait := a.due - a.now(); wait > 0 {
+		// A firing that began before a flush moved the deadline on:
+		// wait for the new one.
+		a.timer.Reset(wait)
+		a.mu.Unlock()
+		return
+	}
+	a.flush(true)
+	a.schedule()
+	a.mu.Unlock()
+	a.write()
+}
+
+// schedule sets the timer to the deadline of the oldest owed ack, or
+// stops it when nothing is owed. The caller holds mu.
+func (a *acker) schedule() {
+	if a.owed == 0 || a.dead {
+		if a.due != 0 {
+			a.timer.Stop()
+			a.due = 0
+		}
+		return
+	}
+	due := a.oldest + ackDelay
+	if due == a.due {
+		return
+	}
+	a.due = due
+	wait := due - a.now()
+	if a.timer == nil {
+		a.timer = time.AfterFunc(wait, a.fire)
+		return
+	}
+	a.timer.Reset(wait)
+}
+
+// now reads the acker's clock, which is monotonic.
+func (a *acker) now() time.Duration { return time.Since(a.epoch) }
 
 // write writes the frames decided so far, in order. One goroutine writes
 // at a time; the others wait here for their frames to be on the wire.
@@ -195,26 +259,26 @@ func (a *acker) write() {
 func (a *acker) stop() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
 	a.dead = true
+	a.schedule()
 }
 
 // flush decides, with one multiple ack, every owed tag below the first
-// running one. With all (the timer fired: a slow message holds the lowest
-// tag), it acks the rest one by one: a finished message never waits behind
-// a slow one for longer than ackDelay. A full batch alone does not do
-// that: under load a handler goroutine that waits to be scheduled holds
-// the lowest tag for a moment, and acking one by one then costs a write
-// per message. The caller holds mu, and writes what was decided.
+// running one. With all (the oldest owed ack is due: a slow message holds
+// the lowest tag), it acks the rest one by one: a finished message never
+// waits behind a slow one for longer than ackDelay. A full batch alone
+// does not do that: under load a handler goroutine that waits to be
+// scheduled holds the lowest tag for a moment, and acking one by one then
+// costs a write per message. The caller holds mu, writes what was
+// decided, and calls schedule.
 func (a *acker) flush(all bool) {
-	if a.timer != nil {
-		a.timer.Stop()
-		a.timer = nil
-	}
 	if a.owed == 0 || a.dead {
+		return
+	}
+	if !all && a.window[0].state == running {
+		// Nothing a multiple ack could take; while a slow message holds
+		// the lowest tag, every ack of a full batch comes here, so it
+		// must not cost a walk over the window.
 		return
 	}
 	// The highest tag of the settled-or-owed prefix that is owed.
@@ -247,7 +311,12 @@ func (a *acker) flush(all bool) {
 		a.trim()
 	}
 	if a.owed > 0 {
-		a.timer = time.AfterFunc(ackDelay, a.flushOwed)
+		a.oldest = a.now()
+		for _, sl := range a.window {
+			if sl.state == toAck {
+				a.oldest = min(a.oldest, sl.owedAt)
+			}
+		}
 	}
 }
 
@@ -285,6 +354,7 @@ func (a *acker) fail(unwritten []ackFrame) {
 	}
 	a.owed = 0
 	a.trim()
+	a.schedule()
 }
 
 // push appends to the window, moving it to the front of its buffer when

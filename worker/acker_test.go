@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/warren-mq/warren/internal/brokertest"
 )
 
 // frames records what an acker sends, as a channel would carry it.
@@ -293,4 +296,316 @@ func TestAckerReceivesWhileAWriteIsStuck(t *testing.T) {
 	if got := testutil.ToFloat64(m.messages[Ack]); got != 2 {
 		t.Errorf("messages{outcome=ack} = %v, want 2", got)
 	}
+}
+
+// ackFrameAt is one frame as the broker would see it, and when.
+type ackFrameAt struct {
+	tag      uint64
+	multiple bool
+	at       time.Duration // since the load began
+}
+
+// ackBroker is a channel that records every frame with its time, and, like
+// the broker, has no more than the prefetch delivered and unacked.
+type ackBroker struct {
+	prefetch int
+	start    time.Time
+
+	mu        sync.Mutex
+	freed     *sync.Cond // broadcast when acks free the window
+	frames    []ackFrameAt
+	delivered uint64
+	unacked   int
+	low       uint64          // every tag below low is acked
+	finished  []time.Duration // finished[tag]: when its handler was done
+	acked     []time.Duration // acked[tag]: when a frame first acked it; 0: not yet
+	stuck     bool            // the window stayed full for too long
+	fault     error           // a frame the broker would close the channel for
+}
+
+func newAckBroker(prefetch int) *ackBroker {
+	b := &ackBroker{prefetch: prefetch, start: time.Now(), low: 1}
+	b.freed = sync.NewCond(&b.mu)
+	b.finished, b.acked = []time.Duration{0}, []time.Duration{0}
+	return b
+}
+
+// deliver hands out the next tag once the window has room for it.
+func (b *ackBroker) deliver() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for b.unacked >= b.prefetch {
+		if b.stuck || b.fault != nil {
+			return 0
+		}
+		b.freed.Wait()
+	}
+	b.delivered++
+	b.unacked++
+	b.finished = append(b.finished, 0)
+	b.acked = append(b.acked, 0)
+	return b.delivered
+}
+
+// giveUp ends a load whose acks stopped, rather than wait forever for
+// room in the window.
+func (b *ackBroker) giveUp() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.stuck = true
+	b.freed.Broadcast()
+}
+
+// finish records that the handler of tag is done.
+func (b *ackBroker) finish(tag uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.finished[tag] = time.Since(b.start)
+}
+
+func (b *ackBroker) Ack(tag uint64, multiple bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	at := time.Since(b.start)
+	switch {
+	case tag == 0 || tag > b.delivered:
+		b.fault = fmt.Errorf("ack of tag %d, never delivered", tag)
+	case !multiple && b.acked[tag] != 0:
+		b.fault = fmt.Errorf("ack of tag %d, acked before", tag)
+	}
+	if b.fault != nil {
+		b.freed.Broadcast()
+		return b.fault
+	}
+	b.frames = append(b.frames, ackFrameAt{tag: tag, multiple: multiple, at: at})
+	settle := func(t uint64) {
+		if b.acked[t] == 0 {
+			b.acked[t] = at
+			b.unacked--
+		}
+	}
+	if multiple {
+		for t := b.low; t <= tag; t++ {
+			settle(t)
+		}
+	} else {
+		settle(tag)
+	}
+	for b.low <= b.delivered && b.acked[b.low] != 0 {
+		b.low++
+	}
+	b.freed.Broadcast()
+	return nil
+}
+
+func (b *ackBroker) Nack(tag uint64, multiple, requeue bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.fault = fmt.Errorf("nack of tag %d: every handler of the load succeeds", tag)
+	b.freed.Broadcast()
+	return b.fault
+}
+
+func (b *ackBroker) Reject(tag uint64, requeue bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.fault = fmt.Errorf("reject of tag %d: every handler of the load succeeds", tag)
+	b.freed.Broadcast()
+	return b.fault
+}
+
+// over reports whether every tag delivered is acked, or the channel
+// would have been closed.
+func (b *ackBroker) over() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.unacked == 0 || b.fault != nil
+}
+
+// err is the frame the broker would have closed the channel for, if any.
+func (b *ackBroker) err() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.fault
+}
+
+// ackLoad is a consumer's life in small: a delivery loop that takes what
+// the window allows, workers that finish a message every pace between
+// them, and the acker between them and the broker.
+type ackLoad struct {
+	prefetch int
+	workers  int
+	pace     time.Duration // between two messages finished, on average
+	slow     time.Duration // the work of tag 1's handler
+	messages uint64        // deliveries, if not 0
+	length   time.Duration // or how long deliveries go on
+}
+
+// run plays the load to its end, until every message is acked.
+func (l ackLoad) run(t *testing.T) *ackBroker {
+	t.Helper()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newAckBroker(l.prefetch)
+	a := newAcker(b, m, l.prefetch)
+	t.Cleanup(a.stop)
+	jobs := make(chan uint64, l.prefetch)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the delivery loop
+		defer wg.Done()
+		defer close(jobs)
+		for n := uint64(0); l.messages == 0 || n < l.messages; n++ {
+			if l.length > 0 && time.Since(b.start) > l.length {
+				return
+			}
+			tag := b.deliver()
+			if tag == 0 {
+				return
+			}
+			a.received(tag)
+			jobs <- tag
+		}
+	}()
+	var finished atomic.Int64
+	for range l.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for tag := range jobs {
+				if tag == 1 && l.slow > 0 {
+					time.Sleep(l.slow)
+				} else if l.pace > 0 {
+					// A sleep takes a millisecond or so: the messages
+					// finish in bursts that keep to the pace on average.
+					due := b.start.Add(time.Duration(finished.Add(1)) * l.pace)
+					time.Sleep(time.Until(due))
+				}
+				b.finish(tag)
+				a.ack(tag, Ack)
+			}
+		}()
+	}
+	stuck := time.AfterFunc(10*time.Second, b.giveUp)
+	wg.Wait()
+	if err := b.err(); err != nil {
+		t.Fatal(err)
+	}
+	if !stuck.Stop() {
+		t.Fatal("the window stayed full for 10s: the acks stopped")
+	}
+	brokertest.WaitFor(t, 5*time.Second, "every message acked", b.over)
+	if err := b.err(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// worstWait is the longest a message waited for its ack once its handler
+// was done, and its tag.
+func (b *ackBroker) worstWait() (time.Duration, uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var worst time.Duration
+	var worstTag uint64
+	for tag := uint64(1); tag <= b.delivered; tag++ {
+		if w := b.acked[tag] - b.finished[tag]; w > worst {
+			worst, worstTag = w, tag
+		}
+	}
+	return worst, worstTag
+}
+
+func TestAckerKeepsTheAckDelayBehindASlowMessage(t *testing.T) {
+	// Four handlers finish a message every 50 µs between them; the
+	// handler of tag 1 takes 120 ms, and no multiple ack can be sent
+	// before it is done.
+	l := ackLoad{prefetch: 1000, workers: 4, pace: 50 * time.Microsecond, slow: 120 * time.Millisecond, length: 250 * time.Millisecond}
+	b := l.run(t)
+	// A loaded machine of two cores delays a timer, or a goroutine, by a
+	// few milliseconds; not by tens.
+	const tolerance = 20 * time.Millisecond
+	worst, tag := b.worstWait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	singles := 0
+	for _, f := range b.frames {
+		if !f.multiple {
+			singles++
+		}
+	}
+	t.Logf("%d messages, %d frames (%d single acks); the longest wait for an ack %v (tag %d)",
+		b.delivered, len(b.frames), singles, worst, tag)
+	if worst > ackDelay+tolerance {
+		t.Errorf("tag %d waited %v for its ack once finished, want at most %v (ackDelay) + %v",
+			tag, worst, ackDelay, tolerance)
+	}
+	// While tag 1 runs, the rest can only be acked one by one; once it is
+	// done, a frame acks a batch again, with at most a few stragglers to
+	// ack alone when the timer fires.
+	behind := 0 // messages finished while tag 1 ran
+	for tag := uint64(2); tag <= b.delivered; tag++ {
+		if b.finished[tag] < b.finished[1] {
+			behind++
+		}
+	}
+	batch := min(l.prefetch/4, maxAckBatch)
+	ticks := int(b.frames[len(b.frames)-1].at / ackDelay)
+	if want := behind + int(b.delivered)/batch + 4*ticks + 8; len(b.frames) > want {
+		t.Errorf("%d frames for %d messages, %d of them behind the slow one; want at most %d",
+			len(b.frames), b.delivered, behind, want)
+	}
+}
+
+func TestAckerFramesPer1000Messages(t *testing.T) {
+	// The usual case: fast handlers, none slow. A frame acks a batch;
+	// the timer, and the odd message finished out of order, add a few.
+	for _, tt := range []struct {
+		give int // prefetch; a batch is a quarter of it, at most 64
+		want int // frames for 1000 messages, about 1000 per batch
+	}{
+		{give: 16, want: 250},
+		{give: 200, want: 20},
+		{give: 1000, want: 16},
+	} {
+		t.Run(fmt.Sprint("prefetch ", tt.give), func(t *testing.T) {
+			b := ackLoad{prefetch: tt.give, workers: 4, messages: 1000}.run(t)
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			t.Logf("%d frames", len(b.frames))
+			if got := len(b.frames); got > tt.want+tt.want/2+4 {
+				t.Errorf("prefetch %d: %d frames for 1000 messages, want about %d", tt.give, got, tt.want)
+			}
+		})
+	}
+}
+
+// countAcks is a channel that only counts the frames it carries.
+type countAcks struct{ n atomic.Int64 }
+
+func (c *countAcks) Ack(tag uint64, multiple bool) error           { c.n.Add(1); return nil }
+func (c *countAcks) Nack(tag uint64, multiple, requeue bool) error { c.n.Add(1); return nil }
+func (c *countAcks) Reject(tag uint64, requeue bool) error         { c.n.Add(1); return nil }
+
+// BenchmarkAcker is the acker's own cost per message, four in flight, and
+// the frames it sends for them.
+func BenchmarkAcker(b *testing.B) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &countAcks{}
+	a := newAcker(c, m, 1000)
+	defer a.stop()
+	const inflight = 4
+	for i := range b.N {
+		tag := uint64(i) + 1
+		a.received(tag)
+		if tag > inflight {
+			a.ack(tag-inflight, Ack)
+		}
+	}
+	b.ReportMetric(float64(c.n.Load())*1000/float64(b.N), "frames/1000msgs")
 }
