@@ -41,8 +41,8 @@ type Exec struct {
 	// and the others its arguments, with no shell in between. Anything
 	// else (quotes, variables, redirections, pipes, globs, tabs) runs with
 	// /bin/sh -c, and so does a plain line whose first word is an
-	// assignment, a shell builtin or reserved word, or no program on that
-	// PATH: a command means what it means to sh either way.
+	// assignment, a shell builtin or reserved word, or no binary or #!
+	// script on that PATH: a command means what it means to sh either way.
 	Command string
 	// DeadExitCodes are the exit codes that mean the message is bad.
 	DeadExitCodes []int
@@ -118,7 +118,7 @@ func (e *Exec) program() (file string, argv []string) {
 	}
 	file, argv = "/bin/sh", []string{"/bin/sh", "-c", e.Command}
 	if words, ok := plainArgv(e.Command); ok {
-		if f, err := lookPath(words[0], path); err == nil {
+		if f, err := lookPath(words[0], path); err == nil && kernelRuns(f) {
 			file, argv = f, words
 		}
 	}
@@ -174,6 +174,21 @@ func lookPath(name, path string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("look up %q: %w", name, exec.ErrNotFound)
+}
+
+// kernelRuns reports whether the kernel runs file itself: a binary, or a
+// script with a #! line. sh runs any other executable file as a shell
+// script; so does warren, through sh. A file warren may not read is left
+// to sh too.
+func kernelRuns(file string) bool {
+	f, err := os.Open(file)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var head [4]byte
+	n, _ := io.ReadFull(f, head[:])
+	return bytes.HasPrefix(head[:n], []byte("#!")) || bytes.HasPrefix(head[:n], []byte("\x7fELF"))
 }
 
 // envPATH returns the value of PATH in env; the last one wins, as in

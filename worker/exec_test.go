@@ -707,3 +707,22 @@ func TestExecBodyNotRead(t *testing.T) {
 		}
 	}
 }
+
+// TestExecScriptWithoutShebang: sh runs an executable file that the
+// kernel cannot (no #! line, not a binary) as a shell script, and so must
+// a plain command naming one.
+func TestExecScriptWithoutShebang(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "handle-it"), []byte("echo \"handled $*\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e, logs := newExec(t, "handle-it one two")
+	e.Env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
+	if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+		t.Fatalf("Handle(%q) = %v, want nil", e.Command, err)
+	}
+	if got, want := outputOf(t, logs), "handled one two\n"; got != want {
+		t.Errorf("Handle(%q) output %q, want %q", e.Command, got, want)
+	}
+}
