@@ -726,3 +726,39 @@ func TestExecScriptWithoutShebang(t *testing.T) {
 		t.Errorf("Handle(%q) output %q, want %q", e.Command, got, want)
 	}
 }
+
+// TestExecPlainCommandIsStopped: a command run without the shell is
+// stopped as one run through it is: at its timeout, and by KillAll.
+func TestExecPlainCommandIsStopped(t *testing.T) {
+	verifyNoLeaks(t)
+	e, _ := newExec(t, "sleep 300")
+	e.Grace = time.Minute // SIGTERM alone must end it
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := e.Handle(ctx, &Message{MessageID: "slow"})
+	if took := time.Since(start); took > 10*time.Second || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Handle(%q) with a 300ms timeout = %v after %v, want the deadline within 10s", e.Command, err, took)
+	}
+
+	errs := make(chan error, 2)
+	for _, id := range []string{"a", "b"} {
+		go func() { errs <- e.Handle(context.Background(), &Message{MessageID: id}) }()
+	}
+	brokertest.WaitFor(t, 10*time.Second, "2 commands running", func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.groups) == 2
+	})
+	e.KillAll()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err == nil || !strings.Contains(err.Error(), "killed") {
+				t.Errorf("Handle(%q) after KillAll = %v, want it killed", e.Command, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Handle(%q) still running 10s after KillAll", e.Command)
+		}
+	}
+}
