@@ -5,7 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,12 +30,19 @@ const (
 	execOutputBytes = 4096
 )
 
-// Exec is a handler that runs a shell command per message: the body on
-// stdin, the message's properties in the environment. Exit 0 acks; an exit
-// code in DeadExitCodes is dead; any other exit, a signal or the timeout
+// Exec is a handler that runs a command per message: the body on stdin,
+// the message's properties in the environment. Exit 0 acks; an exit code
+// in DeadExitCodes is dead; any other exit, a signal or the timeout
 // retries.
 type Exec struct {
-	// Command is run with /bin/sh -c.
+	// Command is the command line. A plain one, words made only of
+	// letters, digits and _-./=:,+@% separated by spaces, runs as it is:
+	// its first word, looked up once on the PATH of Env, is the program
+	// and the others its arguments, with no shell in between. Anything
+	// else (quotes, variables, redirections, pipes, globs, tabs) runs with
+	// /bin/sh -c, and so does a plain line whose first word is an
+	// assignment, a shell builtin or reserved word, or no binary or #!
+	// script on that PATH: a command means what it means to sh either way.
 	Command string
 	// DeadExitCodes are the exit codes that mean the message is bad.
 	DeadExitCodes []int
@@ -50,6 +60,15 @@ type Exec struct {
 	mu     sync.Mutex
 	groups map[int]bool // process groups of the commands running
 	killed bool         // KillAll was called: no command may run
+	prog   execProgram  // how Command runs, worked out at its first run
+}
+
+// execProgram is how a command line runs: the file executed and its
+// arguments, worked out for a Command and the PATH of an Env.
+type execProgram struct {
+	command, path string
+	file          string
+	argv          []string
 }
 
 // KillAll kills the process groups of every command running, with
@@ -87,6 +106,102 @@ func (e *Exec) untrack(pgid int) {
 	delete(e.groups, pgid)
 }
 
+// program returns the file to execute for Command and its arguments:
+// the program itself for a plain command line, else /bin/sh. The answer
+// is kept, and worked out again only if Command or the PATH changes.
+func (e *Exec) program() (file string, argv []string) {
+	path := envPATH(e.Env)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p := e.prog; p.argv != nil && p.command == e.Command && p.path == path {
+		return p.file, p.argv
+	}
+	file, argv = "/bin/sh", []string{"/bin/sh", "-c", e.Command}
+	if words, ok := plainArgv(e.Command); ok {
+		if f, err := lookPath(words[0], path); err == nil && kernelRuns(f) {
+			file, argv = f, words
+		}
+	}
+	e.prog = execProgram{command: e.Command, path: path, file: file, argv: argv}
+	return file, argv
+}
+
+// shellWords are the first words that mean something to sh other than a
+// program of that name: reserved words, and builtins, but for those that
+// behave as the programs of their name do.
+var shellWords = []string{
+	"if", "then", "else", "elif", "fi", "do", "done", "case", "esac", "while", "until", "for", "in",
+	"function", "select", "time", "coproc",
+	".", ":", "alias", "bg", "break", "builtin", "cd", "chdir", "command", "continue", "declare", "echo",
+	"eval", "exec", "exit", "export", "fc", "fg", "getopts", "hash", "jobs", "let", "local", "pwd", "read",
+	"readonly", "return", "set", "shift", "source", "times", "trap", "type", "typeset", "ulimit", "umask",
+	"unalias", "unset", "wait",
+}
+
+// plainArgv returns the words of a plain command line: nothing in it
+// means anything to sh (only words of letters, digits and _-./=:,+@%,
+// separated by spaces), and its first word is neither an assignment nor
+// one of shellWords. ok is false for any other line.
+func plainArgv(command string) (words []string, ok bool) {
+	for i := 0; i < len(command); i++ {
+		c := command[i]
+		plain := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(" _-./=:,+@%", c) >= 0
+		if !plain {
+			return nil, false
+		}
+	}
+	words = strings.Fields(command)
+	if len(words) == 0 || strings.Contains(words[0], "=") || slices.Contains(shellWords, words[0]) {
+		return nil, false
+	}
+	return words, true
+}
+
+// lookPath finds the program name as sh would with path as its PATH: a
+// name with a slash is itself, any other is looked for in each directory
+// of path in turn. A directory that is not absolute ends the search: its
+// meaning would change with warren's working directory.
+func lookPath(name, path string) (string, error) {
+	if strings.Contains(name, "/") {
+		return exec.LookPath(name)
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if !filepath.IsAbs(dir) {
+			break
+		}
+		if f, err := exec.LookPath(filepath.Join(dir, name)); err == nil {
+			return f, nil
+		}
+	}
+	return "", fmt.Errorf("look up %q: %w", name, exec.ErrNotFound)
+}
+
+// kernelRuns reports whether the kernel runs file itself: a binary, or a
+// script with a #! line. sh runs any other executable file as a shell
+// script; so does warren, through sh. A file warren may not read is left
+// to sh too.
+func kernelRuns(file string) bool {
+	f, err := os.Open(file)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var head [4]byte
+	n, _ := io.ReadFull(f, head[:])
+	return bytes.HasPrefix(head[:n], []byte("#!")) || bytes.HasPrefix(head[:n], []byte("\x7fELF"))
+}
+
+// envPATH returns the value of PATH in env; the last one wins, as in
+// os/exec.
+func envPATH(env []string) string {
+	for _, kv := range slices.Backward(env) {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 // execBaseEnv are the variables of warren's environment that every
 // command gets: what programs expect to find (the search path, the home
 // and user, the locale, the time zone, the temporary directory).
@@ -115,32 +230,55 @@ func ExecEnv(environ, pass []string) []string {
 
 // Handle runs the command for m.
 func (e *Exec) Handle(ctx context.Context, m *Message) error {
-	cmd := exec.Command("/bin/sh", "-c", e.Command)
-	cmd.Stdin = bytes.NewReader(m.Body)
-	cmd.Env = append(slices.Clip(e.Env), messageEnv(m)...)
-	out := &boundedBuffer{limit: execOutputBytes}
-	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group, so that a timeout reaches every process it
-	// started, and a terminal's Ctrl-C does not kill work warren drains.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// Wait returns only once nothing holds the command's output open. A
-	// process the command left running in the background would hold it as
-	// long as it lives, beyond the timeout if it left the process group:
-	// after the shell exited, give the output the grace to close.
+	file, argv := e.program()
 	grace := e.Grace
 	if grace <= 0 {
 		grace = execGrace
 	}
-	cmd.WaitDelay = grace
-	if err := cmd.Start(); err != nil {
+	// Files, not readers and writers: the command reads its stdin and
+	// writes its output itself, with no copying goroutines of os/exec.
+	stdin, body, err := bodyPipe(m.Body)
+	if err != nil {
+		return fmt.Errorf("start command: %w", err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		stdin.Close() // the writer, if any, ends with EPIPE
+		body.wait()
+		return fmt.Errorf("start command: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path:   file,
+		Args:   argv,
+		Env:    append(slices.Clip(e.Env), messageEnv(m)...),
+		Stdin:  stdin,
+		Stdout: outW,
+		Stderr: outW,
+		// Its own process group, so that a timeout reaches every process
+		// it started, and a terminal's Ctrl-C does not kill work warren
+		// drains.
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	err = cmd.Start()
+	// The command holds its own copies of these ends.
+	stdin.Close()
+	outW.Close()
+	if err != nil {
+		outR.Close()
+		body.wait()
 		return fmt.Errorf("start command: %w", err)
 	}
 	pgid := cmd.Process.Pid
 	e.track(pgid)
+	out := &boundedBuffer{limit: execOutputBytes}
+	outDone := make(chan struct{})
+	go func() {
+		defer close(outDone)
+		out.readAll(outR)
+	}()
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
-	var err error
 	select {
 	case err = <-waitErr:
 	case <-ctx.Done():
@@ -159,18 +297,23 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	// Whatever the command left running in its group goes with it.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	e.untrack(pgid)
-	if errors.Is(err, exec.ErrWaitDelay) {
-		// The shell exited 0; what it left behind held the output.
-		err = nil
-	}
+	// A process the command left running outside its group (setsid) may
+	// hold its output or stdin open as long as it lives: give it the
+	// grace to close them, then stop reading and writing.
+	deadline := time.Now().Add(grace)
+	_ = outR.SetReadDeadline(deadline)
+	body.stop(deadline)
+	<-outDone
+	outR.Close()
+	body.wait()
 
-	logger := e.Logger
-	if logger == nil {
-		logger = zap.NewNop()
-	}
-	log := logger.With(zap.String("message_id", m.MessageID), zap.Int("pid", pgid))
 	if out.Len() > 0 || out.dropped > 0 {
-		log.Info("command output", zap.ByteString("output", out.Bytes()), zap.Int("dropped_bytes", out.dropped))
+		logger := e.Logger
+		if logger == nil {
+			logger = zap.NewNop()
+		}
+		logger.Info("command output", zap.String("message_id", m.MessageID), zap.Int("pid", pgid),
+			zap.ByteString("output", out.Bytes()), zap.Int("dropped_bytes", out.dropped))
 	}
 	if err == nil {
 		return nil
@@ -187,6 +330,80 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 		return fmt.Errorf("command exited with code %d", code)
 	}
 	return err
+}
+
+// bodyPipe returns the read end of a pipe that holds body, for the
+// command's stdin. What the pipe's buffer (64 KiB) takes is written at
+// once, and the pipe closed; the rest, if any, by w while the command
+// runs (nil: none), and w closes the pipe when done.
+func bodyPipe(body []byte) (stdin *os.File, w *bodyWriter, err error) {
+	r, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("stdin pipe: %w", err)
+	}
+	n, err := writeNow(pw, body)
+	if err != nil {
+		r.Close()
+		pw.Close()
+		return nil, nil, fmt.Errorf("stdin pipe: %w", err)
+	}
+	if n == len(body) {
+		pw.Close()
+		return r, nil, nil
+	}
+	w = &bodyWriter{f: pw, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		// EPIPE: the command exited, or closed its stdin, without reading
+		// it all. Whether that is a failure is the command's to say.
+		_, _ = pw.Write(body[n:])
+		pw.Close()
+	}()
+	return r, w, nil
+}
+
+// writeNow writes what of p fits in the pipe w without waiting.
+func writeNow(w *os.File, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rc, err := w.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), p)
+		return true
+	}); err != nil {
+		return 0, err
+	}
+	if errors.Is(werr, syscall.EAGAIN) || errors.Is(werr, syscall.EINTR) {
+		return 0, nil
+	}
+	return max(n, 0), werr
+}
+
+// bodyWriter writes the rest of a body that did not fit in the pipe.
+// Its methods do nothing on nil.
+type bodyWriter struct {
+	f    *os.File
+	done chan struct{}
+}
+
+// stop makes the writer give up at deadline.
+func (w *bodyWriter) stop(deadline time.Time) {
+	if w != nil {
+		_ = w.f.SetWriteDeadline(deadline)
+	}
+}
+
+// wait waits for the writer to end.
+func (w *bodyWriter) wait() {
+	if w != nil {
+		<-w.done
+	}
 }
 
 // messageEnv returns the variables that describe m to a command.
@@ -249,6 +466,20 @@ type boundedBuffer struct {
 	buf     bytes.Buffer
 	limit   int
 	dropped int
+}
+
+// readAll reads r to its end or to its first error, as Write would take
+// it, through a buffer of its own: io.Copy would allocate 32 KiB for the
+// usual few bytes of output, or none at all.
+func (b *boundedBuffer) readAll(r io.Reader) {
+	buf := make([]byte, 512)
+	for {
+		n, err := r.Read(buf)
+		_, _ = b.Write(buf[:n])
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (b *boundedBuffer) Write(p []byte) (int, error) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -65,15 +66,29 @@ func TestExecPassesBodyOnStdin(t *testing.T) {
 		{"no newline", []byte("last line")},
 		{"every byte", all},
 		{"1 MiB", bytes.Repeat([]byte("0123456789abcdef"), 1<<16)},
+		{"5 MiB", bytes.Repeat([]byte("0123456789abcdef"), 5<<16)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			out := filepath.Join(t.TempDir(), "body")
-			e, _ := newExec(t, `cat > "$OUT_FILE"`, "OUT_FILE="+out)
-			if err := e.Handle(context.Background(), &Message{Body: tt.give}); err != nil {
-				t.Fatalf("Handle(%d bytes) = %v, want nil", len(tt.give), err)
+			// A directory whose name is a plain word, for the command
+			// without the shell.
+			dir, err := os.MkdirTemp("", "warren-exec-")
+			if err != nil {
+				t.Fatal(err)
 			}
-			if got := readFile(t, out); got != string(tt.give) {
-				t.Errorf("command read %d bytes %.40q, want the %d bytes of the body %.40q", len(got), got, len(tt.give), tt.give)
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			shell, plain := filepath.Join(dir, "shell"), filepath.Join(dir, "plain")
+			for _, c := range []struct{ command, out string }{
+				{`cat > "$OUT_FILE"`, shell},
+				{"tee " + plain, plain},
+			} {
+				command, out := c.command, c.out
+				e, _ := newExec(t, command, "OUT_FILE="+out)
+				if err := e.Handle(context.Background(), &Message{Body: tt.give}); err != nil {
+					t.Fatalf("Handle(%q, %d bytes) = %v, want nil", command, len(tt.give), err)
+				}
+				if got := readFile(t, out); got != string(tt.give) {
+					t.Errorf("%q read %d bytes %.40q, want the %d bytes of the body %.40q", command, len(got), got, len(tt.give), tt.give)
+				}
 			}
 		})
 	}
@@ -333,6 +348,7 @@ func TestExecStops(t *testing.T) {
 	cases := []struct {
 		name    string
 		command string
+		body    []byte
 		timeout time.Duration
 		// wantErr: the handler retries because it was stopped; otherwise
 		// it acks.
@@ -368,6 +384,15 @@ func TestExecStops(t *testing.T) {
 			max:     grace + 5*time.Second, survivor: true,
 		},
 		{
+			name: "background job in another session holding stdin does not hang the handler",
+			// An asynchronous job's stdin is /dev/null unless it is
+			// handed the command's through another descriptor.
+			command: `exec 3<&0; setsid sleep 300 <&3 3<&- >/dev/null 2>&1 & echo $! > "$PIDFILE"`,
+			body:    bytes.Repeat([]byte("x"), 5<<20),
+			timeout: 30 * time.Second,
+			max:     grace + 5*time.Second, survivor: true,
+		},
+		{
 			name:    "background job in another session, timeout",
 			command: `setsid sleep 300 & echo $! > "$PIDFILE"; wait`,
 			timeout: 300 * time.Millisecond, wantErr: true,
@@ -391,7 +416,7 @@ func TestExecStops(t *testing.T) {
 		dones[i] = make(chan result, 1)
 		go func() {
 			begin := time.Now()
-			err := e.Handle(ctx, &Message{MessageID: "slow"})
+			err := e.Handle(ctx, &Message{MessageID: "slow", Body: tt.body})
 			dones[i] <- result{err, time.Since(begin)}
 		}()
 	}
@@ -543,5 +568,197 @@ func TestExecKillAll(t *testing.T) {
 	}
 	if done, _ := filepath.Glob(filepath.Join(dir, "*.done")); len(done) != 0 {
 		t.Errorf("%d commands finished, want none", len(done))
+	}
+}
+
+func TestPlainArgv(t *testing.T) {
+	for _, tt := range []struct {
+		give string
+		want []string // nil: through the shell
+	}{
+		{"cat", []string{"cat"}},
+		{"true", []string{"true"}},
+		{"  gzip -d  -c ", []string{"gzip", "-d", "-c"}},
+		{"python3 /app/handler.py --mode=fast -n 3,4 +x @file 50% a:b", []string{"python3", "/app/handler.py", "--mode=fast", "-n", "3,4", "+x", "@file", "50%", "a:b"}},
+		{"./bin/handle_message", []string{"./bin/handle_message"}},
+		{"", nil},
+		{"   ", nil},
+		{"cat >/dev/null", nil},
+		{"cat | wc -c", nil},
+		{"a; b", nil},
+		{"a && b", nil},
+		{"echo $HOME", nil},
+		{"ls ~", nil},
+		{"ls *.txt", nil},
+		{"ls file?", nil},
+		{"ls [ab]", nil},
+		{"echo 'quoted'", nil},
+		{`echo "quoted"`, nil},
+		{`echo a\ b`, nil},
+		{"echo `date`", nil},
+		{"sleep 1 &", nil},
+		{"(cd /tmp)", nil},
+		{"{ true; }", nil},
+		{"! true", nil},
+		{"cat #comment", nil},
+		{"a\tb", nil},
+		{"a\nb", nil},
+		{"handlé", nil},
+		{"FOO=bar cmd", nil}, // an assignment for cmd
+		{"exit 3", nil},      // builtins and reserved words are the shell's
+		{"cd /tmp", nil},
+		{"echo -e x", nil}, // the builtin's options are not the program's
+		{"exec sleep 600", nil},
+		{". ./env.sh", nil},
+		{"if", nil},
+		{"time sleep 1", nil},
+		{"printf %s: a b", []string{"printf", "%s:", "a", "b"}},
+	} {
+		got, ok := plainArgv(tt.give)
+		if !slices.Equal(got, tt.want) || ok != (tt.want != nil) {
+			t.Errorf("plainArgv(%q) = %q, %v, want %q, %v", tt.give, got, ok, tt.want, tt.want != nil)
+		}
+		if !ok {
+			continue
+		}
+		// sh makes the same words of it.
+		out, err := exec.Command("/bin/sh", "-c", `set -- `+tt.give+`; printf '%s\n' "$@"`).Output()
+		if words := strings.Fields(string(out)); err != nil || !slices.Equal(words, got) {
+			t.Errorf("sh made %q (%v) of %q, plainArgv %q", words, err, tt.give, got)
+		}
+	}
+}
+
+// outputOf returns the output the command logged.
+func outputOf(t *testing.T, logs *observer.ObservedLogs) string {
+	t.Helper()
+	entries := logs.FilterMessage("command output").All()
+	if len(entries) != 1 {
+		t.Fatalf("command logged %d outputs, want 1", len(entries))
+	}
+	out, _ := entries[0].ContextMap()["output"].(string)
+	return out
+}
+
+// TestExecPlainCommandRunsWithoutTheShell: a command with no shell syntax
+// runs as it is, its words its arguments, looked up on the PATH of its own
+// environment; it sees exactly that environment (sh would add PWD).
+func TestExecPlainCommandRunsWithoutTheShell(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := t.TempDir()
+	script := filepath.Join(bin, "handle-it")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"handled $*\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		give string
+		env  []string
+		want string // the output, or its lines sorted when wantLines
+		// wantLines: the output's lines, in any order
+		wantLines bool
+	}{
+		{"env", execEnv("KEEP=me"), strings.Join(slices.Sorted(slices.Values([]string{
+			"PATH=" + os.Getenv("PATH"), "KEEP=me", "WARREN_MESSAGE_ID=m-1", "WARREN_ATTEMPT=0", "WARREN_REDELIVERED=false",
+			"WARREN_CORRELATION_ID=", "WARREN_CONTENT_TYPE=", "WARREN_EXCHANGE=", "WARREN_ROUTING_KEY="})), "\n"), true},
+		{"printf %s: a  b   c", execEnv(), "a:b:c:", false},
+		{"handle-it one  two", []string{"PATH=/nonexistent:" + bin}, "handled one two\n", false},
+	} {
+		e, logs := newExec(t, tt.give)
+		e.Env = tt.env
+		if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+			t.Fatalf("Handle(%q) = %v, want nil", tt.give, err)
+		}
+		got := outputOf(t, logs)
+		if tt.wantLines {
+			got = strings.Join(slices.Sorted(slices.Values(strings.Split(strings.TrimSpace(got), "\n"))), "\n")
+		}
+		if got != tt.want {
+			t.Errorf("Handle(%q) output:\n%s\nwant:\n%s", tt.give, got, tt.want)
+		}
+	}
+}
+
+// TestExecBodyNotRead: a command that exits, or runs on, without reading
+// its stdin neither fails nor hangs, whatever the size of the body.
+func TestExecBodyNotRead(t *testing.T) {
+	verifyNoLeaks(t)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 5<<16) // 5 MiB
+	for _, tt := range []struct {
+		give string
+		body []byte
+	}{
+		{"true", []byte("x")},
+		{"true", big},
+		{"exit 0", big},
+		{"sleep 0.5", big},
+		{"exec 0<&-; sleep 0.5", big},
+		{"head -c 10", big},
+	} {
+		e, _ := newExec(t, tt.give)
+		done := make(chan error, 1)
+		go func() { done <- e.Handle(context.Background(), &Message{Body: tt.body}) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Handle(%q) of %d bytes = %v, want nil", tt.give, len(tt.body), err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("Handle(%q) of %d bytes still running after 20s", tt.give, len(tt.body))
+		}
+	}
+}
+
+// TestExecScriptWithoutShebang: sh runs an executable file that the
+// kernel cannot (no #! line, not a binary) as a shell script, and so must
+// a plain command naming one.
+func TestExecScriptWithoutShebang(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "handle-it"), []byte("echo \"handled $*\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e, logs := newExec(t, "handle-it one two")
+	e.Env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
+	if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+		t.Fatalf("Handle(%q) = %v, want nil", e.Command, err)
+	}
+	if got, want := outputOf(t, logs), "handled one two\n"; got != want {
+		t.Errorf("Handle(%q) output %q, want %q", e.Command, got, want)
+	}
+}
+
+// TestExecPlainCommandIsStopped: a command run without the shell is
+// stopped as one run through it is: at its timeout, and by KillAll.
+func TestExecPlainCommandIsStopped(t *testing.T) {
+	verifyNoLeaks(t)
+	e, _ := newExec(t, "sleep 300")
+	e.Grace = time.Minute // SIGTERM alone must end it
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := e.Handle(ctx, &Message{MessageID: "slow"})
+	if took := time.Since(start); took > 10*time.Second || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Handle(%q) with a 300ms timeout = %v after %v, want the deadline within 10s", e.Command, err, took)
+	}
+
+	errs := make(chan error, 2)
+	for _, id := range []string{"a", "b"} {
+		go func() { errs <- e.Handle(context.Background(), &Message{MessageID: id}) }()
+	}
+	brokertest.WaitFor(t, 10*time.Second, "2 commands running", func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return len(e.groups) == 2
+	})
+	e.KillAll()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err == nil || !strings.Contains(err.Error(), "killed") {
+				t.Errorf("Handle(%q) after KillAll = %v, want it killed", e.Command, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("Handle(%q) still running 10s after KillAll", e.Command)
+		}
 	}
 }

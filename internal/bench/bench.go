@@ -481,8 +481,8 @@ func (e Env) PlainHTTP(q, url string, n, prefetch, concurrency int) (Result, err
 }
 
 // AMQPConsume drains n messages from q with Debian's amqp-consume running
-// command per message.
-func (e Env) AMQPConsume(q string, n int, command string) (Result, error) {
+// the program argv per message, directly, not through a shell.
+func (e Env) AMQPConsume(q string, n int, argv ...string) (Result, error) {
 	u, err := amqp.ParseURI(e.URL)
 	if err != nil {
 		return Result{}, err
@@ -490,7 +490,7 @@ func (e Env) AMQPConsume(q string, n int, command string) (Result, error) {
 	// amqp-consume: no trailing slash (it would name the empty vhost).
 	url := fmt.Sprintf("amqp://%s:%s@%s:%d", u.Username, u.Password, u.Host, u.Port)
 	start := time.Now()
-	cmd := exec.Command("amqp-consume", "--url="+url, "-q", q, "-c", strconv.Itoa(n), "--", "/bin/sh", "-c", command)
+	cmd := exec.Command("amqp-consume", append([]string{"--url=" + url, "-q", q, "-c", strconv.Itoa(n), "--"}, argv...)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return Result{}, fmt.Errorf("amqp-consume: %w: %s", err, out)
 	}
