@@ -39,11 +39,13 @@ const (
 	// DefaultMaxPrefetch bounds the adaptive window: memory.
 	DefaultMaxPrefetch = 1000
 	// sampleEvery is how often the session feeds the controller.
-	sampleEvery = 250 * time.Millisecond
+	sampleEvery = 100 * time.Millisecond
 	// growHold is how long the target must stay at 2x the window or more
-	// before it grows: a window too small costs throughput, and growing
-	// costs one round trip of idle handlers.
-	growHold = time.Second
+	// before it grows: a window too small costs throughput (from
+	// concurrency + 1 to hundreds takes three or four steps), and growing
+	// costs one round trip of idle handlers. Three samples in a row: one
+	// odd interval does not move it.
+	growHold = 300 * time.Millisecond
 	// shrinkHold is how long the target must stay at half the window or
 	// less before it shrinks: a window too large only holds back messages
 	// other replicas could take, and a wrong shrink costs a regrowth.

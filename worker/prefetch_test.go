@@ -46,16 +46,16 @@ func TestPrefetchControllerStartsAtConcurrencyPlusOne(t *testing.T) {
 }
 
 func TestPrefetchControllerSwitches(t *testing.T) {
-	const q = sampleEvery
+	const q = 100 * time.Millisecond
 	var (
-		// 999 completions a quarter second: 3996/s; with the default
-		// round trip, 1 ms, the target is 4 + ceil(2 x 3996 x 6 ms) = 52.
-		fast = sample{elapsed: q, completed: 999}
-		// 6000/s: target 76.
-		faster = sample{elapsed: q, completed: 1500}
+		// 399 completions in 100 ms: 3990/s; with the default round
+		// trip, 1 ms, the target is 4 + ceil(2 x 3990 x 6 ms) = 52.
+		fast = sample{elapsed: q, completed: 399}
+		// 6010/s: target 77.
+		faster = sample{elapsed: q, completed: 601}
 		// 8/s: target 5.
-		slow = sample{elapsed: q, completed: 2, rtts: 2, rttSum: 2 * time.Millisecond}
-		idle = sample{elapsed: q}
+		slow = sample{elapsed: 250 * time.Millisecond, completed: 2, rtts: 2, rttSum: 2 * time.Millisecond}
+		idle = sample{elapsed: 250 * time.Millisecond}
 	)
 	repeat := func(n int, s sample) []sample { return slices.Repeat([]sample{s}, n) }
 	for _, tt := range []struct {
@@ -65,22 +65,23 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 		give  []sample
 		want  []string // "i:window": the switch due after sample i
 	}{
-		{name: "grows after a second at twice the window or more", give: repeat(8, fast), want: []string{"3:52"}},
-		{name: "a burst shorter than a second does not move it", give: append(repeat(3, fast), repeat(20, idle)...)},
+		{name: "grows after 300 ms at twice the window or more", give: repeat(8, fast), want: []string{"2:52"}},
+		{name: "a burst shorter than 300 ms does not move it", give: append(repeat(2, fast), repeat(20, idle)...)},
 		{name: "an interval within the hysteresis restarts the hold",
-			give: slices.Concat(repeat(3, fast), repeat(1, idle), repeat(4, fast)), want: []string{"7:52"}},
-		{name: "grows to the smallest target of the hold", give: []sample{fast, faster, fast, faster}, want: []string{"3:52"}},
+			give: slices.Concat(repeat(2, fast), repeat(1, idle), repeat(3, fast)), want: []string{"5:52"}},
+		{name: "grows to the smallest target of the hold", give: []sample{faster, fast, faster}, want: []string{"2:52"}},
 		{name: "shrinks only after five seconds at half or less", start: 100, give: repeat(25, slow), want: []string{"19:5"}},
 		{name: "shrinks to the largest target of the hold", start: 100,
-			give: slices.Concat(repeat(19, slow), []sample{{elapsed: q, completed: 400}}), want: []string{"19:24"}},
+			give: slices.Concat(repeat(19, slow), []sample{{elapsed: 250 * time.Millisecond, completed: 400}}), want: []string{"19:24"}},
 		{name: "idle shrinks to concurrency", start: 100, give: repeat(20, idle), want: []string{"19:4"}},
-		{name: "a target within 2x either way keeps the window", start: 40, give: repeat(40, sample{elapsed: q, completed: 958})},
-		{name: "grows to max and no further", max: 20, give: repeat(12, fast), want: []string{"3:20"}},
+		// 3830/s: target 50.
+		{name: "a target within 2x either way keeps the window", start: 40, give: repeat(100, sample{elapsed: q, completed: 383})},
+		{name: "grows to max and no further", max: 20, give: repeat(12, fast), want: []string{"2:20"}},
 		{name: "stays at concurrency when idle", start: 4, give: repeat(40, idle)},
-		// A quorum queue's turn-around: 4 ms. 4 + ceil(2 x 3996 x 9 ms) = 76.
-		{name: "a longer round trip asks for more", give: repeat(4, sample{elapsed: q, completed: 999, rtts: 100, rttSum: 400 * time.Millisecond}),
-			want: []string{"3:76"}},
-		{name: "no time, no sample", give: repeat(10, sample{completed: 999})},
+		// A quorum queue's turn-around: 4 ms. 4 + ceil(2 x 3990 x 9 ms) = 76.
+		{name: "a longer round trip asks for more", give: repeat(3, sample{elapsed: q, completed: 399, rtts: 100, rttSum: 400 * time.Millisecond}),
+			want: []string{"2:76"}},
+		{name: "no time, no sample", give: repeat(10, sample{completed: 399})},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			max := tt.max
@@ -106,7 +107,7 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 }
 
 func TestPrefetchRoundTrip(t *testing.T) {
-	const q = sampleEvery
+	const q = 100 * time.Millisecond
 	ms := time.Millisecond
 	for _, tt := range []struct {
 		name string
