@@ -45,8 +45,9 @@ type Config struct {
 	Exchange       string          `desc:"exchange to bind the queue to; empty for none"`
 	ExchangeType   string          `split_words:"true" default:"direct" desc:"direct, fanout, topic or headers"`
 	BindingKeys    []string        `split_words:"true" desc:"routing keys of the bindings, comma-separated; default the queue name; headers exchange: name=value pairs, all must match"`
-	Prefetch       int             `default:"16" desc:"QoS prefetch count: most unacked messages held at once"`
-	Concurrency    int             `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH)"`
+	Prefetch       int             `desc:"QoS prefetch count, fixed: most unacked messages held at once; unset: sized by warren from the completion rate and the broker's round trip, from WARREN_CONCURRENCY to WARREN_MAX_PREFETCH"`
+	MaxPrefetch    int             `split_words:"true" default:"1000" desc:"largest prefetch warren sizes when WARREN_PREFETCH is unset: the memory bound"`
+	Concurrency    int             `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH, or WARREN_MAX_PREFETCH)"`
 	Handler        string          `default:"log" desc:"log, noop, http or exec"`
 	HandlerTimeout time.Duration   `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
 	RetryDelays    []time.Duration `split_words:"true" default:"1s,10s,1m" desc:"waits before the 2nd, 3rd, ... attempt, comma-separated; the last repeats; empty: retry at the tail of the queue"`
@@ -118,7 +119,8 @@ var wants = map[string]string{
 	"WARREN_EXCHANGE_TYPE":        "direct, fanout, topic or headers",
 	"WARREN_BINDING_KEYS":         "name=value pairs for a headers exchange",
 	"WARREN_PREFETCH":             "an integer from 1 to 65535",
-	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH",
+	"WARREN_MAX_PREFETCH":         "an integer from 1 to 65535",
+	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH, or to WARREN_MAX_PREFETCH when WARREN_PREFETCH is unset",
 	"WARREN_HANDLER":              "one of log, noop, http, exec",
 	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
 	"WARREN_RETRY_DELAYS":         "durations from 1ms to 24h, comma-separated, such as 1s,10s,1m",
@@ -155,9 +157,13 @@ func Load() (*Config, error) {
 		}
 		return nil, fmt.Errorf("read configuration: %w", err)
 	}
+	if _, set := os.LookupEnv("WARREN_PREFETCH"); set && c.Prefetch == 0 {
+		// 0 is the adaptive prefetch of a Config; set, it is a mistake.
+		return nil, bad("WARREN_PREFETCH", "0")
+	}
 	if _, set := os.LookupEnv("WARREN_CONCURRENCY"); !set {
 		// The default must not contradict a small prefetch set alone.
-		c.Concurrency = min(c.Concurrency, max(c.Prefetch, 1))
+		c.Concurrency = min(c.Concurrency, max(c.prefetchLimit(), 1))
 	}
 	if err := c.resolve(); err != nil {
 		return nil, err
@@ -245,11 +251,17 @@ func (c *Config) Validate() error {
 		return bad("WARREN_QUEUE_TYPE", c.QueueType)
 	case c.Exchange != "" && !slices.Contains([]string{amqp.ExchangeDirect, amqp.ExchangeFanout, amqp.ExchangeTopic, amqp.ExchangeHeaders}, c.ExchangeType):
 		return bad("WARREN_EXCHANGE_TYPE", c.ExchangeType)
-	case c.Prefetch < 1 || c.Prefetch > 65535:
+	case c.Prefetch < 0 || c.Prefetch > 65535:
 		return bad("WARREN_PREFETCH", strconv.Itoa(c.Prefetch))
-	case c.Concurrency < 1 || c.Concurrency > c.Prefetch:
+	case c.MaxPrefetch < 1 || c.MaxPrefetch > 65535:
+		return bad("WARREN_MAX_PREFETCH", strconv.Itoa(c.MaxPrefetch))
+	case c.Concurrency < 1 || c.Concurrency > c.prefetchLimit():
 		e := bad("WARREN_CONCURRENCY", strconv.Itoa(c.Concurrency))
-		e.Want = fmt.Sprintf("an integer from 1 to WARREN_PREFETCH (%d)", c.Prefetch)
+		limit := "WARREN_PREFETCH"
+		if c.Prefetch == 0 {
+			limit = "WARREN_MAX_PREFETCH"
+		}
+		e.Want = fmt.Sprintf("an integer from 1 to %s (%d)", limit, c.prefetchLimit())
 		return e
 	case c.HandlerTimeout <= 0:
 		return bad("WARREN_HANDLER_TIMEOUT", c.HandlerTimeout.String())
@@ -317,6 +329,15 @@ func (c *Config) Validate() error {
 		return bad("WARREN_HANDLER", c.Handler)
 	}
 	return nil
+}
+
+// prefetchLimit returns the largest prefetch warren may use: the one
+// set, or the adaptive one's bound (Prefetch 0).
+func (c *Config) prefetchLimit() int {
+	if c.Prefetch == 0 {
+		return c.MaxPrefetch
+	}
+	return c.Prefetch
 }
 
 // differs names what of user, password and vhost b has that a has not,

@@ -115,7 +115,8 @@ func TestLoadDefaults(t *testing.T) {
 		want any
 	}{
 		{"Queue", c.Queue, "q"},
-		{"Prefetch", c.Prefetch, 16},
+		{"Prefetch", c.Prefetch, 0}, // adaptive
+		{"MaxPrefetch", c.MaxPrefetch, worker.DefaultMaxPrefetch},
 		{"Concurrency", c.Concurrency, 4},
 		{"Handler", c.Handler, HandlerLog},
 		{"HandlerTimeout", c.HandlerTimeout, time.Minute},
@@ -288,6 +289,15 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "a small max prefetch alone lowers the default concurrency",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_MAX_PREFETCH": "2"},
+			check: func(t *testing.T, c *Config) {
+				if c.Prefetch != 0 || c.MaxPrefetch != 2 || c.Concurrency != 2 {
+					t.Errorf("Load() = prefetch %d, max prefetch %d, concurrency %d; want 0 (adaptive), 2, 2", c.Prefetch, c.MaxPrefetch, c.Concurrency)
+				}
+			},
+		},
+		{
 			name: "everything set",
 			give: map[string]string{
 				"WARREN_QUEUE": "jobs", "WARREN_QUEUE_TYPE": "quorum", "WARREN_DECLARE": "false",
@@ -378,8 +388,11 @@ func TestLoadErrors(t *testing.T) {
 		{"prefetch 0", with("WARREN_PREFETCH", "0"), `WARREN_PREFETCH="0": want an integer from 1 to 65535`},
 		{"prefetch too big", with("WARREN_PREFETCH", "70000"), `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
 		{"concurrency above prefetch", with("WARREN_PREFETCH", "2", "WARREN_CONCURRENCY", "3"), `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
-		{"concurrency above default prefetch", with("WARREN_CONCURRENCY", "17"), `WARREN_CONCURRENCY="17": want an integer from 1 to WARREN_PREFETCH (16)`},
-		{"concurrency 0", with("WARREN_CONCURRENCY", "0"), `WARREN_CONCURRENCY="0": want an integer from 1 to WARREN_PREFETCH (16)`},
+		{"concurrency above the adaptive prefetch's bound", with("WARREN_CONCURRENCY", "1001"), `WARREN_CONCURRENCY="1001": want an integer from 1 to WARREN_MAX_PREFETCH (1000)`},
+		{"concurrency above max prefetch", with("WARREN_MAX_PREFETCH", "8", "WARREN_CONCURRENCY", "9"), `WARREN_CONCURRENCY="9": want an integer from 1 to WARREN_MAX_PREFETCH (8)`},
+		{"concurrency 0", with("WARREN_CONCURRENCY", "0"), `WARREN_CONCURRENCY="0": want an integer from 1 to WARREN_MAX_PREFETCH (1000)`},
+		{"max prefetch 0", with("WARREN_MAX_PREFETCH", "0"), `WARREN_MAX_PREFETCH="0": want an integer from 1 to 65535`},
+		{"max prefetch too big", with("WARREN_MAX_PREFETCH", "65536"), `WARREN_MAX_PREFETCH="65536": want an integer from 1 to 65535`},
 		{"max retry after 0", with("WARREN_MAX_RETRY_AFTER", "0s"), `WARREN_MAX_RETRY_AFTER="0s": want a duration from 1s to 168h, such as 1h`},
 		{"max retry after above a week", with("WARREN_MAX_RETRY_AFTER", "169h"), `WARREN_MAX_RETRY_AFTER="169h0m0s": want a duration from 1s to 168h, such as 1h`},
 		{"max retry after not a duration", with("WARREN_MAX_RETRY_AFTER", "soon"), `WARREN_MAX_RETRY_AFTER="soon": want a duration from 1s to 168h, such as 1h`},

@@ -28,6 +28,9 @@ func BenchmarkDrain(b *testing.B) {
 		{"classic-prefetch200-concurrency16", broker.Classic, 200, 16},
 		{"quorum-prefetch200-concurrency16", broker.Quorum, 200, 16},
 		{"classic-prefetch1000-concurrency32", broker.Classic, 1000, 32},
+		// Prefetch 0: adaptive, the defaults.
+		{"classic-adaptive-concurrency4", broker.Classic, 0, 4},
+		{"quorum-adaptive-concurrency4", broker.Quorum, 0, 4},
 	} {
 		b.Run(s.name, func(b *testing.B) {
 			q := brokertest.Queue(b)

@@ -14,6 +14,7 @@ type metrics struct {
 	retryCopies copyMetrics
 	deadCopies  copyMetrics
 	inflight    prometheus.Gauge
+	prefetch    prometheus.Gauge
 	connected   prometheus.Gauge
 	reconnects  prometheus.Counter
 	consuming   prometheus.Gauge
@@ -52,6 +53,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_inflight_messages",
 			Help: "Messages handed to a handler and not yet settled.",
 		}),
+		prefetch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warren_prefetch",
+			Help: "The QoS prefetch count of the consumer in force: the most unacked messages warren holds. Fixed by WARREN_PREFETCH; unset, sized by warren from the completion rate and the broker's round trip, up to WARREN_MAX_PREFETCH.",
+		}),
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warren_connected",
 			Help: "1 while warren holds a connection to the broker, else 0.",
@@ -81,7 +86,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.connected, m.reconnects, m.consuming, m.blocked, m.brokerInfo, m.copyFailures} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.brokerInfo, m.copyFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -33,6 +33,13 @@ type session struct {
 	mu       sync.Mutex
 	inflight int           // deliveries handed to handlers and not yet settled
 	idle     chan struct{} // closed when inflight drops to 0; nil if nobody waits
+	window   int           // the prefetch of the consumer in force
+	// What the adaptive prefetch measures (prefetch.go).
+	completed int           // deliveries settled since sampledAt
+	sampledAt time.Time     // when the last sample was taken
+	freedAt   time.Time     // when a handler freed a slot of a full window; zero once its delivery came
+	rtts      int           // round trips measured since sampledAt
+	rttSum    time.Duration // their sum
 }
 
 // job is one delivery on its way to a handler.
@@ -44,14 +51,19 @@ type job struct {
 // serveChannel opens a channel on conn, declares the topology and consumes
 // until the channel closes or ctx is done, in which case it drains until
 // dctx ends at the latest. A consumer cancelled by the broker (its queue
-// was deleted) is declared and consumed again on the same channel.
+// was deleted) is declared and consumed again on the same channel; so is
+// one that warren cancels to change the adaptive prefetch.
 func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, copies *copier, jobs chan<- job) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("open channel: %w", err)
 	}
-	s := &session{w: w, conn: conn, ch: ch, copies: copies, stopping: ctx.Done(), ended: make(chan struct{})}
-	s.acks = newAcker(ch, w.metrics, w.cfg.Prefetch)
+	window := w.cfg.Prefetch
+	if w.adaptive != nil {
+		window = w.adaptive.window
+	}
+	s := &session{w: w, conn: conn, ch: ch, copies: copies, stopping: ctx.Done(), ended: make(chan struct{}), window: window, sampledAt: time.Now()}
+	s.acks = newAcker(ch, w.metrics, window)
 	defer func() {
 		close(s.ended)
 		s.acks.stop()
@@ -59,16 +71,27 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 	}()
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cancels := ch.NotifyCancel(make(chan string, 1))
-	if err := ch.Qos(w.cfg.Prefetch, 0, false); err != nil {
-		return fmt.Errorf("set prefetch: %w", err)
-	}
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
+	var samples <-chan time.Time
+	if w.adaptive != nil {
+		t := time.NewTicker(sampleEvery)
+		defer t.Stop()
+		samples = t.C
+	}
 
+	declare := true
 	for n := 1; ; n++ {
-		w.setNotReady("declaring topology")
-		if err := w.cfg.Topology.Apply(ch); err != nil {
-			return err
+		if declare {
+			w.setNotReady("declaring topology")
+			if err := w.cfg.Topology.Apply(ch); err != nil {
+				return err
+			}
+			declare = false
+		}
+		// A new basic.qos applies to the consumers started after it.
+		if err := ch.Qos(s.window, 0, false); err != nil {
+			return fmt.Errorf("set prefetch: %w", err)
 		}
 		tag := w.consumerTag(n)
 		deliveries, err := ch.Consume(w.cfg.Topology.Queue, tag,
@@ -82,19 +105,52 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		}
 		w.setReady()
 		w.recovered()
-		w.log.Info("consuming", zap.Int("prefetch", w.cfg.Prefetch), zap.Int("concurrency", w.cfg.Concurrency))
-
+		w.metrics.prefetch.Set(float64(s.window))
+		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency))
+		resize := 0 // the window asked for once tag is cancelled to change it; 0 when none is
 	consume:
 		for {
 			select {
 			case <-ctx.Done():
+				if resize != 0 {
+					tag = "" // cancelled already
+				}
 				return s.drain(dctx, tag, deliveries, closed)
 			case e := <-closed:
 				return closeError(e)
 			case <-ticker.C:
 				w.touch()
+			case now := <-samples:
+				if resize != 0 {
+					continue
+				}
+				next, ok := w.adaptive.observe(s.sample(now))
+				if !ok {
+					continue
+				}
+				// The old consumer's deliveries, up to the cancel-ok, keep
+				// coming on deliveries: they are handled as usual. Only
+				// once they are all settled does the new window start.
+				w.log.Info("changing prefetch", zap.Int("from", s.window), zap.Int("to", next),
+					zap.Float64("completion_rate", w.adaptive.rate), zap.Duration("round_trip", w.adaptive.rtt))
+				if err := ch.Cancel(tag, false); err != nil {
+					return fmt.Errorf("cancel consumer to change the prefetch: %w", err)
+				}
+				resize = next
 			case d, ok := <-deliveries:
 				if !ok {
+					if resize != 0 {
+						if stop, err := s.settleCancelled(ctx, dctx, closed, ticker.C); stop {
+							return err
+						}
+						s.resize(resize)
+						select {
+						case <-cancels: // the broker cancelled it too: its queue may be gone
+							declare = true
+						default:
+						}
+						break consume
+					}
 					// Closed by a cancel from the broker, or with the channel.
 					select {
 					case <-ctx.Done():
@@ -109,12 +165,16 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 						if stop, err := s.settleCancelled(ctx, dctx, closed, ticker.C); stop {
 							return err
 						}
+						declare = true
 						break consume
 					}
 				}
 				s.acks.received(d.DeliveryTag)
 				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
 					if errors.Is(err, errDraining) {
+						if resize != 0 {
+							tag = ""
+						}
 						return s.drain(dctx, tag, deliveries, closed)
 					}
 					return err
@@ -255,6 +315,12 @@ func (s *session) settle(d *amqp.Delivery, o Outcome) {
 
 func (s *session) add() {
 	s.mu.Lock()
+	if !s.freedAt.IsZero() {
+		// The delivery that fills the slot freed at freedAt: a round trip.
+		s.rttSum += min(time.Since(s.freedAt), maxRTTSample)
+		s.rtts++
+		s.freedAt = time.Time{}
+	}
 	s.inflight++
 	s.mu.Unlock()
 	s.w.metrics.inflight.Inc()
@@ -262,7 +328,11 @@ func (s *session) add() {
 
 func (s *session) done() {
 	s.mu.Lock()
+	if s.inflight == s.window && s.freedAt.IsZero() && s.w.adaptive != nil {
+		s.freedAt = time.Now()
+	}
 	s.inflight--
+	s.completed++
 	if s.inflight == 0 && s.idle != nil {
 		close(s.idle)
 		s.idle = nil

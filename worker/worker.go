@@ -24,7 +24,6 @@ import (
 
 // Defaults for the zero values of Config.
 const (
-	DefaultPrefetch        = 16
 	DefaultConcurrency     = 4
 	DefaultHandlerTimeout  = time.Minute
 	DefaultShutdownTimeout = 25 * time.Second
@@ -69,8 +68,13 @@ type Config struct {
 	Registerer prometheus.Registerer
 
 	// Prefetch is the QoS prefetch count: the most unacked deliveries the
-	// broker sends, and so the most messages held in memory.
+	// broker sends, and so the most messages held in memory. 0 means
+	// adaptive: the worker sizes it from the completion rate and the
+	// broker's round trip, from Concurrency to MaxPrefetch.
 	Prefetch int
+	// MaxPrefetch bounds the adaptive prefetch; 0 means DefaultMaxPrefetch.
+	// It is ignored when Prefetch is set.
+	MaxPrefetch int
 	// Concurrency is the number of handlers that run at once.
 	Concurrency int
 	// HandlerTimeout bounds one call of the handler.
@@ -108,6 +112,10 @@ type Worker struct {
 	reported string // last failure logged at error level, to log a repeat only at debug
 
 	copyFail *copyFailures // copies the broker did not take, across sessions
+
+	// adaptive sizes the prefetch, across sessions; nil when the
+	// prefetch is fixed. Only the consuming session uses it.
+	adaptive *prefetchController
 }
 
 // New checks cfg and returns a Worker that is not yet running.
@@ -123,12 +131,14 @@ func New(cfg Config) (*Worker, error) {
 		return nil, errors.New("worker: no Logger")
 	case cfg.Prefetch < 0 || cfg.Prefetch > 65535:
 		return nil, fmt.Errorf("worker: prefetch %d out of range 0-65535", cfg.Prefetch)
-	}
-	if cfg.Prefetch == 0 {
-		cfg.Prefetch = DefaultPrefetch
+	case cfg.MaxPrefetch < 0 || cfg.MaxPrefetch > 65535:
+		return nil, fmt.Errorf("worker: max prefetch %d out of range 0-65535", cfg.MaxPrefetch)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.MaxPrefetch == 0 {
+		cfg.MaxPrefetch = DefaultMaxPrefetch
 	}
 	if cfg.HandlerTimeout <= 0 {
 		cfg.HandlerTimeout = DefaultHandlerTimeout
@@ -160,6 +170,9 @@ func New(cfg Config) (*Worker, error) {
 		slots:   make([]atomic.Int64, cfg.Concurrency),
 
 		copyFail: newCopyFailures(),
+	}
+	if cfg.Prefetch == 0 {
+		w.adaptive = newPrefetchController(cfg.Concurrency, cfg.MaxPrefetch)
 	}
 	w.setNotReady("starting")
 	w.touch()

@@ -130,6 +130,7 @@ func runWorker(stderr io.Writer) int {
 		Logger:          logger.Named("worker"),
 		Registerer:      reg,
 		Prefetch:        cfg.Prefetch,
+		MaxPrefetch:     cfg.MaxPrefetch,
 		Concurrency:     cfg.Concurrency,
 		HandlerTimeout:  cfg.HandlerTimeout,
 		ShutdownTimeout: cfg.ShutdownTimeout,

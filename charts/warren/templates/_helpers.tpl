@@ -163,8 +163,14 @@ say: rules across several values.
 {{- if eq (include "warren.durationSeconds" .Values.shutdownTimeout) "0" }}
 {{- fail "shutdownTimeout must be more than 0s: warren refuses WARREN_SHUTDOWN_TIMEOUT=0s" }}
 {{- end }}
-{{- if gt (int .Values.concurrency) (int .Values.prefetch) }}
-{{- fail (printf "concurrency (%v) must be at most prefetch (%v)" .Values.concurrency .Values.prefetch) }}
+{{- $limit := .Values.maxPrefetch }}
+{{- $limitName := "maxPrefetch" }}
+{{- if ne (toString .Values.prefetch) "" }}
+{{- $limit = .Values.prefetch }}
+{{- $limitName = "prefetch" }}
+{{- end }}
+{{- if gt (int .Values.concurrency) (int $limit) }}
+{{- fail (printf "concurrency (%v) must be at most %s (%v)" .Values.concurrency $limitName $limit) }}
 {{- end }}
 {{- if and (eq .Values.handler.type "http") (not .Values.handler.httpUrl) }}
 {{- fail "handler.type http needs handler.httpUrl" }}

@@ -1,0 +1,139 @@
+package worker
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestPrefetchTarget(t *testing.T) {
+	for _, tt := range []struct {
+		name             string
+		concurrency, max int
+		rate             float64 // completions per second
+		rtt              time.Duration
+		want             int
+	}{
+		// 4 handlers of 500 ms: slower than the round trip by far.
+		{name: "slow handlers: concurrency + 1", concurrency: 4, max: 1000, rate: 8, rtt: time.Millisecond, want: 5},
+		{name: "idle: concurrency", concurrency: 4, max: 1000, rate: 0, rtt: time.Millisecond, want: 4},
+		// 2 x 29999/s x (1 ms + 5 ms of ack delay) = 359.99.
+		{name: "fast handlers: hundreds", concurrency: 4, max: 1000, rate: 29999, rtt: time.Millisecond, want: 364},
+		// 2 x 999/s x 15 ms = 29.97.
+		{name: "a longer round trip needs more", concurrency: 16, max: 1000, rate: 999, rtt: 10 * time.Millisecond, want: 46},
+		{name: "bounded by max", concurrency: 4, max: 1000, rate: 1e6, rtt: time.Millisecond, want: 1000},
+		{name: "no overflow", concurrency: 4, max: 1000, rate: math.MaxFloat64, rtt: time.Hour, want: 1000},
+		{name: "max below concurrency: concurrency wins", concurrency: 8, max: 4, rate: 1e6, rtt: time.Millisecond, want: 8},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newPrefetchController(tt.concurrency, tt.max)
+			if got := c.target(tt.rate, tt.rtt); got != tt.want {
+				t.Errorf("target(%v/s, %v) with concurrency %d, max %d = %d, want %d", tt.rate, tt.rtt, tt.concurrency, tt.max, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrefetchControllerStartsAtConcurrencyPlusOne(t *testing.T) {
+	if got := newPrefetchController(4, 1000).window; got != 5 {
+		t.Errorf("first window for concurrency 4 = %d, want 5", got)
+	}
+	if got := newPrefetchController(4, 4).window; got != 4 {
+		t.Errorf("first window for concurrency 4, max 4 = %d, want 4", got)
+	}
+}
+
+func TestPrefetchControllerSwitches(t *testing.T) {
+	const q = 100 * time.Millisecond
+	var (
+		// 399 completions in 100 ms: 3990/s; with the default round
+		// trip, 1 ms, the target is 4 + ceil(2 x 3990 x 6 ms) = 52.
+		fast = sample{elapsed: q, completed: 399}
+		// 6010/s: target 77.
+		faster = sample{elapsed: q, completed: 601}
+		// 8/s: target 5.
+		slow = sample{elapsed: 250 * time.Millisecond, completed: 2, rtts: 2, rttSum: 2 * time.Millisecond}
+		idle = sample{elapsed: 250 * time.Millisecond}
+	)
+	repeat := func(n int, s sample) []sample { return slices.Repeat([]sample{s}, n) }
+	for _, tt := range []struct {
+		name  string
+		start int // the window in force at first; 0: the controller's own
+		max   int // 0: 1000
+		give  []sample
+		want  []string // "i:window": the switch due after sample i
+	}{
+		{name: "grows after 300 ms at twice the window or more", give: repeat(8, fast), want: []string{"2:52"}},
+		{name: "a burst shorter than 300 ms does not move it", give: append(repeat(2, fast), repeat(20, idle)...)},
+		{name: "an interval within the hysteresis restarts the hold",
+			give: slices.Concat(repeat(2, fast), repeat(1, idle), repeat(3, fast)), want: []string{"5:52"}},
+		{name: "grows to the smallest target of the hold", give: []sample{faster, fast, faster}, want: []string{"2:52"}},
+		{name: "shrinks only after five seconds at half or less", start: 100, give: repeat(25, slow), want: []string{"19:5"}},
+		{name: "shrinks to the largest target of the hold", start: 100,
+			give: slices.Concat(repeat(19, slow), []sample{{elapsed: 250 * time.Millisecond, completed: 400}}), want: []string{"19:24"}},
+		{name: "idle shrinks to concurrency", start: 100, give: repeat(20, idle), want: []string{"19:4"}},
+		// 3830/s: target 50.
+		{name: "a target within 2x either way keeps the window", start: 40, give: repeat(100, sample{elapsed: q, completed: 383})},
+		{name: "grows to max and no further", max: 20, give: repeat(12, fast), want: []string{"2:20"}},
+		{name: "stays at concurrency when idle", start: 4, give: repeat(40, idle)},
+		// A quorum queue's turn-around: 4 ms. 4 + ceil(2 x 3990 x 9 ms) = 76.
+		{name: "a longer round trip asks for more", give: repeat(3, sample{elapsed: q, completed: 399, rtts: 100, rttSum: 400 * time.Millisecond}),
+			want: []string{"2:76"}},
+		{name: "no time, no sample", give: repeat(10, sample{completed: 399})},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			max := tt.max
+			if max == 0 {
+				max = 1000
+			}
+			c := newPrefetchController(4, max)
+			if tt.start != 0 {
+				c.switched(tt.start)
+			}
+			var got []string
+			for i, s := range tt.give {
+				if w, ok := c.observe(s); ok {
+					got = append(got, fmt.Sprintf("%d:%d", i, w))
+					c.switched(w)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("switches = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrefetchRoundTrip(t *testing.T) {
+	const q = 100 * time.Millisecond
+	ms := time.Millisecond
+	for _, tt := range []struct {
+		name string
+		give []sample
+		want time.Duration
+	}{
+		{name: "none measured: the default", give: []sample{{elapsed: q, completed: 10}}, want: defaultRTT},
+		{name: "the mean of an interval", give: []sample{{elapsed: q, rtts: 4, rttSum: 10 * ms}}, want: 2500 * time.Microsecond},
+		{name: "an interval without any keeps it", give: []sample{{elapsed: q, rtts: 4, rttSum: 8 * ms}, {elapsed: q}}, want: 2 * ms},
+		// A slot refilled only when a message was published, capped at
+		// a second by the session, counts as one of 64.
+		{name: "an odd one among many", give: []sample{{elapsed: q, rtts: 64, rttSum: 64 * ms}, {elapsed: q, rtts: 1, rttSum: time.Second}},
+			want: (63*ms + time.Second) / 64},
+		{name: "64 new ones replace the old", give: []sample{{elapsed: q, rtts: 64, rttSum: 64 * ms}, {elapsed: q, rtts: 100, rttSum: 400 * ms}},
+			want: 4 * ms},
+		{name: "few old ones weigh as few", give: []sample{{elapsed: q, rtts: 1, rttSum: 10 * ms}, {elapsed: q, rtts: 3, rttSum: 6 * ms}},
+			want: 4 * ms},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newPrefetchController(4, 1000)
+			for _, s := range tt.give {
+				c.observe(s)
+			}
+			if c.rtt != tt.want {
+				t.Errorf("round trip after %+v = %v, want %v", tt.give, c.rtt, tt.want)
+			}
+		})
+	}
+}
