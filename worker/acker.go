@@ -84,7 +84,19 @@ type ackFrame struct {
 }
 
 func newAcker(ch amqp.Acknowledger, m *metrics, prefetch int) *acker {
-	return &acker{ch: ch, m: m, batch: min(max(prefetch/4, 1), maxAckBatch), epoch: time.Now()}
+	return &acker{ch: ch, m: m, batch: ackBatch(prefetch), epoch: time.Now()}
+}
+
+// ackBatch is the batch of acks for a prefetch: a quarter of it, at most
+// maxAckBatch.
+func ackBatch(prefetch int) int { return min(max(prefetch/4, 1), maxAckBatch) }
+
+// setPrefetch sizes the batch for a new prefetch, when the consumer's
+// window changes.
+func (a *acker) setPrefetch(prefetch int) {
+	a.mu.Lock()
+	a.batch = ackBatch(prefetch)
+	a.mu.Unlock()
 }
 
 // received enters a delivery tag, as it arrives, before any handler has it.

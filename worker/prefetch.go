@@ -179,8 +179,5 @@ func (s *session) resize(window int) {
 	// The gap of the switch is not a round trip.
 	s.freedAt = time.Time{}
 	s.mu.Unlock()
-	a := s.acks
-	a.mu.Lock()
-	a.batch = min(max(window/4, 1), maxAckBatch) // as newAcker sizes it
-	a.mu.Unlock()
+	s.acks.setPrefetch(window)
 }
