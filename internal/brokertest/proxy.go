@@ -62,10 +62,13 @@ func (p *Proxy) Accepted() int {
 	return p.accepted
 }
 
-// CutMidFrame makes the proxy cut the next link that receives a frame from
-// the broker with a payload of 2 bytes or more (a delivery, say) half-way
-// through that payload: the client gets part of a frame, then the end of
-// the stream. MidFrameCuts counts the cuts done.
+// CutMidFrame makes the proxy cut the next link that receives a content
+// frame (a message's header or body: a delivery) from the broker with a
+// payload of 2 bytes or more half-way through that payload: the client
+// gets part of a frame, then the end of the stream. Method frames (a
+// confirm, say) are never cut: a client's connection that only publishes,
+// as warren's copies' one, is not the link the cut is for. MidFrameCuts
+// counts the cuts done.
 func (p *Proxy) CutMidFrame() {
 	p.mu.Lock()
 	p.midCut = true
@@ -241,8 +244,21 @@ type frameCursor struct {
 	left  int // bytes of its payload and end byte still to come; 0 in a header
 }
 
+// AMQP frame types of a message's content.
+const (
+	frameHeader = 2
+	frameBody   = 3
+)
+
+// content reports whether the frame the cursor is in carries a message's
+// content.
+func (c *frameCursor) content() bool {
+	return c.head[0] == frameHeader || c.head[0] == frameBody
+}
+
 // advance moves the cursor over p. If wantCut, it stops at the first byte
-// half-way through the payload of a frame of 2 bytes of payload or more,
+// half-way through the payload of a content frame (header or body) of 2
+// bytes of payload or more,
 // and returns its offset in p: p[:offset] ends inside that payload, and
 // the cursor is at offset. It returns -1 when p holds no such byte.
 func (c *frameCursor) advance(p []byte, wantCut bool) int {
@@ -259,7 +275,7 @@ func (c *frameCursor) advance(p []byte, wantCut bool) int {
 			continue
 		}
 		pos := c.size + 1 - c.left // payload bytes already seen
-		if wantCut && c.size >= 2 && pos <= c.size/2 {
+		if wantCut && c.content() && c.size >= 2 && pos <= c.size/2 {
 			if cut := i + c.size/2 - pos; cut < len(p) {
 				c.left -= cut - i
 				return cut

@@ -6,9 +6,13 @@ import (
 	"testing"
 )
 
-// frame returns an AMQP frame with a payload of size bytes.
-func frame(size int) []byte {
-	f := []byte{1, 0, 1}
+// frame returns an AMQP body frame with a payload of size bytes.
+func frame(size int) []byte { return typedFrame(frameBody, size) }
+
+// typedFrame returns an AMQP frame of type kind with a payload of size
+// bytes.
+func typedFrame(kind byte, size int) []byte {
+	f := []byte{kind, 0, 1}
 	f = binary.BigEndian.AppendUint32(f, uint32(size))
 	f = append(f, bytes.Repeat([]byte{'x'}, size)...)
 	return append(f, 0xCE)
@@ -29,6 +33,8 @@ func TestFrameCursorCutsHalfWayThroughAPayload(t *testing.T) {
 		{"header split", [][]byte{frame(10)[:3], frame(10)[3:]}, 1, 4 + 5},
 		{"payload of 1 skipped", [][]byte{append(frame(1), frame(4)...)}, 0, 9 + 7 + 2},
 		{"only heartbeats", [][]byte{heartbeat, heartbeat}, -1, 0},
+		{"method frame skipped", [][]byte{append(typedFrame(1, 40), frame(4)...)}, 0, 48 + 7 + 2},
+		{"content header cut", [][]byte{typedFrame(frameHeader, 20)}, 0, 7 + 10},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var c frameCursor
