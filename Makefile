@@ -79,8 +79,8 @@ lint: ## fail if gofmt would change a .go file, then go vet (the daemon and the 
 tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	$(GO) mod tidy
 	cd $(CHART_TEST) && $(GO) mod tidy
-	for m in kube-apiserver kube-controller-manager kube-scheduler; do (cd $(CHART_TEST)/$$m && $(GO) mod tidy) || exit 1; done
-	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum
+	for m in kube-apiserver kube-controller-manager kube-scheduler keda; do (cd $(CHART_TEST)/$$m && $(GO) mod tidy) || exit 1; done
+	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum $(CHART_TEST)/keda/go.mod $(CHART_TEST)/keda/go.sum
 
 .PHONY: e2e
 e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load; about 3 min (+8 cold)
