@@ -3,6 +3,9 @@ package cluster
 import (
 	"context"
 	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -98,5 +101,45 @@ func TestBuildKeys(t *testing.T) {
 			t.Errorf("%s and %s have the same build key %s", tt.give, other, key)
 		}
 		keys[key] = tt.give
+	}
+}
+
+// TestStartControlPlaneKEDA starts the control plane with KEDA: its CRDs
+// served, the operator and adapter running, external.metrics.k8s.io
+// answering through the aggregation layer.
+func TestStartControlPlaneKEDA(t *testing.T) {
+	if os.Getenv("WARREN_E2E_KEDA") != "1" {
+		t.Skip("starts KEDA's operator and adapter (built once, about 10 minutes cold): WARREN_E2E_KEDA=1")
+	}
+	c := StartControlPlane(t, WithKEDA())
+	// Built with the version stamped: unstamped, KEDA says "main".
+	for _, name := range []string{KEDAOperator, KEDAAdapter} {
+		b, err := os.ReadFile(filepath.Join(c.dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "KEDA Version: v2.21.0") {
+			t.Errorf("%s's log does not say KEDA Version v2.21.0:\n%s", name, tail(filepath.Join(c.dir, name+".log"), 2048))
+		}
+	}
+	cs, err := kubernetes.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, gv := range []string{"keda.sh/v1alpha1", "external.metrics.k8s.io/v1beta1"} {
+		l, err := cs.Discovery().ServerResourcesForGroupVersion(gv)
+		if err != nil {
+			t.Errorf("ServerResourcesForGroupVersion(%s) = %v", gv, err)
+			continue
+		}
+		if gv == "keda.sh/v1alpha1" {
+			var names []string
+			for _, r := range l.APIResources {
+				names = append(names, r.Name)
+			}
+			if !slices.Contains(names, "scaledobjects") || !slices.Contains(names, "triggerauthentications") {
+				t.Errorf("keda.sh/v1alpha1 resources %v, want scaledobjects and triggerauthentications", names)
+			}
+		}
 	}
 }
