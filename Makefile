@@ -31,7 +31,7 @@ CHART_TEST := charts/test
 IMAGE    ?= ghcr.io/warren-mq/warren
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: help build broker run test chart-test cluster-test bench lint tidy-check image clean e2e
+.PHONY: help build broker run test chart-test cluster-test bench lint tidy-check image clean e2e e2e-keda
 
 help: ## show this help
 	@echo 'Usage: make <target>   (VERSION=$(VERSION))'
@@ -86,6 +86,11 @@ tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load; about 3 min (+8 cold)
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && WARREN_E2E=1 $(GO) test -count=1 -v -timeout 30m -run '^TestE2E$$' ./e2e/
+
+.PHONY: e2e-keda
+e2e-keda: ## KEDA scales the chart on the queue (root): the real operator and adapter on the e2e control plane; about 2 min (+10 cold build)
+	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
+	cd $(CHART_TEST) && WARREN_E2E=1 WARREN_E2E_KEDA=1 $(GO) test -count=1 -v -timeout 30m -run '^TestKEDA$$' ./e2e/
 
 .PHONY: chaos chaos-short
 chaos: ## the fault suite, full profile (root, rabbitmq-server): 3 warren processes through broker restarts, kills, stalls; about 5 min

@@ -86,8 +86,8 @@ type row struct {
 }
 
 // setup brings everything up, and takes it down again in t.Cleanup, in
-// reverse order, failed or not.
-func setup(t *testing.T) *env {
+// reverse order, failed or not. opts add to the control plane (KEDA).
+func setup(t *testing.T, opts ...cluster.Option) *env {
 	t.Helper()
 	if os.Getenv("WARREN_E2E") != "1" {
 		t.Skip("the end-to-end suite runs with WARREN_E2E=1 (make e2e): it needs root, ip(8), rabbitmqctl and a few minutes")
@@ -108,7 +108,7 @@ func setup(t *testing.T) *env {
 	warren := goBuild(t, bins, repoRoot, "./cmd/warren", "warren")
 	sidecar := goBuild(t, bins, ".", "./sidecar", "sidecar")
 
-	c := cluster.StartControlPlane(t)
+	c := cluster.StartControlPlane(t, opts...)
 	cs, err := kubernetes.NewForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,258 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/warren-mq/warren/charts/test/internal/cluster"
+)
+
+var scaledObjects = schema.GroupVersionResource{Group: "keda.sh", Version: "v1alpha1", Resource: "scaledobjects"}
+
+// TestKEDA runs the chart's ScaledObject (keda.enabled=true) against the
+// real KEDA operator and metrics adapter: the Deployment follows the
+// queue, from zero and back.
+func TestKEDA(t *testing.T) {
+	if os.Getenv("WARREN_E2E_KEDA") != "1" {
+		t.Skip("the KEDA scenarios run with WARREN_E2E_KEDA=1 (make e2e-keda): KEDA's first build takes about 10 minutes")
+	}
+	e := setup(t, cluster.WithKEDA())
+	t.Cleanup(func() { fmt.Fprintf(os.Stdout, "\ne2e KEDA report:\n%s\n", e) })
+	e.declareQueue(t)
+	e.sets = append(e.sets,
+		"keda.enabled=true",
+		"keda.minReplicaCount=0",
+		"keda.maxReplicaCount=3",
+		// Seconds, not the chart's minutes, so the suite fits in CI.
+		"keda.pollingInterval=2",
+		"keda.cooldownPeriod=10",
+	)
+	scenarios := []struct {
+		name string
+		run  func(*env, *testing.T)
+	}{
+		{name: "keda-from-zero", run: (*env).testFromZero},
+	}
+	for _, s := range scenarios {
+		start := time.Now()
+		ok := t.Run(s.name, func(t *testing.T) { s.run(e, t) })
+		tl := e.ledger.tally(s.name)
+		e.report = append(e.report, row{name: s.name, took: time.Since(start), messages: tl.messages, lost: tl.lost,
+			duplicates: tl.duplicates, redel: tl.redelivered})
+		if !ok {
+			t.Fatalf("scenario %s failed; the rest are not run", s.name)
+		}
+	}
+}
+
+// testFromZero: installed with minReplicaCount 0, KEDA takes the
+// Deployment to no pod; one message published wakes a pod, which handles
+// it; the cooldown after the queue is empty takes it back to no pod, which
+// exits 0 within its grace.
+func (e *env) testFromZero(t *testing.T) {
+	tl := newTimeline(e)
+	defer func() { t.Logf("replicas and queue over time:\n%s", tl) }()
+
+	e.install(t)
+	waitFor(t, time.Minute, "the ScaledObject to be ready", func() (bool, string) {
+		return e.scaledObjectReady(t)
+	})
+	waitFor(t, time.Minute, "no pod (minReplicaCount 0, an empty queue)", func() (bool, string) {
+		st := tl.sample(t)
+		return st.replicas == 0 && st.pods == 0 && e.kubelet.Pods() == 0, st.String()
+	})
+	// Whatever ran before KEDA scaled the Deployment in is gone; what
+	// follows is the scale from zero.
+	before := map[string]bool{}
+	for _, end := range e.kubelet.Terminations() {
+		before[end.Pod] = true
+	}
+
+	published := time.Now()
+	e.publishOne(t, "keda-from-zero", "keda-from-zero-000001")
+	waitFor(t, 2*time.Minute, "a pod to start and handle the message", func() (bool, string) {
+		st := tl.sample(t)
+		got := e.ledger.tally("keda-from-zero")
+		return got.lost == 0, fmt.Sprintf("%s; %d of %d not handled", st, got.lost, got.messages)
+	})
+	took := time.Since(published)
+	t.Logf("published to handled from zero pods: %v (polling interval 2 s plus start-up)", took.Round(100*time.Millisecond))
+
+	var woken []string
+	for _, p := range e.pods(t) {
+		woken = append(woken, p.Name)
+	}
+	if len(woken) != 1 {
+		t.Errorf("%d pods woke for one message (%v), want 1", len(woken), woken)
+	}
+	waitFor(t, 2*time.Minute, "back to no pod after the cooldown", func() (bool, string) {
+		st := tl.sample(t)
+		return st.replicas == 0 && st.pods == 0 && e.kubelet.Pods() == 0, st.String()
+	})
+	var gone []string
+	for _, end := range e.kubelet.Terminations() {
+		name := strings.TrimPrefix(end.Pod, e.ns+"/")
+		if !before[end.Pod] && !slices.Contains(gone, name) {
+			gone = append(gone, name)
+		}
+	}
+	e.checkExits(t, gone)
+	ready, unacked := e.broker.queueCounts(t, e.queue)
+	if ready != 0 || unacked != 0 {
+		t.Errorf("queue: %d ready, %d unacked at the end, want none", ready, unacked)
+	}
+	if got := e.ledger.tally("keda-from-zero"); got.duplicates != 0 {
+		t.Errorf("%d duplicates, want none", got.duplicates)
+	}
+}
+
+// scaledObjectReady reports the chart's ScaledObject's Ready condition.
+func (e *env) scaledObjectReady(t *testing.T) (bool, string) {
+	t.Helper()
+	so, err := e.dyn.Resource(scaledObjects).Namespace(e.ns).Get(context.Background(), release, metav1.GetOptions{})
+	if err != nil {
+		return false, err.Error()
+	}
+	conds, _, _ := unstructured.NestedSlice(so.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == "Ready" {
+			return m["status"] == "True", fmt.Sprintf("Ready %v: %v %v", m["status"], m["reason"], m["message"])
+		}
+	}
+	return false, "no Ready condition yet"
+}
+
+// declareQueue declares the queue as warren declares a classic one, as the
+// producer's side would before the first pod exists: with no pod, nothing
+// else declares it, and KEDA's scaler reads its length by a passive
+// declare.
+func (e *env) declareQueue(t *testing.T) {
+	t.Helper()
+	ch, closeConn, err := dialChannel(e.localURL)
+	if err != nil {
+		t.Fatalf("declare queue: %v", err)
+	}
+	defer closeConn()
+	if _, err := ch.QueueDeclare(e.queue, true, false, false, false, amqp.Table{amqp.QueueTypeArg: amqp.QueueTypeClassic}); err != nil {
+		t.Fatalf("declare queue %s: %v", e.queue, err)
+	}
+}
+
+// publishOne publishes one persistent message with publisher confirms and
+// counts it in the ledger once the broker confirmed it.
+func (e *env) publishOne(t *testing.T, scenario, id string) {
+	t.Helper()
+	ch, closeConn, err := dialChannel(e.localURL)
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	defer closeConn()
+	if err := ch.Confirm(false); err != nil {
+		t.Fatalf("publish: confirm mode: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", e.queue, true, false,
+		amqp.Publishing{DeliveryMode: amqp.Persistent, MessageId: id, Body: []byte(id)})
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	acked, err := dc.WaitContext(ctx)
+	if err != nil || !acked {
+		t.Fatalf("publish %s: confirmed %v, %v", id, acked, err)
+	}
+	e.ledger.confirm(scenario, id)
+}
+
+// timeline records the Deployment's replicas, the pods and the queue's
+// ready messages each time one of them changes.
+type timeline struct {
+	e     *env
+	start time.Time
+	rows  []state
+}
+
+type state struct {
+	at                   time.Duration
+	replicas, pods, busy int
+	ready                int
+}
+
+func (s state) String() string {
+	return fmt.Sprintf("replicas %d, pods %d (%d ready), queue %d ready", s.replicas, s.pods, s.busy, s.ready)
+}
+
+func newTimeline(e *env) *timeline { return &timeline{e: e, start: time.Now()} }
+
+// sample reads the state now, and records it if it changed.
+func (tl *timeline) sample(t *testing.T) state {
+	t.Helper()
+	st := state{at: time.Since(tl.start)}
+	d, err := tl.e.cs.AppsV1().Deployments(tl.e.ns).Get(context.Background(), release, metav1.GetOptions{})
+	if err == nil && d.Spec.Replicas != nil {
+		st.replicas = int(*d.Spec.Replicas)
+	}
+	pods := tl.e.pods(t)
+	st.pods = len(pods)
+	st.busy = readyPods(pods)
+	st.ready = tl.e.queueReady(t)
+	if n := len(tl.rows); n == 0 || !sameState(tl.rows[n-1], st) {
+		tl.rows = append(tl.rows, st)
+	}
+	return st
+}
+
+func sameState(a, b state) bool {
+	return a.replicas == b.replicas && a.pods == b.pods && a.busy == b.busy && a.ready == b.ready
+}
+
+func (tl *timeline) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%8s %9s %5s %10s %12s\n", "t", "replicas", "pods", "pods ready", "queue ready")
+	for _, r := range tl.rows {
+		fmt.Fprintf(&b, "%8s %9d %5d %10d %12d\n", r.at.Round(100*time.Millisecond), r.replicas, r.pods, r.busy, r.ready)
+	}
+	return b.String()
+}
+
+// queueReady is the queue's ready count by a passive declare, what KEDA's
+// amqp protocol reads too; -1 if it cannot be read.
+func (e *env) queueReady(t *testing.T) int {
+	t.Helper()
+	ch, closeConn, err := dialChannel(e.localURL)
+	if err != nil {
+		return -1
+	}
+	defer closeConn()
+	q, err := ch.QueueDeclarePassive(e.queue, true, false, false, false, nil)
+	if err != nil {
+		return -1
+	}
+	return q.Messages
+}
+
+// dialChannel opens a connection and a channel on it; closeConn closes
+// both.
+func dialChannel(url string) (ch *amqp.Channel, closeConn func(), err error) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial: %w", err)
+	}
+	ch, err = conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("channel: %w", err)
+	}
+	return ch, func() { conn.Close() }, nil
+}
