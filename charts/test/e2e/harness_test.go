@@ -71,6 +71,7 @@ type env struct {
 	queue      string
 	ns         string
 	ledger     *ledger
+	collector  *collector
 	pub        *publisher
 	sets       []string // the values of every install and upgrade
 	logDir     string
@@ -139,6 +140,7 @@ func setup(t *testing.T, opts ...cluster.Option) *env {
 	e.podURL = e.broker.url(fwd.addr())
 	e.localURL = e.broker.url(e.broker.local)
 	col := startCollector(t, net.JoinHostPort(gw, "0"), e.ledger)
+	e.collector = col
 
 	e.logDir = t.TempDir()
 	logFile, err := os.Create(filepath.Join(e.logDir, "kubelet.log"))

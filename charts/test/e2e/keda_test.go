@@ -42,6 +42,7 @@ func TestKEDA(t *testing.T) {
 		run  func(*env, *testing.T)
 	}{
 		{name: "keda-from-zero", run: (*env).testFromZero},
+		{name: "keda-back-to-zero", run: (*env).testBackToZero},
 	}
 	for _, s := range scenarios {
 		start := time.Now()
@@ -67,16 +68,10 @@ func (e *env) testFromZero(t *testing.T) {
 	waitFor(t, time.Minute, "the ScaledObject to be ready", func() (bool, string) {
 		return e.scaledObjectReady(t)
 	})
-	waitFor(t, time.Minute, "no pod (minReplicaCount 0, an empty queue)", func() (bool, string) {
-		st := tl.sample(t)
-		return st.replicas == 0 && st.pods == 0 && e.kubelet.Pods() == 0, st.String()
-	})
+	tl.waitNoPod(t, time.Minute, "no pod (minReplicaCount 0, an empty queue)")
 	// Whatever ran before KEDA scaled the Deployment in is gone; what
 	// follows is the scale from zero.
-	before := map[string]bool{}
-	for _, end := range e.kubelet.Terminations() {
-		before[end.Pod] = true
-	}
+	before := e.endedPods()
 
 	published := time.Now()
 	e.publishOne(t, "keda-from-zero", "keda-from-zero-000001")
@@ -95,10 +90,84 @@ func (e *env) testFromZero(t *testing.T) {
 	if len(woken) != 1 {
 		t.Errorf("%d pods woke for one message (%v), want 1", len(woken), woken)
 	}
-	waitFor(t, 2*time.Minute, "back to no pod after the cooldown", func() (bool, string) {
+	tl.waitNoPod(t, 2*time.Minute, "back to no pod after the cooldown")
+	e.checkScaledToZero(t, before)
+	if got := e.ledger.tally("keda-from-zero"); got.duplicates != 0 {
+		t.Errorf("%d duplicates, want none", got.duplicates)
+	}
+}
+
+// testBackToZero: from no pod, a few messages whose handling takes longer
+// than the cooldown wake a pod, which takes them all at once: the queue
+// shows nothing ready while they are handled. The Deployment goes back to
+// no pod; whenever KEDA takes it there, no message is handed back or
+// handled twice, the pod exits 0 within its grace, and the replicas do
+// not go up again (no up-down-up loop). The timeline shows whether KEDA
+// scaled the pod away while it was busy: with protocol amqp KEDA counts
+// ready messages only.
+func (e *env) testBackToZero(t *testing.T) {
+	const (
+		name     = "keda-back-to-zero"
+		messages = 4               // fewer than the chart's concurrency: all handled at once
+		handling = 8 * time.Second // longer than the cooldown below
+	)
+	// A short cooldown, so that a busy pod's queue looks idle for longer
+	// than it.
+	e.upgrade(t, "keda.cooldownPeriod=2")
+	e.collector.SetSlow(handling)
+	defer e.collector.SetSlow(0)
+	tl := newTimeline(e)
+	defer func() { t.Logf("replicas and queue over time:\n%s", tl) }()
+	tl.waitNoPod(t, time.Minute, "no pod at the start")
+	before := e.endedPods()
+
+	for i := 1; i <= messages; i++ {
+		e.publishOne(t, name, fmt.Sprintf("%s%s%06d", name, slowMark, i))
+	}
+	scaledInBusy := 0 // samples with no replica wanted while messages were handled
+	waitFor(t, 2*time.Minute, "every message handled", func() (bool, string) {
 		st := tl.sample(t)
-		return st.replicas == 0 && st.pods == 0 && e.kubelet.Pods() == 0, st.String()
+		if st.replicas == 0 && st.handling > 0 {
+			scaledInBusy++
+		}
+		got := e.ledger.tally(name)
+		return got.lost == 0, fmt.Sprintf("%s; %d of %d not handled", st, got.lost, got.messages)
 	})
+	tl.waitNoPod(t, 2*time.Minute, "back to no pod")
+	if scaledInBusy > 0 {
+		t.Logf("KEDA scaled the Deployment to 0 while the pod was handling messages (protocol amqp counts ready messages only); the pod drained them within its grace")
+	}
+
+	got := e.ledger.tally(name)
+	if got.duplicates != 0 || got.redelivered != 0 {
+		t.Errorf("%d duplicates, %d redelivered: a scale-in handed work back", got.duplicates, got.redelivered)
+	}
+	rises := 0
+	for i := 1; i < len(tl.rows); i++ {
+		if tl.rows[i-1].replicas == 0 && tl.rows[i].replicas > 0 {
+			rises++
+		}
+	}
+	if rises != 1 {
+		t.Errorf("the replicas rose from 0 %d times, want once (no up-down-up loop)", rises)
+	}
+	e.checkScaledToZero(t, before)
+}
+
+// endedPods are the pods (namespace/name) with a container ended so far.
+func (e *env) endedPods() map[string]bool {
+	ended := map[string]bool{}
+	for _, end := range e.kubelet.Terminations() {
+		ended[end.Pod] = true
+	}
+	return ended
+}
+
+// checkScaledToZero checks, once no pod is left, that every pod that ended
+// since before exited 0 within its grace, and that the queue holds nothing
+// ready or unacknowledged.
+func (e *env) checkScaledToZero(t *testing.T, before map[string]bool) {
+	t.Helper()
 	var gone []string
 	for _, end := range e.kubelet.Terminations() {
 		name := strings.TrimPrefix(end.Pod, e.ns+"/")
@@ -111,9 +180,16 @@ func (e *env) testFromZero(t *testing.T) {
 	if ready != 0 || unacked != 0 {
 		t.Errorf("queue: %d ready, %d unacked at the end, want none", ready, unacked)
 	}
-	if got := e.ledger.tally("keda-from-zero"); got.duplicates != 0 {
-		t.Errorf("%d duplicates, want none", got.duplicates)
-	}
+}
+
+// waitNoPod waits until the Deployment wants no replica and no pod is
+// left, in the API or in the kubelet.
+func (tl *timeline) waitNoPod(t *testing.T, timeout time.Duration, what string) {
+	t.Helper()
+	waitFor(t, timeout, what, func() (bool, string) {
+		st := tl.sample(t)
+		return st.replicas == 0 && st.pods == 0 && tl.e.kubelet.Pods() == 0, st.String()
+	})
 }
 
 // scaledObjectReady reports the chart's ScaledObject's Ready condition.
@@ -187,10 +263,11 @@ type state struct {
 	at                   time.Duration
 	replicas, pods, busy int
 	ready                int
+	handling             int // messages the application is handling
 }
 
 func (s state) String() string {
-	return fmt.Sprintf("replicas %d, pods %d (%d ready), queue %d ready", s.replicas, s.pods, s.busy, s.ready)
+	return fmt.Sprintf("replicas %d, pods %d (%d ready), queue %d ready, %d being handled", s.replicas, s.pods, s.busy, s.ready, s.handling)
 }
 
 func newTimeline(e *env) *timeline { return &timeline{e: e, start: time.Now()} }
@@ -207,6 +284,7 @@ func (tl *timeline) sample(t *testing.T) state {
 	st.pods = len(pods)
 	st.busy = readyPods(pods)
 	st.ready = tl.e.queueReady(t)
+	st.handling = tl.e.collector.Inflight()
 	if n := len(tl.rows); n == 0 || !sameState(tl.rows[n-1], st) {
 		tl.rows = append(tl.rows, st)
 	}
@@ -214,14 +292,14 @@ func (tl *timeline) sample(t *testing.T) state {
 }
 
 func sameState(a, b state) bool {
-	return a.replicas == b.replicas && a.pods == b.pods && a.busy == b.busy && a.ready == b.ready
+	return a.replicas == b.replicas && a.pods == b.pods && a.busy == b.busy && a.ready == b.ready && a.handling == b.handling
 }
 
 func (tl *timeline) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%8s %9s %5s %10s %12s\n", "t", "replicas", "pods", "pods ready", "queue ready")
+	fmt.Fprintf(&b, "%8s %9s %5s %10s %12s %14s\n", "t", "replicas", "pods", "pods ready", "queue ready", "being handled")
 	for _, r := range tl.rows {
-		fmt.Fprintf(&b, "%8s %9d %5d %10d %12d\n", r.at.Round(100*time.Millisecond), r.replicas, r.pods, r.busy, r.ready)
+		fmt.Fprintf(&b, "%8s %9d %5d %10d %12d %14d\n", r.at.Round(100*time.Millisecond), r.replicas, r.pods, r.busy, r.ready, r.handling)
 	}
 	return b.String()
 }
