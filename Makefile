@@ -31,7 +31,7 @@ CHART_TEST := charts/test
 IMAGE    ?= ghcr.io/warren-mq/warren
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: help build broker run test chart-test cluster-test bench lint tidy-check image clean e2e
+.PHONY: help build broker run test chart-test cluster-test bench lint tidy-check image clean e2e e2e-keda
 
 help: ## show this help
 	@echo 'Usage: make <target>   (VERSION=$(VERSION))'
@@ -79,13 +79,18 @@ lint: ## fail if gofmt would change a .go file, then go vet (the daemon and the 
 tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	$(GO) mod tidy
 	cd $(CHART_TEST) && $(GO) mod tidy
-	for m in kube-apiserver kube-controller-manager kube-scheduler; do (cd $(CHART_TEST)/$$m && $(GO) mod tidy) || exit 1; done
-	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum
+	for m in kube-apiserver kube-controller-manager kube-scheduler keda; do (cd $(CHART_TEST)/$$m && $(GO) mod tidy) || exit 1; done
+	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum $(CHART_TEST)/keda/go.mod $(CHART_TEST)/keda/go.sum
 
 .PHONY: e2e
 e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load; about 3 min (+8 cold)
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && WARREN_E2E=1 $(GO) test -count=1 -v -timeout 30m -run '^TestE2E$$' ./e2e/
+
+.PHONY: e2e-keda
+e2e-keda: ## KEDA scales the chart on the queue (root): the real operator and adapter on the e2e control plane, amqp and http protocols; about 3 min (+10 cold build)
+	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
+	cd $(CHART_TEST) && WARREN_E2E=1 WARREN_E2E_KEDA=1 $(GO) test -count=1 -v -timeout 30m -run '^TestKEDA' ./e2e/
 
 .PHONY: chaos chaos-short
 chaos: ## the fault suite, full profile (root, rabbitmq-server): 3 warren processes through broker restarts, kills, stalls; about 5 min

@@ -22,18 +22,29 @@ import (
 type broker struct {
 	user, password, vhost string
 	local                 string // the broker's address on loopback
+	// ctl runs rabbitmqctl against the broker, failing the test if it
+	// fails; cleanup too, reporting a failure only.
+	ctl, cleanup func(t testing.TB, args ...string) string
 }
 
-// newBroker creates the user and vhost, and removes them in t.Cleanup.
+// newBroker creates the user and vhost on the machine's broker, and
+// removes them in t.Cleanup.
 func newBroker(t *testing.T, local string) *broker {
 	t.Helper()
+	return newBrokerWith(t, local, ctl, ctlCleanup)
+}
+
+// newBrokerWith is newBroker on the broker at local that ctl and cleanup
+// manage.
+func newBrokerWith(t *testing.T, local string, ctl, cleanup func(testing.TB, ...string) string) *broker {
+	t.Helper()
 	id := randomHex(4)
-	b := &broker{user: "warren-e2e-" + id, password: randomHex(12), vhost: "warren-e2e-" + id, local: local}
-	ctl(t, "add_vhost", b.vhost)
-	t.Cleanup(func() { ctlCleanup(t, "delete_vhost", b.vhost) })
-	ctl(t, "add_user", b.user, b.password)
-	t.Cleanup(func() { ctlCleanup(t, "delete_user", b.user) })
-	ctl(t, "set_permissions", "-p", b.vhost, b.user, ".*", ".*", ".*")
+	b := &broker{user: "warren-e2e-" + id, password: randomHex(12), vhost: "warren-e2e-" + id, local: local, ctl: ctl, cleanup: cleanup}
+	b.ctl(t, "add_vhost", b.vhost)
+	t.Cleanup(func() { b.cleanup(t, "delete_vhost", b.vhost) })
+	b.ctl(t, "add_user", b.user, b.password)
+	t.Cleanup(func() { b.cleanup(t, "delete_user", b.user) })
+	b.ctl(t, "set_permissions", "-p", b.vhost, b.user, ".*", ".*", ".*")
 	return b
 }
 
@@ -45,7 +56,7 @@ func (b *broker) url(addr string) string {
 // queueCounts returns a queue's ready and unacknowledged messages.
 func (b *broker) queueCounts(t *testing.T, queue string) (ready, unacked int) {
 	t.Helper()
-	out := ctl(t, "list_queues", "-q", "--no-table-headers", "-p", b.vhost, "name", "messages_ready", "messages_unacknowledged")
+	out := b.ctl(t, "list_queues", "-q", "--no-table-headers", "-p", b.vhost, "name", "messages_ready", "messages_unacknowledged")
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		if len(f) == 3 && f[0] == queue {
@@ -73,7 +84,7 @@ func (b *broker) connectionNames(t *testing.T) []string {
 		catch _:_ -> ok end
 	end, rabbit_networking:connections()).`, b.vhost)
 	var names []string
-	for _, line := range strings.Split(ctl(t, "eval", code), "\n") {
+	for _, line := range strings.Split(b.ctl(t, "eval", code), "\n") {
 		if n, ok := strings.CutPrefix(strings.TrimSpace(line), "name="); ok {
 			names = append(names, n)
 		}
@@ -82,7 +93,7 @@ func (b *broker) connectionNames(t *testing.T) []string {
 	return names
 }
 
-func ctl(t *testing.T, args ...string) string {
+func ctl(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := runCtl(args...)
 	if err != nil {
@@ -93,11 +104,13 @@ func ctl(t *testing.T, args ...string) string {
 
 // ctlCleanup is ctl for cleanups: a failure is reported, and the other
 // cleanups still run.
-func ctlCleanup(t *testing.T, args ...string) {
+func ctlCleanup(t testing.TB, args ...string) string {
 	t.Helper()
-	if _, err := runCtl(args...); err != nil {
+	out, err := runCtl(args...)
+	if err != nil {
 		t.Error(err)
 	}
+	return out
 }
 
 func runCtl(args ...string) (string, error) {

@@ -22,7 +22,7 @@ import (
 // TestE2E runs the scenarios one after the other on one release, each
 // under its own stream of messages, and prints the report.
 func TestE2E(t *testing.T) {
-	e := setup(t)
+	e := setup(t, config{})
 	t.Cleanup(func() { fmt.Fprintf(os.Stdout, "\ne2e report:\n%s\n", e) })
 
 	scenarios := []struct {

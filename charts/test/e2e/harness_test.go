@@ -35,6 +35,7 @@ import (
 
 	"github.com/warren-mq/warren/charts/test/internal/cluster"
 	"github.com/warren-mq/warren/charts/test/internal/kubelet"
+	"github.com/warren-mq/warren/internal/brokertest"
 )
 
 const (
@@ -71,6 +72,7 @@ type env struct {
 	queue      string
 	ns         string
 	ledger     *ledger
+	collector  *collector
 	pub        *publisher
 	sets       []string // the values of every install and upgrade
 	logDir     string
@@ -85,9 +87,18 @@ type row struct {
 	lost, restarts, redel int
 }
 
+// config changes what setup brings up.
+type config struct {
+	// cluster adds to the control plane (KEDA).
+	cluster []cluster.Option
+	// node is a RabbitMQ node of the test's own to use instead of the
+	// machine's broker.
+	node *brokertest.Node
+}
+
 // setup brings everything up, and takes it down again in t.Cleanup, in
 // reverse order, failed or not.
-func setup(t *testing.T) *env {
+func setup(t *testing.T, cfg config) *env {
 	t.Helper()
 	if os.Getenv("WARREN_E2E") != "1" {
 		t.Skip("the end-to-end suite runs with WARREN_E2E=1 (make e2e): it needs root, ip(8), rabbitmqctl and a few minutes")
@@ -108,7 +119,7 @@ func setup(t *testing.T) *env {
 	warren := goBuild(t, bins, repoRoot, "./cmd/warren", "warren")
 	sidecar := goBuild(t, bins, ".", "./sidecar", "sidecar")
 
-	c := cluster.StartControlPlane(t)
+	c := cluster.StartControlPlane(t, cfg.cluster...)
 	cs, err := kubernetes.NewForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -134,11 +145,16 @@ func setup(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e := &env{cs: cs, dyn: dyn, kubeconfig: c.Kubeconfig, ledger: newLedger(), ns: "e2e"}
-	e.broker = newBroker(t, "127.0.0.1:5672")
+	if cfg.node != nil {
+		e.broker = newBrokerWith(t, cfg.node.Addr(), cfg.node.Ctl, cfg.node.Ctl)
+	} else {
+		e.broker = newBroker(t, "127.0.0.1:5672")
+	}
 	fwd := forward(t, net.JoinHostPort(gw, "0"), e.broker.local)
 	e.podURL = e.broker.url(fwd.addr())
 	e.localURL = e.broker.url(e.broker.local)
 	col := startCollector(t, net.JoinHostPort(gw, "0"), e.ledger)
+	e.collector = col
 
 	e.logDir = t.TempDir()
 	logFile, err := os.Create(filepath.Join(e.logDir, "kubelet.log"))
@@ -437,9 +453,9 @@ func (e *env) checkExits(t *testing.T, names []string) {
 // String is the report: a line a scenario.
 func (e *env) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-16s %9s %9s %6s %11s %9s %12s\n", "scenario", "took", "messages", "lost", "duplicates", "restarts", "redelivered")
+	fmt.Fprintf(&b, "%-22s %9s %9s %6s %11s %9s %12s\n", "scenario", "took", "messages", "lost", "duplicates", "restarts", "redelivered")
 	for _, r := range e.report {
-		fmt.Fprintf(&b, "%-16s %9s %9d %6d %11d %9d %12d\n", r.name, r.took.Round(100*time.Millisecond), r.messages, r.lost, r.duplicates, r.restarts, r.redel)
+		fmt.Fprintf(&b, "%-22s %9s %9d %6d %11d %9d %12d\n", r.name, r.took.Round(100*time.Millisecond), r.messages, r.lost, r.duplicates, r.restarts, r.redel)
 	}
 	return b.String()
 }

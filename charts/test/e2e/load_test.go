@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -74,12 +75,26 @@ func (l *ledger) tally(scenario string) tally {
 }
 
 // collector is the HTTP endpoint the sidecars hand each message to, on the
-// pod network's gateway.
+// pod network's gateway. A message whose id has slowMark in it takes the
+// slow time (SetSlow) before it is answered and counted: a long handler
+// call, as the application sees it.
 type collector struct {
-	srv *http.Server
-	url string
-	wg  sync.WaitGroup
+	srv      *http.Server
+	url      string
+	wg       sync.WaitGroup
+	slow     atomic.Int64 // nanoseconds
+	inflight atomic.Int64 // requests being answered
 }
+
+// slowMark in a message id makes its handling take the collector's slow
+// time.
+const slowMark = "-slow-"
+
+// SetSlow sets how long a slow message's handling takes.
+func (c *collector) SetSlow(d time.Duration) { c.slow.Store(int64(d)) }
+
+// Inflight is the number of messages the application is handling.
+func (c *collector) Inflight() int { return int(c.inflight.Load()) }
 
 func startCollector(t *testing.T, addr string, l *ledger) *collector {
 	t.Helper()
@@ -91,10 +106,20 @@ func startCollector(t *testing.T, addr string, l *ledger) *collector {
 	c.srv = &http.Server{
 		ReadHeaderTimeout: 5 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c.inflight.Add(1)
+			defer c.inflight.Add(-1)
 			body, err := io.ReadAll(r.Body)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
 				return
+			}
+			if strings.Contains(string(body), slowMark) {
+				select {
+				case <-time.After(time.Duration(c.slow.Load())):
+				case <-r.Context().Done():
+					// The caller gave up: not handled.
+					return
+				}
 			}
 			l.handle(string(body), r.Header.Get("X-Pod"), r.Header.Get("X-Redelivered") == "true")
 			w.WriteHeader(http.StatusOK)

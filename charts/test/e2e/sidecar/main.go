@@ -30,7 +30,9 @@ func run() int {
 		return 2
 	}
 	host, _ := os.Hostname()
-	client := &http.Client{Timeout: 10 * time.Second}
+	// Longer than the slowest message the tests hand it (the KEDA
+	// scale-in scenario's).
+	client := &http.Client{Timeout: 30 * time.Second}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

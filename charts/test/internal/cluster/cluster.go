@@ -53,45 +53,85 @@ type Cluster struct {
 // cached binary), unless requireCluster says that must not happen (in CI).
 func Start(t testing.TB) *Cluster {
 	t.Helper()
+	return start(t, false)
+}
+
+// start is Start, with the API aggregation layer configured if aggregation
+// is set.
+func start(t testing.TB, aggregation bool) *Cluster {
+	t.Helper()
 	etcd, err := exec.LookPath("etcd")
 	if err != nil {
 		skipOrFail(t, "etcd not found (Debian: apt-get install etcd-server): %v", err)
 	}
 	apiserver := binary(t, KubeAPIServer)
 	dir := t.TempDir()
+	var flags []string
+	if aggregation {
+		flags = newPKI(t, filepath.Join(dir, "pki")).aggregationFlags(t)
+	}
 	etcdURL := startEtcd(t, etcd, dir)
-	return startAPIServer(t, apiserver, dir, etcdURL)
+	return startAPIServer(t, apiserver, dir, etcdURL, flags...)
 }
 
+// Option adds to what StartControlPlane runs.
+type Option func(*options)
+
+type options struct {
+	keda bool
+}
+
+// WithKEDA adds KEDA: its CRDs, its operator and metrics adapter (built
+// like the control plane, see Binary) serving external.metrics.k8s.io
+// through the API server's aggregation layer, and the controller manager's
+// HPA controller syncing every 5 s (15 s by default) so scaling shows in
+// seconds. The API server then has a client CA and front-proxy flags,
+// which the suite without KEDA does without.
+func WithKEDA() Option { return func(o *options) { o.keda = true } }
+
 // StartControlPlane is Start, then kube-controller-manager and
-// kube-scheduler with the same credentials. It returns once the controller
-// manager has published the root CA into the default namespace (its
-// controllers run) and the scheduler's process is up; the scheduler serves
-// no port, so the first pod it binds is the proof that it works.
-func StartControlPlane(t testing.TB) *Cluster {
+// kube-scheduler with the same credentials, then what the options add. It
+// returns once the controller manager has published the root CA into the
+// default namespace (its controllers run) and the scheduler's process is
+// up; the scheduler serves no port, so the first pod it binds is the proof
+// that it works.
+func StartControlPlane(t testing.TB, opts ...Option) *Cluster {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	cm := binary(t, KubeControllerManager)
 	sched := binary(t, KubeScheduler)
-	c := Start(t)
+	var operator, adapter string
+	if o.keda {
+		operator = binary(t, KEDAOperator)
+		adapter = binary(t, KEDAAdapter)
+	}
+	c := start(t, o.keda)
 
 	flexDir := filepath.Join(c.dir, "flexvolume")
 	if err := os.Mkdir(flexDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, c.dir, KubeControllerManager, cm,
-		"--kubeconfig="+c.Kubeconfig,
-		"--service-account-private-key-file="+c.keyFile,
-		"--root-ca-file="+filepath.Join(c.dir, "certs", "apiserver.crt"),
+	cmArgs := []string{cm,
+		"--kubeconfig=" + c.Kubeconfig,
+		"--service-account-private-key-file=" + c.keyFile,
+		"--root-ca-file=" + filepath.Join(c.dir, "certs", "apiserver.crt"),
 		// Every controller acts with the masters token of the kubeconfig:
 		// no per-controller service accounts to mint tokens for.
 		"--use-service-account-credentials=false",
 		"--leader-elect=false",
 		// Otherwise it creates a directory under /usr/libexec.
-		"--flex-volume-plugin-dir="+flexDir,
+		"--flex-volume-plugin-dir=" + flexDir,
 		"--secure-port=0",
 		"--controllers=*",
 		"--v=1",
-	)
+	}
+	if o.keda {
+		cmArgs = append(cmArgs, "--horizontal-pod-autoscaler-sync-period=5s")
+	}
+	p := run(t, c.dir, KubeControllerManager, nil, cmArgs...)
 	cs, err := kubernetes.NewForConfig(c.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -103,12 +143,15 @@ func StartControlPlane(t testing.TB) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start(t, c.dir, KubeScheduler, sched,
+	run(t, c.dir, KubeScheduler, nil, sched,
 		"--kubeconfig="+c.Kubeconfig,
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--v=1",
 	)
+	if o.keda {
+		startKEDA(t, c, operator, adapter)
+	}
 	return c
 }
 
@@ -160,9 +203,10 @@ type process struct {
 	err  error
 }
 
-// start runs a command with its output in dir/name.log and stops it in
-// t.Cleanup: SIGTERM, then SIGKILL after 10 s.
-func start(t testing.TB, dir, name string, argv ...string) *process {
+// run runs a command, with env added to the test's environment, with its
+// output in dir/name.log, and stops it in t.Cleanup: SIGTERM, then SIGKILL
+// after 10 s.
+func run(t testing.TB, dir, name string, env []string, argv ...string) *process {
 	t.Helper()
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.Create(logPath)
@@ -170,6 +214,7 @@ func start(t testing.TB, dir, name string, argv ...string) *process {
 		t.Fatalf("create %s: %v", logPath, err)
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// Its own process group, so a Ctrl-C of `go test` reaches it only
@@ -244,7 +289,7 @@ func startEtcd(t testing.TB, etcd, dir string) string {
 	t.Helper()
 	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	p := start(t, dir, "etcd", etcd,
+	p := run(t, dir, "etcd", nil, etcd,
 		"--name=test",
 		"--data-dir="+filepath.Join(dir, "etcd"),
 		"--listen-client-urls="+client,
@@ -273,7 +318,7 @@ func startEtcd(t testing.TB, etcd, dir string) string {
 	return client
 }
 
-func startAPIServer(t testing.TB, apiserver, dir, etcdURL string) *Cluster {
+func startAPIServer(t testing.TB, apiserver, dir, etcdURL string, flags ...string) *Cluster {
 	t.Helper()
 	keyFile := filepath.Join(dir, "sa.key")
 	writeRSAKey(t, keyFile)
@@ -283,24 +328,25 @@ func startAPIServer(t testing.TB, apiserver, dir, etcdURL string) *Cluster {
 	writeFile(t, tokenFile, fmt.Sprintf("%s,warren-test,warren-test,\"system:masters\"\n", token))
 
 	port := freePort(t)
-	p := start(t, dir, "kube-apiserver", apiserver,
-		"--etcd-servers="+etcdURL,
+	args := []string{apiserver,
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
-		"--cert-dir="+filepath.Join(dir, "certs"),
-		"--token-auth-file="+tokenFile,
+		"--cert-dir=" + filepath.Join(dir, "certs"),
+		"--token-auth-file=" + tokenFile,
 		"--authorization-mode=RBAC",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+keyFile,
-		"--service-account-signing-key-file="+keyFile,
+		"--service-account-key-file=" + keyFile,
+		"--service-account-signing-key-file=" + keyFile,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		// The "kubernetes" Service's endpoints would point at 127.0.0.1,
 		// which the endpoint reconciler refuses.
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--v=1",
-	)
+	}
+	p := run(t, dir, "kube-apiserver", nil, append(args, flags...)...)
 	host := fmt.Sprintf("https://127.0.0.1:%d", port)
 	// The serving certificate is self-signed at start; the client skips
 	// verification of a server on loopback that the test itself started.
