@@ -82,6 +82,11 @@ type CertOptions struct {
 	NotBefore, NotAfter time.Time
 	// Client makes it a client certificate, for mutual TLS.
 	Client bool
+	// ServerAndClient makes it good for both ends of mutual TLS (it wins
+	// over Client).
+	ServerAndClient bool
+	// CommonName is its subject's name; empty means "warren test".
+	CommonName string
 }
 
 // Issue makes a certificate signed by the CA.
@@ -93,16 +98,22 @@ func (ca *CA) Issue(t testing.TB, o CertOptions) Cert {
 	if o.NotAfter.IsZero() {
 		o.NotAfter = time.Now().Add(24 * time.Hour)
 	}
+	if o.CommonName == "" {
+		o.CommonName = "warren test"
+	}
 	key := newKey(t)
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: "warren test"},
+		Subject:      pkix.Name{CommonName: o.CommonName},
 		NotBefore:    o.NotBefore,
 		NotAfter:     o.NotAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	if o.Client {
+	switch {
+	case o.ServerAndClient:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	case o.Client:
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
 	for _, h := range o.Hosts {

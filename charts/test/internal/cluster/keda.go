@@ -2,16 +2,8 @@ package cluster
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +21,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/warren-mq/warren/internal/brokertest"
 )
 
 // KEDANamespace holds KEDA's own objects: the Service behind the external
@@ -44,9 +38,8 @@ const frontProxyUser = "front-proxy-client"
 // purpose here: the API server's client CA, the front proxy's, and KEDA's
 // mutual TLS between operator and adapter.
 type pki struct {
-	dir    string
-	caCert *x509.Certificate
-	caKey  *ecdsa.PrivateKey
+	dir string
+	ca  *brokertest.CA
 }
 
 func newPKI(t testing.TB, dir string) *pki {
@@ -54,26 +47,8 @@ func newPKI(t testing.TB, dir string) *pki {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "warren-test-ca"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatalf("create CA: %v", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatalf("parse CA: %v", err)
-	}
-	p := &pki{dir: dir, caCert: cert, caKey: key}
-	writeFile(t, p.caFile(), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	p := &pki{dir: dir, ca: brokertest.NewCA(t, "warren-test-ca")}
+	writeFile(t, p.caFile(), string(p.ca.PEM))
 	return p
 }
 
@@ -83,43 +58,12 @@ func (p *pki) caFile() string { return filepath.Join(p.dir, "ca.crt") }
 // localhost and 127.0.0.1, for servers and clients both.
 func (p *pki) issue(t testing.TB, name, cn string) (certFile, keyFile string) {
 	t.Helper()
-	key := newKey(t)
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatalf("issue %s: %v", name, err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := p.ca.Issue(t, brokertest.CertOptions{Hosts: []string{"localhost", "127.0.0.1"}, ServerAndClient: true, CommonName: cn})
 	certFile = filepath.Join(p.dir, name+".crt")
 	keyFile = filepath.Join(p.dir, name+".key")
-	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
-	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})))
+	writeFile(t, certFile, string(c.CertPEM))
+	writeFile(t, keyFile, string(c.KeyPEM))
 	return certFile, keyFile
-}
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatalf("generate key: %v", err)
-	}
-	return key
 }
 
 // aggregationFlags are the API server's flags for aggregated API servers:
