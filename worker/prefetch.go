@@ -87,8 +87,8 @@ type sample struct {
 // concurrent use: the session's consume loop owns it.
 type prefetchController struct {
 	min, max int
-	budget   int64   // bytes of bodies the window may hold
-	size     float64 // the largest body seen lately, in bytes; 0 before any
+	budget   int64         // bytes of bodies the window may hold
+	size     float64       // the largest body seen lately, in bytes; 0 before any
 	window   int           // in force
 	rate     float64       // completions per second in the last interval
 	rtt      time.Duration // the estimate: the mean of about the last rttSamples
