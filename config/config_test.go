@@ -289,6 +289,24 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "max inflight bytes with a suffix",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_MAX_INFLIGHT_BYTES": "64Mi"},
+			check: func(t *testing.T, c *Config) {
+				if c.MaxInflightBytes != 64<<20 {
+					t.Errorf("Load() max inflight bytes = %d, want %d", c.MaxInflightBytes, 64<<20)
+				}
+			},
+		},
+		{
+			name: "max inflight bytes unset: 0, for the caller to derive",
+			give: map[string]string{"WARREN_QUEUE": "q"},
+			check: func(t *testing.T, c *Config) {
+				if c.MaxInflightBytes != 0 {
+					t.Errorf("Load() max inflight bytes = %d, want 0", c.MaxInflightBytes)
+				}
+			},
+		},
+		{
 			name: "a small max prefetch alone lowers the default concurrency",
 			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_MAX_PREFETCH": "2"},
 			check: func(t *testing.T, c *Config) {

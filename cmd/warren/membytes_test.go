@@ -54,9 +54,11 @@ func TestMemoryBoundedInBytes(t *testing.T) {
 		return retried >= n
 	})
 	peak := warrentest.PeakRSS(t, p.Pid())
+	handedBack := metricValue(p.Metrics(), `warren_messages_total{outcome="requeue"}`)
 	p.Stop(t)
 
-	t.Logf("%d messages of %d MiB, budget %d MiB: peak RSS %.1f MiB (bound %d MiB)", n, size>>20, budget>>20, float64(peak)/(1<<20), bound>>20)
+	t.Logf("%d messages of %d MiB, budget %d MiB: peak RSS %.1f MiB (bound %d MiB), %v handed back",
+		n, size>>20, budget>>20, float64(peak)/(1<<20), bound>>20, handedBack)
 	if peak > bound {
 		t.Errorf("peak RSS %.1f MiB, want at most %d MiB: the heap's soft limit, %d MiB, and %d MiB",
 			float64(peak)/(1<<20), bound>>20, heap>>20, slack>>20)
