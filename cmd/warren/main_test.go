@@ -573,23 +573,6 @@ func buildPlain(t *testing.T) string {
 	return plainBinary
 }
 
-// rss returns the resident memory of a process, in bytes.
-func rss(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatalf("read process status: %v", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS in /proc status")
-	return 0
-}
-
 func TestMemoryBoundedBySlowHandler(t *testing.T) {
 	q := brokertest.Queue(t)
 	// A handler far slower than the queue: 4 at a time, 50 ms each.
@@ -626,14 +609,14 @@ func TestMemoryBoundedBySlowHandler(t *testing.T) {
 	// thousands more wait in the queue.
 	var peak, early int64
 	for i := 0; i < 40; i++ {
-		r := rss(t, cmd.Process.Pid)
+		r := warrentest.RSS(t, cmd.Process.Pid)
 		peak = max(peak, r)
 		if i == 10 {
 			early = r
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	last := rss(t, cmd.Process.Pid)
+	last := warrentest.RSS(t, cmd.Process.Pid)
 	t.Logf("RSS: %.1f MiB after 1 s, %.1f MiB after 4 s, peak %.1f MiB; %d handled",
 		float64(early)/(1<<20), float64(last)/(1<<20), float64(peak)/(1<<20), handled.Load())
 	if peak > 64<<20 {
