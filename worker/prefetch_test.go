@@ -89,21 +89,28 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 				max = 1000
 			}
 			c := newPrefetchController(4, max, DefaultMaxInflightBytes)
-			if tt.start != 0 {
-				c.switched(tt.start)
-			}
-			var got []string
-			for i, s := range tt.give {
-				if w, ok := c.observe(s); ok {
-					got = append(got, fmt.Sprintf("%d:%d", i, w))
-					c.switched(w)
-				}
-			}
-			if !slices.Equal(got, tt.want) {
+			if got := switches(c, tt.start, tt.give); !slices.Equal(got, tt.want) {
 				t.Errorf("switches = %q, want %q", got, tt.want)
 			}
 		})
 	}
+}
+
+// switches feeds samples to c, starting from the window start (0: c's
+// own), and returns the switches it asked for as "i:window": the switch
+// due after sample i.
+func switches(c *prefetchController, start int, samples []sample) []string {
+	if start != 0 {
+		c.switched(start)
+	}
+	var got []string
+	for i, s := range samples {
+		if w, ok := c.observe(s); ok {
+			got = append(got, fmt.Sprintf("%d:%d", i, w))
+			c.switched(w)
+		}
+	}
+	return got
 }
 
 func TestPrefetchRoundTrip(t *testing.T) {
@@ -169,17 +176,7 @@ func TestPrefetchBytes(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newPrefetchController(4, 1000, budget)
-			if tt.start != 0 {
-				c.switched(tt.start)
-			}
-			var got []string
-			for i, s := range tt.give {
-				if w, ok := c.observe(s); ok {
-					got = append(got, fmt.Sprintf("%d:%d", i, w))
-					c.switched(w)
-				}
-			}
-			if !slices.Equal(got, tt.want) {
+			if got := switches(c, tt.start, tt.give); !slices.Equal(got, tt.want) {
 				t.Errorf("switches = %q, want %q", got, tt.want)
 			}
 		})
