@@ -252,8 +252,9 @@ func (s *session) admit(d *amqp.Delivery) bool {
 	fits := s.inflight == 0 || s.bytes+int64(len(d.Body)) <= s.w.cfg.MaxInflightBytes
 	s.mu.Unlock()
 	if !fits {
-		s.add(len(d.Body))
-		s.settle(d, Requeue)
+		// Never held: it counts neither as in flight nor as completed
+		// (the completion rate sizes the window).
+		s.acks.nack(d.DeliveryTag)
 	}
 	return fits
 }
