@@ -96,7 +96,7 @@ type prefetchController struct {
 	held     time.Duration // how long the target has been beyond the hysteresis
 	grow     bool          // in which direction held counts
 	bound    int           // the window to switch to once held is long enough
-	why      string        // what the last switch asked for is after: "rate" or "bytes"
+	why      string        // why the last switch was asked for: "rate" or "bytes"
 }
 
 // newPrefetchController returns a controller for concurrency handlers
