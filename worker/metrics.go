@@ -28,7 +28,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	messages := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "warren_messages_total",
-		Help: "Messages settled, by outcome: ack (handled), retry (failed, copied to wait for another attempt), dead (failed for good, copied to the dead-letter queue), requeue (handed back untried), deferred (back before the time it was asked to wait for).",
+		Help: "Messages settled, by outcome: ack (handled), retry (failed, copied to wait for another attempt), dead (failed for good, copied to the dead-letter queue), requeue (handed back untried: on shutdown, or beyond the byte budget), deferred (back before the time it was asked to wait for).",
 	}, []string{"outcome"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "warren_handler_duration_seconds",
