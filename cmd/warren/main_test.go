@@ -180,7 +180,7 @@ func TestHelp(t *testing.T) {
 			if code != 0 {
 				t.Errorf("warren %s exited %d, want 0", arg, code)
 			}
-			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz"} {
+			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_MAX_INFLIGHT_BYTES", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz"} {
 				if !strings.Contains(out, want) {
 					t.Errorf("warren %s does not mention %s", arg, want)
 				}
@@ -212,6 +212,7 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 		{"prefetch not a number", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=abc"}, `WARREN_PREFETCH="abc": want an integer from 1 to 65535`},
 		{"prefetch too big", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=70000"}, `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
 		{"concurrency above prefetch", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=2", "WARREN_CONCURRENCY=3"}, `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
+		{"max inflight bytes in SI units", []string{"WARREN_QUEUE=q", "WARREN_MAX_INFLIGHT_BYTES=100MB"}, `WARREN_MAX_INFLIGHT_BYTES="100MB": want a size from 1Mi to 1024Gi`},
 		{"unknown handler", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=magic"}, `WARREN_HANDLER="magic": want one of log, noop, http, exec`},
 		{"negative timeout", []string{"WARREN_QUEUE=q", "WARREN_HANDLER_TIMEOUT=-5s"}, `WARREN_HANDLER_TIMEOUT="-5s": want a positive duration`},
 		{"negative shutdown", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=-1s"}, `WARREN_SHUTDOWN_TIMEOUT="-1s": want a positive duration`},
