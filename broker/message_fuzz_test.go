@@ -153,6 +153,17 @@ func TestCopyOfDropsPublishToken(t *testing.T) {
 	}
 }
 
+// TestCopyOfSharesTheBody: a retry or dead copy publishes the delivery's
+// own body, never a second copy of it: a 100 MB message must not cost
+// another 100 MB to retry.
+func TestCopyOfSharesTheBody(t *testing.T) {
+	body := make([]byte, 1<<20)
+	c := broker.CopyOf(&amqp.Delivery{Body: body})
+	if len(c.Body) != len(body) || &c.Body[0] != &body[0] {
+		t.Errorf("CopyOf's body is a copy (%d bytes at %p, delivery's at %p), want the delivery's own", len(c.Body), &c.Body[0], &body[0])
+	}
+}
+
 func TestAttempts(t *testing.T) {
 	for _, tt := range []struct {
 		give any

@@ -39,22 +39,25 @@ type Config struct {
 		URL     string `default:"amqp://guest:guest@localhost:5672/" desc:"broker URL, amqp:// or amqps://; several, comma-separated, are the nodes of one cluster"`
 		URLFile string `split_words:"true" desc:"file holding the broker URL (a mounted Secret); wins over WARREN_AMQP_URL"`
 	}
-	Queue          string          `desc:"queue to consume (required)"`
-	QueueType      string          `split_words:"true" default:"classic" desc:"classic or quorum"`
-	Declare        bool            `default:"true" desc:"declare the queue and exchange (true) or only check that they exist (false)"`
-	Exchange       string          `desc:"exchange to bind the queue to; empty for none"`
-	ExchangeType   string          `split_words:"true" default:"direct" desc:"direct, fanout, topic or headers"`
-	BindingKeys    []string        `split_words:"true" desc:"routing keys of the bindings, comma-separated; default the queue name; headers exchange: name=value pairs, all must match"`
-	Prefetch       int             `desc:"QoS prefetch count, fixed: most unacked messages held at once; unset: sized by warren from the completion rate and the broker's round trip, from WARREN_CONCURRENCY to WARREN_MAX_PREFETCH"`
-	MaxPrefetch    int             `split_words:"true" default:"1000" desc:"largest prefetch warren sizes when WARREN_PREFETCH is unset: the memory bound"`
-	Concurrency    int             `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH, or WARREN_MAX_PREFETCH)"`
-	Handler        string          `default:"log" desc:"log, noop, http or exec"`
-	HandlerTimeout time.Duration   `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
-	RetryDelays    []time.Duration `split_words:"true" default:"1s,10s,1m" desc:"waits before the 2nd, 3rd, ... attempt, comma-separated; the last repeats; empty: retry at the tail of the queue"`
-	MaxRetryAfter  time.Duration   `split_words:"true" default:"1h" desc:"longest wait a handler may ask for (HTTP Retry-After); a message asking for more is dead-lettered"`
-	MaxAttempts    int             `split_words:"true" default:"5" desc:"attempts before a message is dead-lettered to <queue>.dead"`
-	DeliveryLimit  int             `split_words:"true" default:"0" desc:"quorum queues: deliveries before the broker dead-letters a message that is never settled (0: none)"`
-	HTTP           struct {
+	Queue        string   `desc:"queue to consume (required)"`
+	QueueType    string   `split_words:"true" default:"classic" desc:"classic or quorum"`
+	Declare      bool     `default:"true" desc:"declare the queue and exchange (true) or only check that they exist (false)"`
+	Exchange     string   `desc:"exchange to bind the queue to; empty for none"`
+	ExchangeType string   `split_words:"true" default:"direct" desc:"direct, fanout, topic or headers"`
+	BindingKeys  []string `split_words:"true" desc:"routing keys of the bindings, comma-separated; default the queue name; headers exchange: name=value pairs, all must match"`
+	Prefetch     int      `desc:"QoS prefetch count, fixed: most unacked messages held at once; unset: sized by warren from the completion rate and the broker's round trip, from WARREN_CONCURRENCY to WARREN_MAX_PREFETCH"`
+	MaxPrefetch  int      `split_words:"true" default:"1000" desc:"largest prefetch warren sizes when WARREN_PREFETCH is unset: the memory bound"`
+	// MaxInflightBytes is 0 when unset: the caller derives it from the
+	// pod's memory limit (package memlimit).
+	MaxInflightBytes Bytes           `split_words:"true" desc:"bytes of message bodies held at once (received, not settled), such as 256Mi (suffixes Ki, Mi, Gi); the adaptive prefetch shrinks to fit; unset: a quarter of the memory limit of warren's cgroup (the pod's), or 256Mi without one"`
+	Concurrency      int             `default:"4" desc:"handlers running at once (at most WARREN_PREFETCH, or WARREN_MAX_PREFETCH)"`
+	Handler          string          `default:"log" desc:"log, noop, http or exec"`
+	HandlerTimeout   time.Duration   `split_words:"true" default:"1m" desc:"longest a handler may run for one message"`
+	RetryDelays      []time.Duration `split_words:"true" default:"1s,10s,1m" desc:"waits before the 2nd, 3rd, ... attempt, comma-separated; the last repeats; empty: retry at the tail of the queue"`
+	MaxRetryAfter    time.Duration   `split_words:"true" default:"1h" desc:"longest wait a handler may ask for (HTTP Retry-After); a message asking for more is dead-lettered"`
+	MaxAttempts      int             `split_words:"true" default:"5" desc:"attempts before a message is dead-lettered to <queue>.dead"`
+	DeliveryLimit    int             `split_words:"true" default:"0" desc:"quorum queues: deliveries before the broker dead-letters a message that is never settled (0: none)"`
+	HTTP             struct {
 		URL          string `desc:"http handler: the URL messages are POSTed to"`
 		DeadStatuses []int  `split_words:"true" default:"400,410,413,415,422" desc:"http handler: response statuses that mean dead, not retry, comma-separated; every other failure retries"`
 	}
@@ -120,6 +123,7 @@ var wants = map[string]string{
 	"WARREN_BINDING_KEYS":         "name=value pairs for a headers exchange",
 	"WARREN_PREFETCH":             "an integer from 1 to 65535",
 	"WARREN_MAX_PREFETCH":         "an integer from 1 to 65535",
+	"WARREN_MAX_INFLIGHT_BYTES":   "a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi",
 	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH, or to WARREN_MAX_PREFETCH when WARREN_PREFETCH is unset",
 	"WARREN_HANDLER":              "one of log, noop, http, exec",
 	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
@@ -160,6 +164,10 @@ func Load() (*Config, error) {
 	if _, set := os.LookupEnv("WARREN_PREFETCH"); set && c.Prefetch == 0 {
 		// 0 is the adaptive prefetch of a Config; set, it is a mistake.
 		return nil, bad("WARREN_PREFETCH", "0")
+	}
+	if _, set := os.LookupEnv("WARREN_MAX_INFLIGHT_BYTES"); set && c.MaxInflightBytes == 0 {
+		// 0 is "derive it" in a Config; set, it is a mistake.
+		return nil, bad("WARREN_MAX_INFLIGHT_BYTES", "0")
 	}
 	if _, set := os.LookupEnv("WARREN_CONCURRENCY"); !set {
 		// The default must not contradict a small prefetch set alone.
@@ -255,6 +263,8 @@ func (c *Config) Validate() error {
 		return bad("WARREN_PREFETCH", strconv.Itoa(c.Prefetch))
 	case c.MaxPrefetch < 1 || c.MaxPrefetch > 65535:
 		return bad("WARREN_MAX_PREFETCH", strconv.Itoa(c.MaxPrefetch))
+	case c.MaxInflightBytes != 0 && (c.MaxInflightBytes < minInflightBytes || c.MaxInflightBytes > maxInflightBytes):
+		return bad("WARREN_MAX_INFLIGHT_BYTES", c.MaxInflightBytes.String())
 	case c.Concurrency < 1 || c.Concurrency > c.prefetchLimit():
 		e := bad("WARREN_CONCURRENCY", strconv.Itoa(c.Concurrency))
 		limit := "WARREN_PREFETCH"
@@ -330,6 +340,13 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// The range of WARREN_MAX_INFLIGHT_BYTES: below a few frames (128 KiB
+// each) every message would come alone.
+const (
+	minInflightBytes Bytes = 1 << 20
+	maxInflightBytes Bytes = 1 << 40
+)
 
 // prefetchLimit returns the largest prefetch warren may use: the one
 // set, or the adaptive one's bound (Prefetch 0).

@@ -289,6 +289,24 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "max inflight bytes with a suffix",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_MAX_INFLIGHT_BYTES": "64Mi"},
+			check: func(t *testing.T, c *Config) {
+				if c.MaxInflightBytes != 64<<20 {
+					t.Errorf("Load() max inflight bytes = %d, want %d", c.MaxInflightBytes, 64<<20)
+				}
+			},
+		},
+		{
+			name: "max inflight bytes unset: 0, for the caller to derive",
+			give: map[string]string{"WARREN_QUEUE": "q"},
+			check: func(t *testing.T, c *Config) {
+				if c.MaxInflightBytes != 0 {
+					t.Errorf("Load() max inflight bytes = %d, want 0", c.MaxInflightBytes)
+				}
+			},
+		},
+		{
 			name: "a small max prefetch alone lowers the default concurrency",
 			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_MAX_PREFETCH": "2"},
 			check: func(t *testing.T, c *Config) {
@@ -393,6 +411,15 @@ func TestLoadErrors(t *testing.T) {
 		{"concurrency 0", with("WARREN_CONCURRENCY", "0"), `WARREN_CONCURRENCY="0": want an integer from 1 to WARREN_MAX_PREFETCH (1000)`},
 		{"max prefetch 0", with("WARREN_MAX_PREFETCH", "0"), `WARREN_MAX_PREFETCH="0": want an integer from 1 to 65535`},
 		{"max prefetch too big", with("WARREN_MAX_PREFETCH", "65536"), `WARREN_MAX_PREFETCH="65536": want an integer from 1 to 65535`},
+		{"max inflight bytes 0", with("WARREN_MAX_INFLIGHT_BYTES", "0"), `WARREN_MAX_INFLIGHT_BYTES="0": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes empty", with("WARREN_MAX_INFLIGHT_BYTES", ""), `WARREN_MAX_INFLIGHT_BYTES="": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes negative", with("WARREN_MAX_INFLIGHT_BYTES", "-1Mi"), `WARREN_MAX_INFLIGHT_BYTES="-1Mi": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes below 1Mi", with("WARREN_MAX_INFLIGHT_BYTES", "512Ki"), `WARREN_MAX_INFLIGHT_BYTES="512Ki": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes above 1024Gi", with("WARREN_MAX_INFLIGHT_BYTES", "1025Gi"), `WARREN_MAX_INFLIGHT_BYTES="1025Gi": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes decimal", with("WARREN_MAX_INFLIGHT_BYTES", "1.5Gi"), `WARREN_MAX_INFLIGHT_BYTES="1.5Gi": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes SI suffix", with("WARREN_MAX_INFLIGHT_BYTES", "100MB"), `WARREN_MAX_INFLIGHT_BYTES="100MB": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes space", with("WARREN_MAX_INFLIGHT_BYTES", "64 Mi"), `WARREN_MAX_INFLIGHT_BYTES="64 Mi": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
+		{"max inflight bytes overflow", with("WARREN_MAX_INFLIGHT_BYTES", "99999999999999999999"), `WARREN_MAX_INFLIGHT_BYTES="99999999999999999999": want a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi`},
 		{"max retry after 0", with("WARREN_MAX_RETRY_AFTER", "0s"), `WARREN_MAX_RETRY_AFTER="0s": want a duration from 1s to 168h, such as 1h`},
 		{"max retry after above a week", with("WARREN_MAX_RETRY_AFTER", "169h"), `WARREN_MAX_RETRY_AFTER="169h0m0s": want a duration from 1s to 168h, such as 1h`},
 		{"max retry after not a duration", with("WARREN_MAX_RETRY_AFTER", "soon"), `WARREN_MAX_RETRY_AFTER="soon": want a duration from 1s to 168h, such as 1h`},

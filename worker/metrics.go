@@ -8,18 +8,19 @@ import (
 
 // metrics are the worker's Prometheus series, all prefixed warren_.
 type metrics struct {
-	messages    [numOutcomes]prometheus.Counter
-	duration    [numOutcomes]prometheus.Observer
-	stale       prometheus.Counter
-	retryCopies copyMetrics
-	deadCopies  copyMetrics
-	inflight    prometheus.Gauge
-	prefetch    prometheus.Gauge
-	connected   prometheus.Gauge
-	reconnects  prometheus.Counter
-	consuming   prometheus.Gauge
-	blocked     prometheus.Gauge
-	brokerInfo  *prometheus.GaugeVec
+	messages      [numOutcomes]prometheus.Counter
+	duration      [numOutcomes]prometheus.Observer
+	stale         prometheus.Counter
+	retryCopies   copyMetrics
+	deadCopies    copyMetrics
+	inflight      prometheus.Gauge
+	inflightBytes prometheus.Gauge
+	prefetch      prometheus.Gauge
+	connected     prometheus.Gauge
+	reconnects    prometheus.Counter
+	consuming     prometheus.Gauge
+	blocked       prometheus.Gauge
+	brokerInfo    *prometheus.GaugeVec
 	// copyFailures counts copies the broker did not take, by reason.
 	copyFailures *prometheus.CounterVec
 }
@@ -27,7 +28,7 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	messages := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "warren_messages_total",
-		Help: "Messages settled, by outcome: ack (handled), retry (failed, copied to wait for another attempt), dead (failed for good, copied to the dead-letter queue), requeue (handed back untried), deferred (back before the time it was asked to wait for).",
+		Help: "Messages settled, by outcome: ack (handled), retry (failed, copied to wait for another attempt), dead (failed for good, copied to the dead-letter queue), requeue (handed back untried: on shutdown, or beyond the byte budget), deferred (back before the time it was asked to wait for).",
 	}, []string{"outcome"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "warren_handler_duration_seconds",
@@ -52,6 +53,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warren_inflight_messages",
 			Help: "Messages handed to a handler and not yet settled.",
+		}),
+		inflightBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warren_inflight_bytes",
+			Help: "Bytes of the bodies of the messages warren holds: received and not yet settled. The adaptive window keeps them within WARREN_MAX_INFLIGHT_BYTES, but for one message larger than that.",
 		}),
 		prefetch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warren_prefetch",
@@ -86,7 +91,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.brokerInfo, m.copyFailures} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.brokerInfo, m.copyFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -35,6 +35,14 @@ import (
 // a new window means consuming anew; the controller asks for that rarely:
 // when the target stays at 2x the window in force or more (growHold), or
 // at half or less (shrinkHold).
+//
+// Bytes bound the window too. RabbitMQ does not implement basic.qos
+// prefetch_size, and amqp091-go receives and buffers every delivery the
+// window lets the broker send, so the window in messages is what bounds
+// the memory: it is at most budget / size, at least 1, where size is the
+// largest body seen lately (it decays by half every sizeHalfLife, so the
+// window grows back once large messages stop). A window above that
+// shrinks at once, without a hold: memory does not wait.
 const (
 	// DefaultMaxPrefetch bounds the adaptive window: memory.
 	DefaultMaxPrefetch = 1000
@@ -60,6 +68,10 @@ const (
 	defaultRTT = time.Millisecond
 	// burst is the headroom over the bandwidth-delay product.
 	burst = 2
+	// sizeHalfLife is how fast the largest body seen is forgotten: slower
+	// than shrinkHold, so that one lull between large messages does not
+	// grow the window only to shrink it again at the next one.
+	sizeHalfLife = 10 * time.Second
 )
 
 // sample is what the session measured over one interval.
@@ -68,12 +80,15 @@ type sample struct {
 	completed int           // deliveries settled
 	rtts      int           // round trips measured
 	rttSum    time.Duration // their sum
+	largest   int           // the largest body received
 }
 
 // prefetchController decides the window from samples. It is not safe for
 // concurrent use: the session's consume loop owns it.
 type prefetchController struct {
 	min, max int
+	budget   int64         // bytes of bodies the window may hold
+	size     float64       // the largest body seen lately, in bytes; 0 before any
 	window   int           // in force
 	rate     float64       // completions per second in the last interval
 	rtt      time.Duration // the estimate: the mean of about the last rttSamples
@@ -81,24 +96,40 @@ type prefetchController struct {
 	held     time.Duration // how long the target has been beyond the hysteresis
 	grow     bool          // in which direction held counts
 	bound    int           // the window to switch to once held is long enough
+	why      string        // why the last switch was asked for: "rate" or "bytes"
 }
 
 // newPrefetchController returns a controller for concurrency handlers
-// and a window of at most limit, starting at concurrency + 1.
-func newPrefetchController(concurrency, limit int) *prefetchController {
-	c := &prefetchController{min: concurrency, max: max(concurrency, limit), rtt: defaultRTT}
+// and a window of at most limit messages and budget bytes, starting at
+// concurrency + 1.
+func newPrefetchController(concurrency, limit int, budget int64) *prefetchController {
+	c := &prefetchController{min: concurrency, max: max(concurrency, limit), budget: budget, rtt: defaultRTT}
 	c.window = c.clamp(concurrency + 1)
 	return c
 }
 
-func (c *prefetchController) clamp(n int) int { return min(max(n, c.min), c.max) }
+// ceiling returns the largest window allowed: MaxPrefetch, or fewer
+// messages of the largest size seen than the budget holds, at least 1.
+func (c *prefetchController) ceiling() int {
+	if c.size <= 0 {
+		return c.max
+	}
+	return min(c.max, max(1, int(float64(c.budget)/c.size)))
+}
+
+// clamp bounds n by concurrency below and the ceiling above; the ceiling
+// wins: bytes before busy handlers.
+func (c *prefetchController) clamp(n int) int {
+	hi := c.ceiling()
+	return min(max(n, min(c.min, hi)), hi)
+}
 
 // target returns the window for a completion rate (per second) and a
 // round trip.
 func (c *prefetchController) target(rate float64, rtt time.Duration) int {
 	bdp := burst * rate * (rtt + ackDelay).Seconds()
 	if bdp > float64(c.max) { // and no overflow below
-		return c.max
+		return c.clamp(c.max)
 	}
 	return c.clamp(c.min + int(math.Ceil(bdp)))
 }
@@ -110,6 +141,11 @@ func (c *prefetchController) target(rate float64, rtt time.Duration) int {
 func (c *prefetchController) observe(s sample) (int, bool) {
 	if s.elapsed <= 0 {
 		return c.window, false
+	}
+	c.size = max(float64(s.largest), c.size*math.Exp2(-s.elapsed.Seconds()/sizeHalfLife.Seconds()))
+	if hi := c.ceiling(); c.window > hi {
+		c.held, c.why = 0, "bytes"
+		return hi, true
 	}
 	if s.rtts > 0 {
 		// A running mean: the old estimate weighs as the samples it
@@ -136,8 +172,12 @@ func (c *prefetchController) observe(s sample) (int, bool) {
 	if c.held < limit {
 		return c.window, false
 	}
-	c.held = 0
-	return c.bound, true
+	c.held, c.why = 0, "rate"
+	// A body larger than those the hold began with lowers the ceiling.
+	if next := min(c.bound, c.ceiling()); next != c.window {
+		return next, true
+	}
+	return c.window, false
 }
 
 // hold counts how long the target has been beyond the hysteresis in the
@@ -154,6 +194,18 @@ func (c *prefetchController) hold(grow bool, target int, d time.Duration) {
 	}
 }
 
+// tooLarge takes the size of a body that did not fit the budget beside
+// the others held, and returns the window to switch to, and true, when
+// the window in force is above what the budget allows for it.
+func (c *prefetchController) tooLarge(size int) (int, bool) {
+	c.size = max(c.size, float64(size))
+	if hi := c.ceiling(); c.window > hi {
+		c.held, c.why = 0, "bytes"
+		return hi, true
+	}
+	return c.window, false
+}
+
 // switched records the window now in force.
 func (c *prefetchController) switched(window int) {
 	c.window = window
@@ -164,8 +216,8 @@ func (c *prefetchController) switched(window int) {
 func (s *session) sample(now time.Time) sample {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m := sample{elapsed: now.Sub(s.sampledAt), completed: s.completed, rtts: s.rtts, rttSum: s.rttSum}
-	s.completed, s.rtts, s.rttSum, s.sampledAt = 0, 0, 0, now
+	m := sample{elapsed: now.Sub(s.sampledAt), completed: s.completed, rtts: s.rtts, rttSum: s.rttSum, largest: s.largest}
+	s.completed, s.rtts, s.rttSum, s.largest, s.sampledAt = 0, 0, 0, 0, now
 	return m
 }
 

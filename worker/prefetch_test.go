@@ -28,7 +28,7 @@ func TestPrefetchTarget(t *testing.T) {
 		{name: "max below concurrency: concurrency wins", concurrency: 8, max: 4, rate: 1e6, rtt: time.Millisecond, want: 8},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := newPrefetchController(tt.concurrency, tt.max)
+			c := newPrefetchController(tt.concurrency, tt.max, DefaultMaxInflightBytes)
 			if got := c.target(tt.rate, tt.rtt); got != tt.want {
 				t.Errorf("target(%v/s, %v) with concurrency %d, max %d = %d, want %d", tt.rate, tt.rtt, tt.concurrency, tt.max, got, tt.want)
 			}
@@ -37,10 +37,10 @@ func TestPrefetchTarget(t *testing.T) {
 }
 
 func TestPrefetchControllerStartsAtConcurrencyPlusOne(t *testing.T) {
-	if got := newPrefetchController(4, 1000).window; got != 5 {
+	if got := newPrefetchController(4, 1000, DefaultMaxInflightBytes).window; got != 5 {
 		t.Errorf("first window for concurrency 4 = %d, want 5", got)
 	}
-	if got := newPrefetchController(4, 4).window; got != 4 {
+	if got := newPrefetchController(4, 4, DefaultMaxInflightBytes).window; got != 4 {
 		t.Errorf("first window for concurrency 4, max 4 = %d, want 4", got)
 	}
 }
@@ -88,22 +88,29 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 			if max == 0 {
 				max = 1000
 			}
-			c := newPrefetchController(4, max)
-			if tt.start != 0 {
-				c.switched(tt.start)
-			}
-			var got []string
-			for i, s := range tt.give {
-				if w, ok := c.observe(s); ok {
-					got = append(got, fmt.Sprintf("%d:%d", i, w))
-					c.switched(w)
-				}
-			}
-			if !slices.Equal(got, tt.want) {
+			c := newPrefetchController(4, max, DefaultMaxInflightBytes)
+			if got := switches(c, tt.start, tt.give); !slices.Equal(got, tt.want) {
 				t.Errorf("switches = %q, want %q", got, tt.want)
 			}
 		})
 	}
+}
+
+// switches feeds samples to c, starting from the window start (0: c's
+// own), and returns the switches it asked for as "i:window": the switch
+// due after sample i.
+func switches(c *prefetchController, start int, samples []sample) []string {
+	if start != 0 {
+		c.switched(start)
+	}
+	var got []string
+	for i, s := range samples {
+		if w, ok := c.observe(s); ok {
+			got = append(got, fmt.Sprintf("%d:%d", i, w))
+			c.switched(w)
+		}
+	}
+	return got
 }
 
 func TestPrefetchRoundTrip(t *testing.T) {
@@ -127,7 +134,7 @@ func TestPrefetchRoundTrip(t *testing.T) {
 			want: 4 * ms},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := newPrefetchController(4, 1000)
+			c := newPrefetchController(4, 1000, DefaultMaxInflightBytes)
 			for _, s := range tt.give {
 				c.observe(s)
 			}
@@ -135,5 +142,58 @@ func TestPrefetchRoundTrip(t *testing.T) {
 				t.Errorf("round trip after %+v = %v, want %v", tt.give, c.rtt, tt.want)
 			}
 		})
+	}
+}
+
+func TestPrefetchBytes(t *testing.T) {
+	const (
+		q      = 100 * time.Millisecond
+		mi     = 1 << 20
+		budget = 64 * mi
+	)
+	var (
+		fast = sample{elapsed: q, completed: 399} // target 52, as above
+		idle = sample{elapsed: q}
+	)
+	big := func(n int) sample { return sample{elapsed: q, completed: 1, largest: n} }
+	repeat := func(n int, s sample) []sample { return slices.Repeat([]sample{s}, n) }
+	for _, tt := range []struct {
+		name  string
+		start int // the window in force at first; 0: the controller's own, 5
+		give  []sample
+		want  []string // "i:window": the switch due after sample i
+	}{
+		{name: "large bodies shrink the window at once", give: []sample{big(32 * mi)}, want: []string{"0:2"}},
+		{name: "a body above the budget: one at a time", start: 100, give: []sample{big(100 * mi)}, want: []string{"0:1"}},
+		{name: "the ceiling wins over concurrency", give: []sample{big(64 * mi)}, want: []string{"0:1"}},
+		{name: "small bodies do not limit it", give: slices.Concat([]sample{big(1024)}, repeat(3, fast)), want: []string{"3:52"}},
+		{name: "a fast rate grows only to the ceiling", start: 4, give: slices.Concat([]sample{big(8 * mi)}, repeat(3, fast)), want: []string{"3:8"}},
+		// 32 MiB seen: ceiling 2. The size halves every 10 s: after 10 s
+		// the ceiling is 4, the target of idle handlers, and after 20 s
+		// it is 8, where a fast rate then takes the window.
+		{name: "the ceiling lifts as large bodies are forgotten",
+			give: slices.Concat([]sample{big(32 * mi)}, repeat(200, idle), repeat(5, fast)), want: []string{"0:2", "103:4", "203:8"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newPrefetchController(4, 1000, budget)
+			if got := switches(c, tt.start, tt.give); !slices.Equal(got, tt.want) {
+				t.Errorf("switches = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrefetchTooLarge(t *testing.T) {
+	const mi = 1 << 20
+	c := newPrefetchController(4, 1000, 64*mi)
+	if w, ok := c.tooLarge(40 * mi); !ok || w != 1 {
+		t.Errorf("tooLarge(40 MiB) at window 5, budget 64 MiB = %d, %v; want 1, true", w, ok)
+	}
+	c.switched(1)
+	if w, ok := c.tooLarge(100 * mi); ok || w != 1 {
+		t.Errorf("tooLarge(100 MiB) at window 1 = %d, %v; want 1, false: one message always goes through", w, ok)
+	}
+	if c.why != "bytes" {
+		t.Errorf("why = %q, want bytes", c.why)
 	}
 }

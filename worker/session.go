@@ -32,6 +32,7 @@ type session struct {
 
 	mu       sync.Mutex
 	inflight int           // deliveries handed to handlers and not yet settled
+	bytes    int64         // the bytes of their bodies
 	idle     chan struct{} // closed when inflight drops to 0; nil if nobody waits
 	window   int           // the prefetch of the consumer in force
 	// What the adaptive prefetch measures (prefetch.go).
@@ -40,6 +41,7 @@ type session struct {
 	freedAt   time.Time     // when a handler freed a slot of a full window; zero once its delivery came
 	rtts      int           // round trips measured since sampledAt
 	rttSum    time.Duration // their sum
+	largest   int           // the largest body received since sampledAt
 }
 
 // job is one delivery on its way to a handler.
@@ -64,6 +66,11 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 	}
 	s := &session{w: w, conn: conn, ch: ch, copies: copies, stopping: ctx.Done(), ended: make(chan struct{}), window: window, sampledAt: time.Now()}
 	s.acks = newAcker(ch, w.metrics, window)
+	// cancelling runs the cancel of a consumer whose window changes; it
+	// ends by the close below at the latest (a call on a closed channel
+	// returns).
+	var cancelling sync.WaitGroup
+	defer cancelling.Wait()
 	defer func() {
 		close(s.ended)
 		s.acks.stop()
@@ -106,8 +113,29 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		w.setReady()
 		w.recovered()
 		w.metrics.prefetch.Set(float64(s.window))
-		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency))
+		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency),
+			zap.Int64("max_inflight_bytes", w.cfg.MaxInflightBytes))
 		resize := 0 // the window asked for once tag is cancelled to change it; 0 when none is
+		var cancelled chan error
+		// changeWindow cancels the consumer to consume anew with next.
+		// The old consumer's deliveries, up to the cancel-ok, keep coming
+		// on deliveries: they are handled as usual, or handed back when
+		// they do not fit the byte budget. The cancel runs beside this
+		// loop, which keeps reading them meanwhile: waiting for the
+		// cancel-ok here would leave them all buffered in amqp091-go, in
+		// memory. Only once they are all settled does the new window start.
+		changeWindow := func(next int) {
+			w.log.Info("changing prefetch", zap.Int("from", s.window), zap.Int("to", next), zap.String("why", w.adaptive.why),
+				zap.Float64("completion_rate", w.adaptive.rate), zap.Duration("round_trip", w.adaptive.rtt),
+				zap.Int64("largest_body", int64(w.adaptive.size)))
+			resize = next
+			cancelled = make(chan error, 1)
+			cancelling.Add(1)
+			go func(tag string) {
+				defer cancelling.Done()
+				cancelled <- ch.Cancel(tag, false)
+			}(tag)
+		}
 	consume:
 		for {
 			select {
@@ -124,26 +152,21 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 				if resize != 0 {
 					continue
 				}
-				next, ok := w.adaptive.observe(s.sample(now))
-				if !ok {
-					continue
+				if next, ok := w.adaptive.observe(s.sample(now)); ok {
+					changeWindow(next)
 				}
-				// The old consumer's deliveries, up to the cancel-ok, keep
-				// coming on deliveries: they are handled as usual. Only
-				// once they are all settled does the new window start.
-				w.log.Info("changing prefetch", zap.Int("from", s.window), zap.Int("to", next),
-					zap.Float64("completion_rate", w.adaptive.rate), zap.Duration("round_trip", w.adaptive.rtt))
-				if err := ch.Cancel(tag, false); err != nil {
-					return fmt.Errorf("cancel consumer to change the prefetch: %w", err)
-				}
-				resize = next
 			case d, ok := <-deliveries:
 				if !ok {
 					if resize != 0 {
+						// The library closes deliveries once the cancel-ok came.
+						if err := <-cancelled; err != nil {
+							return fmt.Errorf("cancel consumer to change the prefetch: %w", err)
+						}
 						if stop, err := s.settleCancelled(ctx, dctx, closed, ticker.C); stop {
 							return err
 						}
-						s.resize(resize)
+						// A body seen during the switch may have lowered the ceiling.
+						s.resize(min(resize, w.adaptive.ceiling()))
 						select {
 						case <-cancels: // the broker cancelled it too: its queue may be gone
 							declare = true
@@ -170,6 +193,12 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 					}
 				}
 				s.acks.received(d.DeliveryTag)
+				if !s.admit(&d) {
+					if next, ok := w.adaptive.tooLarge(len(d.Body)); ok && resize == 0 {
+						changeWindow(next)
+					}
+					continue
+				}
 				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
 					if errors.Is(err, errDraining) {
 						if resize != 0 {
@@ -209,9 +238,30 @@ func (s *session) settleCancelled(ctx, dctx context.Context, closed <-chan *amqp
 // errDraining says that ctx ended while a delivery waited for a handler.
 var errDraining = errors.New("draining")
 
+// admit reports whether d fits the byte budget beside the deliveries
+// held. One that does not, while others are held, is handed back untried:
+// the broker sent it because the window in messages let it, and the
+// window shrinks meanwhile. A delivery that comes alone always fits, so a
+// message larger than the budget goes through. A fixed prefetch admits
+// everything: handing a delivery back would only bring it again at once.
+func (s *session) admit(d *amqp.Delivery) bool {
+	if s.w.adaptive == nil {
+		return true
+	}
+	s.mu.Lock()
+	fits := s.inflight == 0 || s.bytes+int64(len(d.Body)) <= s.w.cfg.MaxInflightBytes
+	s.mu.Unlock()
+	if !fits {
+		// Never held: it counts neither as in flight nor as completed
+		// (the completion rate sizes the window).
+		s.acks.nack(d.DeliveryTag)
+	}
+	return fits
+}
+
 // forward hands d to a free handler, waiting while all are busy.
 func (s *session) forward(ctx context.Context, jobs chan<- job, d amqp.Delivery, tick <-chan time.Time, closed <-chan *amqp.Error) error {
-	s.add()
+	s.add(len(d.Body))
 	for {
 		select {
 		case jobs <- job{d: d, s: s}:
@@ -222,7 +272,7 @@ func (s *session) forward(ctx context.Context, jobs chan<- job, d amqp.Delivery,
 			s.settle(&d, Requeue)
 			return errDraining
 		case e := <-closed:
-			s.done()
+			s.done(len(d.Body))
 			return closeError(e)
 		}
 	}
@@ -252,7 +302,7 @@ func (s *session) drain(dctx context.Context, tag string, deliveries <-chan amqp
 				continue
 			}
 			s.acks.received(d.DeliveryTag)
-			s.add()
+			s.add(len(d.Body))
 			s.settle(&d, Requeue)
 		case <-closed:
 			return nil
@@ -310,10 +360,11 @@ func (s *session) settle(d *amqp.Delivery, o Outcome) {
 	} else {
 		s.acks.ack(d.DeliveryTag, o)
 	}
-	s.done()
+	s.done(len(d.Body))
 }
 
-func (s *session) add() {
+// add counts a delivery of size bytes as held.
+func (s *session) add(size int) {
 	s.mu.Lock()
 	if !s.freedAt.IsZero() {
 		// The delivery that fills the slot freed at freedAt: a round trip.
@@ -322,16 +373,21 @@ func (s *session) add() {
 		s.freedAt = time.Time{}
 	}
 	s.inflight++
+	s.bytes += int64(size)
+	s.largest = max(s.largest, size)
 	s.mu.Unlock()
 	s.w.metrics.inflight.Inc()
+	s.w.metrics.inflightBytes.Add(float64(size))
 }
 
-func (s *session) done() {
+// done counts a delivery of size bytes as settled.
+func (s *session) done(size int) {
 	s.mu.Lock()
 	if s.inflight == s.window && s.freedAt.IsZero() && s.w.adaptive != nil {
 		s.freedAt = time.Now()
 	}
 	s.inflight--
+	s.bytes -= int64(size)
 	s.completed++
 	if s.inflight == 0 && s.idle != nil {
 		close(s.idle)
@@ -339,6 +395,7 @@ func (s *session) done() {
 	}
 	s.mu.Unlock()
 	s.w.metrics.inflight.Dec()
+	s.w.metrics.inflightBytes.Sub(float64(size))
 }
 
 func (s *session) pending() int {

@@ -28,6 +28,10 @@ const (
 	DefaultHandlerTimeout  = time.Minute
 	DefaultShutdownTimeout = 25 * time.Second
 	DefaultMaxRetryAfter   = time.Hour
+	// DefaultMaxInflightBytes bounds the bodies held at once when the
+	// Config says nothing: a pod without a memory limit of its own still
+	// must not take gigabytes because a producer sends large messages.
+	DefaultMaxInflightBytes = 256 << 20
 )
 
 const (
@@ -75,6 +79,14 @@ type Config struct {
 	// MaxPrefetch bounds the adaptive prefetch; 0 means DefaultMaxPrefetch.
 	// It is ignored when Prefetch is set.
 	MaxPrefetch int
+	// MaxInflightBytes bounds the bytes of message bodies held at once
+	// (received and not settled) when the prefetch is adaptive: the
+	// window shrinks to what the budget allows for the largest bodies
+	// seen, and a delivery that would exceed it, beside others held, is
+	// handed back untried. One message larger than the budget is taken
+	// alone. 0 means DefaultMaxInflightBytes. With a fixed Prefetch, the
+	// broker may deliver that many messages of any size.
+	MaxInflightBytes int64
 	// Concurrency is the number of handlers that run at once.
 	Concurrency int
 	// HandlerTimeout bounds one call of the handler.
@@ -133,12 +145,17 @@ func New(cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("worker: prefetch %d out of range 0-65535", cfg.Prefetch)
 	case cfg.MaxPrefetch < 0 || cfg.MaxPrefetch > 65535:
 		return nil, fmt.Errorf("worker: max prefetch %d out of range 0-65535", cfg.MaxPrefetch)
+	case cfg.MaxInflightBytes < 0:
+		return nil, fmt.Errorf("worker: max inflight bytes %d below 0", cfg.MaxInflightBytes)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.MaxPrefetch == 0 {
 		cfg.MaxPrefetch = DefaultMaxPrefetch
+	}
+	if cfg.MaxInflightBytes == 0 {
+		cfg.MaxInflightBytes = DefaultMaxInflightBytes
 	}
 	if cfg.HandlerTimeout <= 0 {
 		cfg.HandlerTimeout = DefaultHandlerTimeout
@@ -172,7 +189,7 @@ func New(cfg Config) (*Worker, error) {
 		copyFail: newCopyFailures(),
 	}
 	if cfg.Prefetch == 0 {
-		w.adaptive = newPrefetchController(cfg.Concurrency, cfg.MaxPrefetch)
+		w.adaptive = newPrefetchController(cfg.Concurrency, cfg.MaxPrefetch, cfg.MaxInflightBytes)
 	}
 	w.setNotReady("starting")
 	w.touch()

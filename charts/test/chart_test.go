@@ -205,17 +205,18 @@ func TestTwoValues(t *testing.T) {
 	}
 	env := envMap(warrenContainer(t, d))
 	for name, want := range map[string]string{
-		"WARREN_QUEUE":        "orders",
-		"WARREN_QUEUE_TYPE":   "classic",
-		"WARREN_DECLARE":      "true",
-		"WARREN_PREFETCH":     "", // unset: adaptive
-		"WARREN_MAX_PREFETCH": "1000",
-		"WARREN_CONCURRENCY":  "4",
-		"WARREN_HANDLER":      "log",
-		"WARREN_RETRY_DELAYS": "1s,10s,1m",
-		"WARREN_MAX_ATTEMPTS": "5",
-		"WARREN_HEALTH_ADDR":  ":8080",
-		"WARREN_LOG_FORMAT":   "json",
+		"WARREN_QUEUE":              "orders",
+		"WARREN_QUEUE_TYPE":         "classic",
+		"WARREN_DECLARE":            "true",
+		"WARREN_PREFETCH":           "", // unset: adaptive
+		"WARREN_MAX_PREFETCH":       "1000",
+		"WARREN_MAX_INFLIGHT_BYTES": "", // unset: from the container's memory limit
+		"WARREN_CONCURRENCY":        "4",
+		"WARREN_HANDLER":            "log",
+		"WARREN_RETRY_DELAYS":       "1s,10s,1m",
+		"WARREN_MAX_ATTEMPTS":       "5",
+		"WARREN_HEALTH_ADDR":        ":8080",
+		"WARREN_LOG_FORMAT":         "json",
 	} {
 		if got := env[name].Value; got != want {
 			t.Errorf("%s = %q, want %q", name, got, want)
@@ -445,6 +446,30 @@ func TestSecretChecksum(t *testing.T) {
 	}
 }
 
+// TestMaxInflightBytes checks that the value reaches warren as given, as
+// a size with a suffix or a number of bytes.
+func TestMaxInflightBytes(t *testing.T) {
+	for _, tt := range []struct {
+		give []string
+		file string // a values file instead, where numbers are floats
+		want string
+	}{
+		{give: []string{"maxInflightBytes=64Mi"}, want: "64Mi"},
+		{give: []string{"maxInflightBytes=134217728"}, want: "134217728"},
+		{file: "maxInflightBytes: 134217728\n", want: "134217728"},
+	} {
+		s := scenario{name: "two-values"}
+		if tt.file != "" {
+			s = scenario{name: "file", file: writeValues(t, "queue:\n  name: q\nbroker:\n  url: amqp://h/\n"+tt.file)}
+		}
+		r := mustRender(t, s, tt.give...)
+		env := envMap(warrenContainer(t, find[*appsv1.Deployment](t, r, "warren")))
+		if got := env["WARREN_MAX_INFLIGHT_BYTES"].Value; got != tt.want {
+			t.Errorf("WARREN_MAX_INFLIGHT_BYTES with %v = %q, want %q", tt.give, got, tt.want)
+		}
+	}
+}
+
 // drainBoundSeconds is how much longer than WARREN_SHUTDOWN_TIMEOUT warren
 // may take to exit after SIGTERM: the bound of its drain past the shutdown
 // timeout (an exec handler's 5s kill grace and 5s WaitDelay, and the
@@ -510,6 +535,9 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"concurrency=1001"}, want: "concurrency (1001) must be at most maxPrefetch (1000)"},
 		{give: []string{"prefetch=abc"}, want: "/prefetch"},
 		{give: []string{"maxPrefetch=0"}, want: "/maxPrefetch"},
+		{give: []string{"maxInflightBytes=64MB"}, want: "/maxInflightBytes"},
+		{give: []string{"maxInflightBytes=1.5Gi"}, want: "/maxInflightBytes"},
+		{give: []string{"maxInflightBytes=1024"}, want: "/maxInflightBytes"},
 		{give: []string{"broker.existingSecret=mine"}, want: "set broker.url or broker.existingSecret, not both"},
 		{give: []string{"queue.deliveryLimit=3"}, want: "queue.deliveryLimit needs queue.type quorum"},
 		{give: []string{"tls.enabled=true"}, want: "tls.enabled needs tls.existingSecret"},

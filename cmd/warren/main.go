@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/config"
 	"github.com/warren-mq/warren/health"
+	"github.com/warren-mq/warren/memlimit"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -121,22 +123,24 @@ func runWorker(stderr io.Writer) int {
 			ConstLabels: prometheus.Labels{"version": version},
 		}, func() float64 { return 1 }),
 	)
+	mem := memory(cfg, logger)
 	name := connectionName(cfg)
 	handler := newHandler(cfg, logger)
 	w, err := worker.New(worker.Config{
-		Dialer:          dialer(cfg, name),
-		Topology:        cfg.Topology(),
-		Handler:         handler,
-		Logger:          logger.Named("worker"),
-		Registerer:      reg,
-		Prefetch:        cfg.Prefetch,
-		MaxPrefetch:     cfg.MaxPrefetch,
-		Concurrency:     cfg.Concurrency,
-		HandlerTimeout:  cfg.HandlerTimeout,
-		ShutdownTimeout: cfg.ShutdownTimeout,
-		MaxAttempts:     cfg.MaxAttempts,
-		MaxRetryAfter:   cfg.MaxRetryAfter,
-		ConsumerTag:     "warren-" + name,
+		Dialer:           dialer(cfg, name),
+		Topology:         cfg.Topology(),
+		Handler:          handler,
+		Logger:           logger.Named("worker"),
+		Registerer:       reg,
+		Prefetch:         cfg.Prefetch,
+		MaxPrefetch:      cfg.MaxPrefetch,
+		MaxInflightBytes: mem.Budget,
+		Concurrency:      cfg.Concurrency,
+		HandlerTimeout:   cfg.HandlerTimeout,
+		ShutdownTimeout:  cfg.ShutdownTimeout,
+		MaxAttempts:      cfg.MaxAttempts,
+		MaxRetryAfter:    cfg.MaxRetryAfter,
+		ConsumerTag:      "warren-" + name,
 	})
 	if err != nil {
 		logger.Error("create worker", zap.Error(err))
@@ -197,6 +201,22 @@ func runWorker(stderr io.Writer) int {
 		code = exitFatal
 	}
 	return code
+}
+
+// memory decides what warren may hold from WARREN_MAX_INFLIGHT_BYTES and
+// the pod's memory limit, and tells the Go runtime: without a GOMEMLIMIT,
+// its soft memory limit is set, so that the collector's headroom does not
+// double the peak of large messages.
+func memory(cfg *config.Config, logger *zap.Logger) memlimit.Plan {
+	cgroup := memlimit.Cgroup(os.DirFS("/"))
+	_, gomemlimit := os.LookupEnv("GOMEMLIMIT")
+	plan := memlimit.Decide(int64(cfg.MaxInflightBytes), worker.DefaultMaxInflightBytes, cgroup, gomemlimit)
+	if plan.SoftLimit > 0 {
+		debug.SetMemoryLimit(plan.SoftLimit)
+	}
+	logger.Info("memory", zap.Int64("max_inflight_bytes", plan.Budget), zap.String("max_inflight_bytes_from", plan.BudgetFrom),
+		zap.Int64("cgroup_limit", cgroup), zap.Int64("go_memory_limit", debug.SetMemoryLimit(-1)), zap.String("go_memory_limit_from", plan.SoftFrom))
+	return plan
 }
 
 // killer is a handler that can kill the processes it started at once:

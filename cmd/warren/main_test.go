@@ -180,7 +180,7 @@ func TestHelp(t *testing.T) {
 			if code != 0 {
 				t.Errorf("warren %s exited %d, want 0", arg, code)
 			}
-			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz"} {
+			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_MAX_INFLIGHT_BYTES", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz"} {
 				if !strings.Contains(out, want) {
 					t.Errorf("warren %s does not mention %s", arg, want)
 				}
@@ -212,6 +212,7 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 		{"prefetch not a number", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=abc"}, `WARREN_PREFETCH="abc": want an integer from 1 to 65535`},
 		{"prefetch too big", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=70000"}, `WARREN_PREFETCH="70000": want an integer from 1 to 65535`},
 		{"concurrency above prefetch", []string{"WARREN_QUEUE=q", "WARREN_PREFETCH=2", "WARREN_CONCURRENCY=3"}, `WARREN_CONCURRENCY="3": want an integer from 1 to WARREN_PREFETCH (2)`},
+		{"max inflight bytes in SI units", []string{"WARREN_QUEUE=q", "WARREN_MAX_INFLIGHT_BYTES=100MB"}, `WARREN_MAX_INFLIGHT_BYTES="100MB": want a size from 1Mi to 1024Gi`},
 		{"unknown handler", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=magic"}, `WARREN_HANDLER="magic": want one of log, noop, http, exec`},
 		{"negative timeout", []string{"WARREN_QUEUE=q", "WARREN_HANDLER_TIMEOUT=-5s"}, `WARREN_HANDLER_TIMEOUT="-5s": want a positive duration`},
 		{"negative shutdown", []string{"WARREN_QUEUE=q", "WARREN_SHUTDOWN_TIMEOUT=-1s"}, `WARREN_SHUTDOWN_TIMEOUT="-1s": want a positive duration`},
@@ -573,23 +574,6 @@ func buildPlain(t *testing.T) string {
 	return plainBinary
 }
 
-// rss returns the resident memory of a process, in bytes.
-func rss(t *testing.T, pid int) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatalf("read process status: %v", err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS in /proc status")
-	return 0
-}
-
 func TestMemoryBoundedBySlowHandler(t *testing.T) {
 	q := brokertest.Queue(t)
 	// A handler far slower than the queue: 4 at a time, 50 ms each.
@@ -626,14 +610,14 @@ func TestMemoryBoundedBySlowHandler(t *testing.T) {
 	// thousands more wait in the queue.
 	var peak, early int64
 	for i := 0; i < 40; i++ {
-		r := rss(t, cmd.Process.Pid)
+		r := warrentest.RSS(t, cmd.Process.Pid)
 		peak = max(peak, r)
 		if i == 10 {
 			early = r
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	last := rss(t, cmd.Process.Pid)
+	last := warrentest.RSS(t, cmd.Process.Pid)
 	t.Logf("RSS: %.1f MiB after 1 s, %.1f MiB after 4 s, peak %.1f MiB; %d handled",
 		float64(early)/(1<<20), float64(last)/(1<<20), float64(peak)/(1<<20), handled.Load())
 	if peak > 64<<20 {

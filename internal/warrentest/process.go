@@ -272,19 +272,32 @@ func Tail(s string, lines int) string {
 // RSS returns the resident set size of process pid, in bytes.
 func RSS(t testing.TB, pid int) int64 {
 	t.Helper()
+	return procStatus(t, pid, "VmRSS")
+}
+
+// PeakRSS returns the largest resident set size process pid has had, in
+// bytes: the kernel's high-water mark, which no sampling can miss.
+func PeakRSS(t testing.TB, pid int) int64 {
+	t.Helper()
+	return procStatus(t, pid, "VmHWM")
+}
+
+// procStatus returns a field of /proc/<pid>/status given in kB, in bytes.
+func procStatus(t testing.TB, pid int, field string) int64 {
+	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatalf("read /proc/%d/status: %v", pid, err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			if err != nil {
-				t.Fatalf("VmRSS %q: %v", v, err)
+				t.Fatalf("%s %q: %v", field, v, err)
 			}
 			return kb << 10
 		}
 	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }

@@ -243,7 +243,11 @@ func TestTail(t *testing.T) {
 }
 
 func TestRSS(t *testing.T) {
-	if got := warrentest.RSS(t, os.Getpid()); got < 1<<20 {
-		t.Errorf("RSS(this process) = %d bytes, want at least 1 MiB", got)
+	rss := warrentest.RSS(t, os.Getpid())
+	if rss < 1<<20 {
+		t.Errorf("RSS(this process) = %d bytes, want at least 1 MiB", rss)
+	}
+	if peak := warrentest.PeakRSS(t, os.Getpid()); peak < rss {
+		t.Errorf("PeakRSS(this process) = %d bytes, want at least its RSS, %d", peak, rss)
 	}
 }
