@@ -78,7 +78,7 @@ func rounds(n int, ref, w func() (Result, error)) (refs, ws []Result, ratios []f
 // Parts of a run, in their order: Options.Only picks some.
 const (
 	PartDrains   = "drains"   // the noop drains against the plain consumer and the tutorial's
-	PartDefaults = "defaults" // of those, only at warren's defaults against the plain consumer
+	PartDefaults = "defaults" // of those, only at warren's defaults and at prefetch 200, concurrency 4, against the plain consumer
 	PartHTTP     = "http"
 	PartExec     = "exec"
 	PartFair     = "fair"
@@ -107,7 +107,7 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 			err = e.drains(t, o, settings, true)
 		case PartDefaults:
 			if !o.runs(PartDrains) {
-				err = e.drains(t, o, []setting{defaults}, false)
+				err = e.drains(t, o, settings[:2], false)
 			}
 		case PartHTTP:
 			err = e.httpRows(t, o, srv)
