@@ -62,7 +62,7 @@ type Config struct {
 		DeadStatuses []int  `split_words:"true" default:"400,410,413,415,422" desc:"http handler: response statuses that mean dead, not retry, comma-separated; every other failure retries"`
 	}
 	Exec struct {
-		Command       string `desc:"exec handler: command run with /bin/sh -c per message, body on stdin"`
+		Command       string `desc:"exec handler: command run per message, body on stdin; a program and its arguments (with trailing redirections to /dev/null or 2>&1) runs without a shell, anything else with /bin/sh -c"`
 		DeadExitCodes []int  `split_words:"true" desc:"exec handler: exit codes that mean dead, not retry"`
 		// Env names the variables of warren's environment passed on to the
 		// command, beyond the few every program expects.

@@ -38,10 +38,13 @@ type Exec struct {
 	// Command is the command line. A plain one, words made only of
 	// letters, digits and _-./=:,+@% separated by spaces, runs as it is:
 	// its first word, looked up once on the PATH of Env, is the program
-	// and the others its arguments, with no shell in between. Anything
-	// else (quotes, variables, redirections, pipes, globs, tabs) runs with
-	// /bin/sh -c, and so does a plain line whose first word is an
-	// assignment, a shell builtin or reserved word, or no binary or #!
+	// and the others its arguments, with no shell in between. So does a
+	// plain one followed by redirections of standard output or error to
+	// /dev/null or of one onto the other (>/dev/null, 2> /dev/null,
+	// >/dev/null 2>&1, 2>&1, 1>&2): warren sets them up itself. Anything
+	// else (quotes, variables, other redirections, pipes, globs, tabs)
+	// runs with /bin/sh -c, and so does a plain line whose first word is
+	// an assignment, a shell builtin or reserved word, or no binary or #!
 	// script on that PATH: a command means what it means to sh either way.
 	Command string
 	// DeadExitCodes are the exit codes that mean the message is bad.
@@ -63,13 +66,30 @@ type Exec struct {
 	prog   execProgram  // how Command runs, worked out at its first run
 }
 
-// execProgram is how a command line runs: the file executed and its
-// arguments, worked out for a Command and the PATH of an Env.
+// execProgram is how a command line runs: the file executed, its
+// arguments and where its output goes, worked out for a Command and the
+// PATH of an Env.
 type execProgram struct {
 	command, path string
 	file          string
 	argv          []string
+	out           execOutputs
 }
+
+// execSink is where one of a command's outputs goes.
+type execSink uint8
+
+const (
+	sinkLog  execSink = iota // the pipe warren reads, and logs
+	sinkNull                 // /dev/null
+)
+
+// execOutputs is where a command's standard output and error go.
+type execOutputs struct{ stdout, stderr execSink }
+
+// logged reports whether any output goes to the log: whether the command
+// needs the pipe warren reads.
+func (o execOutputs) logged() bool { return o.stdout == sinkLog || o.stderr == sinkLog }
 
 // KillAll kills the process groups of every command running, with
 // SIGKILL and no grace, and of any command started from now on. It is
@@ -106,24 +126,94 @@ func (e *Exec) untrack(pgid int) {
 	delete(e.groups, pgid)
 }
 
-// program returns the file to execute for Command and its arguments:
-// the program itself for a plain command line, else /bin/sh. The answer
-// is kept, and worked out again only if Command or the PATH changes.
-func (e *Exec) program() (file string, argv []string) {
+// program returns how Command runs: the program itself, with the
+// redirections it ends with set up by warren, for a plain command line;
+// else /bin/sh, both outputs to the log. The answer is kept, and worked
+// out again only if Command or the PATH changes.
+func (e *Exec) program() execProgram {
 	path := envPATH(e.Env)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if p := e.prog; p.argv != nil && p.command == e.Command && p.path == path {
-		return p.file, p.argv
+		return p
 	}
-	file, argv = "/bin/sh", []string{"/bin/sh", "-c", e.Command}
-	if words, ok := plainArgv(e.Command); ok {
+	p := execProgram{command: e.Command, path: path, file: "/bin/sh", argv: []string{"/bin/sh", "-c", e.Command}}
+	if words, out, ok := nativeCommand(e.Command); ok {
 		if f, err := lookPath(words[0], path); err == nil && kernelRuns(f) {
-			file, argv = f, words
+			p.file, p.argv, p.out = f, words, out
 		}
 	}
-	e.prog = execProgram{command: e.Command, path: path, file: file, argv: argv}
-	return file, argv
+	e.prog = p
+	return p
+}
+
+// nativeCommand returns the words of a command line warren runs without
+// the shell, and where its outputs go: a plain command line (plainArgv)
+// followed by none or more of the redirections of trailingRedirections.
+func nativeCommand(command string) (words []string, out execOutputs, ok bool) {
+	rest, out := trailingRedirections(command)
+	words, ok = plainArgv(rest)
+	return words, out, ok
+}
+
+// trailingRedirections takes the redirections off the end of a command
+// line that warren sets up itself, and returns the line before them and
+// where they send the outputs, applied from left to right as sh does:
+// N>/dev/null and N> /dev/null (N 1, 2 or none, meaning 1) send an
+// output to /dev/null; 2>&1 and 1>&2 (or >&2) send one where the other
+// goes at that point. A redirection is a word of its own: cat 2>/dev/null
+// is one, cat 2 >/dev/null is another (standard output to /dev/null, and
+// 2 an argument of cat). Anything else (>>, <, 3>, >&-, a file) stays in
+// the line, and plainArgv sends it to sh.
+func trailingRedirections(command string) (rest string, out execOutputs) {
+	var rs []redirection // last first
+	rest = strings.TrimRight(command, " ")
+	for {
+		i := strings.LastIndexByte(rest, ' ') + 1
+		r, ok := redirectionWord(rest[i:])
+		if !ok && rest[i:] == "/dev/null" {
+			// Written with a space: N> /dev/null.
+			before := strings.TrimRight(rest[:i], " ")
+			j := strings.LastIndexByte(before, ' ') + 1
+			if r, ok = redirectionWord(before[j:] + "/dev/null"); ok {
+				rest, i = before, j
+			}
+		}
+		if !ok {
+			break
+		}
+		rs = append(rs, r)
+		rest = strings.TrimRight(rest[:i], " ")
+	}
+	sinks := [3]execSink{1: sinkLog, 2: sinkLog} // by fd
+	for _, r := range slices.Backward(rs) {
+		if r.dup == 0 {
+			sinks[r.fd] = sinkNull
+		} else {
+			sinks[r.fd] = sinks[r.dup]
+		}
+	}
+	return rest, execOutputs{stdout: sinks[1], stderr: sinks[2]}
+}
+
+// redirection is one that warren sets up itself: fd (1 or 2) to
+// /dev/null, or when dup is not 0, onto where fd dup goes.
+type redirection struct{ fd, dup int }
+
+// redirectionWord reads a word of a command line as a redirection that
+// warren sets up itself; ok is false for any other word.
+func redirectionWord(word string) (r redirection, ok bool) {
+	switch word {
+	case ">/dev/null", "1>/dev/null":
+		return redirection{fd: 1}, true
+	case "2>/dev/null":
+		return redirection{fd: 2}, true
+	case "2>&1":
+		return redirection{fd: 2, dup: 1}, true
+	case "1>&2", ">&2":
+		return redirection{fd: 1, dup: 2}, true
+	}
+	return redirection{}, false
 }
 
 // shellWords are the first words that mean something to sh other than a
@@ -143,18 +233,27 @@ var shellWords = []string{
 // separated by spaces), and its first word is neither an assignment nor
 // one of shellWords. ok is false for any other line.
 func plainArgv(command string) (words []string, ok bool) {
-	for i := 0; i < len(command); i++ {
-		c := command[i]
-		plain := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(" _-./=:,+@%", c) >= 0
-		if !plain {
-			return nil, false
-		}
+	if !plainWord(command) {
+		return nil, false
 	}
 	words = strings.Fields(command)
 	if len(words) == 0 || strings.Contains(words[0], "=") || slices.Contains(shellWords, words[0]) {
 		return nil, false
 	}
 	return words, true
+}
+
+// plainWord reports whether s holds only what means nothing to sh:
+// letters, digits, _-./=:,+@% and spaces.
+func plainWord(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		plain := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(" _-./=:,+@%", c) >= 0
+		if !plain {
+			return false
+		}
+	}
+	return true
 }
 
 // lookPath finds the program name as sh would with path as its PATH: a
@@ -230,7 +329,7 @@ func ExecEnv(environ, pass []string) []string {
 
 // Handle runs the command for m.
 func (e *Exec) Handle(ctx context.Context, m *Message) error {
-	file, argv := e.program()
+	p := e.program()
 	grace := e.Grace
 	if grace <= 0 {
 		grace = execGrace
@@ -241,30 +340,42 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	if err != nil {
 		return fmt.Errorf("start command: %w", err)
 	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		stdin.Close() // the writer, if any, ends with EPIPE
-		body.wait()
-		return fmt.Errorf("start command: %w", err)
+	// The output pipe, when any output goes to the log; an output sent to
+	// /dev/null is left nil, which os/exec opens as the null device.
+	var outR, outW *os.File
+	if p.out.logged() {
+		if outR, outW, err = os.Pipe(); err != nil {
+			stdin.Close() // the writer, if any, ends with EPIPE
+			body.wait()
+			return fmt.Errorf("start command: %w", err)
+		}
 	}
 	cmd := &exec.Cmd{
-		Path:   file,
-		Args:   argv,
-		Env:    append(slices.Clip(e.Env), messageEnv(m)...),
-		Stdin:  stdin,
-		Stdout: outW,
-		Stderr: outW,
+		Path:  p.file,
+		Args:  p.argv,
+		Env:   append(slices.Clip(e.Env), messageEnv(m)...),
+		Stdin: stdin,
 		// Its own process group, so that a timeout reaches every process
 		// it started, and a terminal's Ctrl-C does not kill work warren
 		// drains.
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
+	if p.out.stdout == sinkLog {
+		cmd.Stdout = outW
+	}
+	if p.out.stderr == sinkLog {
+		cmd.Stderr = outW
+	}
 	err = cmd.Start()
 	// The command holds its own copies of these ends.
 	stdin.Close()
-	outW.Close()
+	if outW != nil {
+		outW.Close()
+	}
 	if err != nil {
-		outR.Close()
+		if outR != nil {
+			outR.Close()
+		}
 		body.wait()
 		return fmt.Errorf("start command: %w", err)
 	}
@@ -272,10 +383,14 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	e.track(pgid)
 	out := &boundedBuffer{limit: execOutputBytes}
 	outDone := make(chan struct{})
-	go func() {
-		defer close(outDone)
-		out.readAll(outR)
-	}()
+	if outR != nil {
+		go func() {
+			defer close(outDone)
+			out.readAll(outR)
+		}()
+	} else {
+		close(outDone)
+	}
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
@@ -301,10 +416,14 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	// hold its output or stdin open as long as it lives: give it the
 	// grace to close them, then stop reading and writing.
 	deadline := time.Now().Add(grace)
-	_ = outR.SetReadDeadline(deadline)
+	if outR != nil {
+		_ = outR.SetReadDeadline(deadline)
+	}
 	body.stop(deadline)
 	<-outDone
-	outR.Close()
+	if outR != nil {
+		outR.Close()
+	}
 	body.wait()
 
 	if out.Len() > 0 || out.dropped > 0 {

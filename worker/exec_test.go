@@ -629,6 +629,106 @@ func TestPlainArgv(t *testing.T) {
 	}
 }
 
+// TestNativeCommand: which command lines warren runs without the shell,
+// with their words, and where their trailing redirections send the
+// outputs; every other line goes to sh.
+func TestNativeCommand(t *testing.T) {
+	log, null := sinkLog, sinkNull
+	for _, tt := range []struct {
+		give           string
+		want           []string // nil: through the shell
+		stdout, stderr execSink
+	}{
+		{"cat", []string{"cat"}, log, log},
+		{"cat >/dev/null", []string{"cat"}, null, log},
+		{"cat > /dev/null", []string{"cat"}, null, log},
+		{"cat 1>/dev/null", []string{"cat"}, null, log},
+		{"cat 1>  /dev/null  ", []string{"cat"}, null, log},
+		{"cat 2>/dev/null", []string{"cat"}, log, null},
+		{"cat 2> /dev/null", []string{"cat"}, log, null},
+		{"cat >/dev/null 2>&1", []string{"cat"}, null, null},
+		{"cat > /dev/null 2>&1", []string{"cat"}, null, null},
+		{"cat >/dev/null 2>/dev/null", []string{"cat"}, null, null},
+		{"cat 2>&1 >/dev/null", []string{"cat"}, null, log}, // stderr where stdout was: the log
+		{"cat 2>&1", []string{"cat"}, log, log},
+		{"cat 2>/dev/null 1>&2", []string{"cat"}, null, null},
+		{"cat 1>&2 2>/dev/null", []string{"cat"}, log, null},
+		{"cat >&2", []string{"cat"}, log, log},
+		{"gzip -d -c /dev/null >/dev/null", []string{"gzip", "-d", "-c", "/dev/null"}, null, log},
+		{"cat /dev/null", []string{"cat", "/dev/null"}, log, log},
+		{"cat 2 >/dev/null", []string{"cat", "2"}, null, log}, // 2 is an argument
+		{"cat 2 > /dev/null", []string{"cat", "2"}, null, log},
+		{">/dev/null", nil, log, log},
+		{"> /dev/null", nil, log, log},
+		{">/dev/null cat", nil, log, log},
+		{"cat >/dev/null x", nil, log, log},
+		{"cat >>/dev/null", nil, log, log},
+		{"cat >/tmp/out", nil, log, log},
+		{"cat 3>/dev/null", nil, log, log},
+		{"cat 2>&-", nil, log, log},
+		{"cat &>/dev/null", nil, log, log}, // sh: cat in the background
+		{"cat >/dev/null&", nil, log, log},
+		{"cat </dev/null", nil, log, log},
+		{"cat x>/dev/null", nil, log, log},
+		{"cat x> /dev/null", nil, log, log},
+		{"cat | cat >/dev/null", nil, log, log},
+		{"echo x >/dev/null", nil, log, log}, // a builtin
+		{"FOO=1 cat >/dev/null", nil, log, log},
+		{"cat\t>/dev/null", nil, log, log},
+	} {
+		got, out, ok := nativeCommand(tt.give)
+		if !slices.Equal(got, tt.want) || ok != (tt.want != nil) {
+			t.Errorf("nativeCommand(%q) = %q, %v, want %q, %v", tt.give, got, ok, tt.want, tt.want != nil)
+			continue
+		}
+		if ok && (out != execOutputs{stdout: tt.stdout, stderr: tt.stderr}) {
+			t.Errorf("nativeCommand(%q) outputs = %+v, want %+v", tt.give, out, execOutputs{tt.stdout, tt.stderr})
+		}
+	}
+}
+
+// TestExecRedirectsAsShWould: a command whose redirections warren sets up
+// itself runs without sh, and what it writes reaches the log exactly as
+// when sh sets them up: what goes to /dev/null is not logged, 2>&1 and
+// 1>&2 merge, in order.
+func TestExecRedirectsAsShWould(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "emit"), []byte("#!/bin/sh\necho out1\necho err1 >&2\necho out2\necho err2 >&2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := "PATH=" + bin + ":" + os.Getenv("PATH")
+	for _, redirections := range []string{
+		"", ">/dev/null", "> /dev/null", "1>/dev/null", "2>/dev/null", "2> /dev/null",
+		">/dev/null 2>&1", "2>&1", "2>&1 >/dev/null", "1>&2", ">/dev/null 2>/dev/null",
+	} {
+		command := "emit " + redirections
+		sh := exec.Command("/bin/sh", "-c", command)
+		sh.Env = []string{path}
+		var want bytes.Buffer
+		sh.Stdout, sh.Stderr = &want, &want // one pipe: the order is kept
+		if err := sh.Run(); err != nil {
+			t.Fatalf("sh -c %q: %v", command, err)
+		}
+
+		e, logs := newExec(t, command)
+		e.Env = []string{path}
+		if p := e.program(); p.file == "/bin/sh" {
+			t.Errorf("Handle(%q) runs through sh, want without", command)
+		}
+		if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+			t.Fatalf("Handle(%q) = %v, want nil", command, err)
+		}
+		var got string
+		if logged := logs.FilterMessage("command output").All(); len(logged) > 0 {
+			got = outputOf(t, logs)
+		}
+		if got != want.String() {
+			t.Errorf("Handle(%q) logged %q, sh's output %q", command, got, want.String())
+		}
+	}
+}
+
 // outputOf returns the output the command logged.
 func outputOf(t *testing.T, logs *observer.ObservedLogs) string {
 	t.Helper()

@@ -72,6 +72,14 @@ const (
 	// than shrinkHold, so that one lull between large messages does not
 	// grow the window only to shrink it again at the next one.
 	sizeHalfLife = 10 * time.Second
+	// growStep is the least a window grows by: a target of twice the
+	// window or more is measured through that window, which caps the
+	// rate, so the need may be far above it. From concurrency + 1 to a
+	// thousand in three or four steps, where doubling took six or seven;
+	// it overshoots by at most 2x what the target then says (a target
+	// under 2x the window does not grow it), and the slow handlers that
+	// fairness is about never grow at all.
+	growStep = 4
 )
 
 // sample is what the session measured over one interval.
@@ -137,7 +145,8 @@ func (c *prefetchController) target(rate float64, rtt time.Duration) int {
 // observe takes one interval's sample and returns the window to switch
 // to, and true, when a switch is due. Each interval's own rate counts:
 // the hold is the smoothing. A window grows to the smallest target seen
-// while it held, and shrinks to the largest.
+// while it held, or growStep times itself if that is more, and shrinks
+// to the largest target.
 func (c *prefetchController) observe(s sample) (int, bool) {
 	if s.elapsed <= 0 {
 		return c.window, false
@@ -173,8 +182,14 @@ func (c *prefetchController) observe(s sample) (int, bool) {
 		return c.window, false
 	}
 	c.held, c.why = 0, "rate"
+	next := c.bound
+	if c.grow {
+		// The rate a full window lets through understates what a larger
+		// one would: go at least growStep times as far.
+		next = max(c.bound, c.clamp(growStep*c.window))
+	}
 	// A body larger than those the hold began with lowers the ceiling.
-	if next := min(c.bound, c.ceiling()); next != c.window {
+	if next = min(next, c.ceiling()); next != c.window {
 		return next, true
 	}
 	return c.window, false

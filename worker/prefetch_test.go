@@ -82,6 +82,13 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 		{name: "a longer round trip asks for more", give: repeat(3, sample{elapsed: q, completed: 399, rtts: 100, rttSum: 400 * time.Millisecond}),
 			want: []string{"2:76"}},
 		{name: "no time, no sample", give: repeat(10, sample{completed: 399})},
+		// A window that limits the rate makes the target understate the
+		// need: a window of 40 full at 4000/s (target 52, 1.3x) holds;
+		// at 6010/s (target 77, 1.9x) too; at 8000/s (target 100, 2.5x)
+		// it grows 4x, to 160, not to 100.
+		{name: "a target far above grows the window 4x", start: 40, give: repeat(3, sample{elapsed: q, completed: 800}), want: []string{"2:160"}},
+		{name: "4x no further than max", start: 40, max: 120, give: repeat(3, sample{elapsed: q, completed: 800}), want: []string{"2:120"}},
+		{name: "a target above 4x is the step", start: 10, give: repeat(3, faster), want: []string{"2:77"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			max := tt.max

@@ -24,7 +24,8 @@ func run() int {
 	quick := flag.Bool("quick", false, "a short run, to check that the benchmark works")
 	types := flag.String("queue-types", "classic,quorum", "queue types to drain")
 	verbose := flag.Bool("v", false, "log each run")
-	rounds := flag.Int("rounds", 3, "rounds of plain, warren, warren, plain per drain setting")
+	rounds := flag.Int("rounds", 3, "rounds of reference, warren, warren, reference per drain setting and for exec")
+	only := flag.String("only", "", "parts to run, comma-separated: drains, defaults (the drains at warren's defaults and at prefetch 200, concurrency 4, only), http, exec, fair, publish, latency; empty: all")
 	flag.Parse()
 
 	url := os.Getenv("WARREN_TEST_AMQP_URL")
@@ -35,9 +36,12 @@ func run() int {
 	if *verbose {
 		e.Log = os.Stderr
 	}
-	o := bench.Options{Messages: *n, Tutorial: *n / 5, Handler: *n / 5, ExecN: 2000, QueueTypes: strings.Split(*types, ","), Rounds: max(*rounds, 1)}
+	o := bench.Options{Messages: *n, Tutorial: *n / 5, Handler: *n / 5, ExecN: 2000, FairN: 60, QueueTypes: strings.Split(*types, ","), Rounds: max(*rounds, 1)}
 	if *quick {
-		o = bench.Options{Messages: 5000, Tutorial: 1000, Handler: 2000, ExecN: 200, QueueTypes: o.QueueTypes, Rounds: 1}
+		o = bench.Options{Messages: 5000, Tutorial: 1000, Handler: 2000, ExecN: 200, FairN: 60, QueueTypes: o.QueueTypes, Rounds: 1}
+	}
+	if *only != "" {
+		o.Only = strings.Split(*only, ",")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"slices"
@@ -66,8 +67,24 @@ func (e Env) Fill(prefix, qt string, n, size int) (string, error) {
 	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{amqp.QueueTypeArg: qt}); err != nil {
 		return "", fmt.Errorf("declare %q: %w", q, err)
 	}
+	return q, publish(ch, q, n, size)
+}
+
+// PublishTo publishes n persistent messages of size bytes to q, confirmed.
+func (e Env) PublishTo(q string, n, size int) error {
+	conn, ch, err := e.channel(0)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return publish(ch, q, n, size)
+}
+
+// publish publishes n persistent messages of size bytes to q on ch,
+// confirmed.
+func publish(ch *amqp.Channel, q string, n, size int) error {
 	if err := ch.Confirm(false); err != nil {
-		return "", fmt.Errorf("confirm mode: %w", err)
+		return fmt.Errorf("confirm mode: %w", err)
 	}
 	body := make([]byte, size)
 	for i := range body {
@@ -78,22 +95,22 @@ func (e Env) Fill(prefix, qt string, n, size int) (string, error) {
 	for i := 0; i < n; i++ {
 		dc, err := ch.PublishWithDeferredConfirm("", q, false, false, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: body})
 		if err != nil {
-			return "", fmt.Errorf("publish: %w", err)
+			return fmt.Errorf("publish: %w", err)
 		}
 		pending = append(pending, dc)
 		if len(pending) == window {
 			if !pending[len(pending)-1].Wait() {
-				return "", errors.New("publish not confirmed")
+				return errors.New("publish not confirmed")
 			}
 			pending = pending[:0]
 		}
 	}
 	for _, dc := range pending {
 		if !dc.Wait() {
-			return "", errors.New("publish not confirmed")
+			return errors.New("publish not confirmed")
 		}
 	}
-	return q, nil
+	return nil
 }
 
 // Delete deletes the queues.
@@ -230,68 +247,99 @@ func (e Env) Drained(q string, n int) (progress func() (int, error), stop func()
 // at that pace would take a sixth of a core from the run measured, so
 // /metrics is read only at the start and the end.
 func (e Env) Warren(q string, env []string, n int, progress func() (int, error)) (Result, error) {
-	addr, err := warrentest.FreeAddr()
+	w, err := e.startWarren(q, env)
 	if err != nil {
 		return Result{}, err
+	}
+	defer w.stop()
+	deadline := time.Now().Add(10 * time.Minute)
+	var start time.Time
+	var startCount float64
+	for {
+		if time.Now().After(deadline) {
+			return Result{}, errors.New("warren did not finish in 10 minutes")
+		}
+		if err := w.exitErr(); err != nil {
+			return Result{}, err
+		}
+		switch {
+		case start.IsZero():
+			if w.ready() {
+				start = time.Now()
+				startCount, _ = settled(w.base)
+			}
+		default:
+			done, err := progress()
+			if err != nil {
+				return Result{}, err
+			}
+			if done < n {
+				break
+			}
+			if c, err := settled(w.base); err == nil && c >= float64(n) {
+				took := time.Since(start)
+				return Result{Rate: (float64(n) - startCount) / took.Seconds(), Duration: took, PeakRSS: peakRSS(w.cmd.Process.Pid)}, nil
+			}
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// warrenProcess is a warren binary running on a queue.
+type warrenProcess struct {
+	cmd    *exec.Cmd
+	base   string // of its health server
+	exited chan error
+}
+
+// startWarren starts the warren binary on queue q with env, on top of
+// the benchmark's own settings; stop stops it.
+func (e Env) startWarren(q string, env []string) (*warrenProcess, error) {
+	addr, err := warrentest.FreeAddr()
+	if err != nil {
+		return nil, err
 	}
 	cmd := exec.Command(e.Binary)
 	cmd.Env = append(append(warrentest.Env(""), "WARREN_AMQP_URL="+e.URL, "WARREN_QUEUE="+q,
 		"WARREN_HEALTH_ADDR="+addr, "WARREN_LOG_LEVEL=warn"), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return Result{}, fmt.Errorf("start warren: %w", err)
+		return nil, fmt.Errorf("start warren: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+	w := &warrenProcess{cmd: cmd, base: "http://" + addr, exited: make(chan error, 1)}
+	go func() { w.exited <- cmd.Wait() }()
+	return w, nil
+}
+
+// exitErr returns an error if the process has exited.
+func (w *warrenProcess) exitErr() error {
+	select {
+	case err := <-w.exited:
+		w.exited <- err // for stop
+		return fmt.Errorf("warren exited: %v", err)
+	default:
+		return nil
 	}
-	base := "http://" + addr
-	deadline := time.Now().Add(10 * time.Minute)
-	var start time.Time
-	var startCount float64
-	for {
-		if time.Now().After(deadline) {
-			stop()
-			return Result{}, errors.New("warren did not finish in 10 minutes")
-		}
-		select {
-		case err := <-exited:
-			return Result{}, fmt.Errorf("warren exited: %v", err)
-		default:
-		}
-		switch {
-		case start.IsZero():
-			if resp, err := http.Get(base + "/readyz"); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					start = time.Now()
-					startCount, _ = settled(base)
-				}
-			}
-		default:
-			done, err := progress()
-			if err != nil {
-				stop()
-				return Result{}, err
-			}
-			if done < n {
-				break
-			}
-			if c, err := settled(base); err == nil && c >= float64(n) {
-				took := time.Since(start)
-				rss := peakRSS(cmd.Process.Pid)
-				stop()
-				return Result{Rate: (float64(n) - startCount) / took.Seconds(), Duration: took, PeakRSS: rss}, nil
-			}
-		}
-		time.Sleep(pollEvery)
+}
+
+// ready reports whether warren says it is ready.
+func (w *warrenProcess) ready() bool {
+	resp, err := http.Get(w.base + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// stop asks warren to stop, kills it after 30 s, and waits for it.
+func (w *warrenProcess) stop() {
+	_ = w.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-w.exited:
+	case <-time.After(30 * time.Second):
+		_ = w.cmd.Process.Kill()
+		<-w.exited
 	}
 }
 
@@ -336,14 +384,23 @@ func peakRSS(pid int) int64 {
 
 // HTTPServer is a local endpoint that answers 204 at once and counts, and
 // when the request carries X-Warren-Header-X-Sent (Unix nanoseconds),
-// records the latency since.
+// records the latency since. A request to a URL of Slow answers after its
+// delay, and is counted for the caller it names.
 type HTTPServer struct {
 	URL   string
 	count atomic.Int64
 	mu    sync.Mutex
 	lat   []time.Duration
+	by    map[string]*callerStats
 	srv   *http.Server
 	done  chan struct{}
+}
+
+// callerStats is what one caller of the slow URLs asked and was
+// answered.
+type callerStats struct {
+	arrivals []time.Time
+	answered int
 }
 
 // StartHTTP starts an HTTPServer; Close stops it.
@@ -352,7 +409,7 @@ func StartHTTP() (*HTTPServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &HTTPServer{URL: "http://" + ln.Addr().String() + "/", done: make(chan struct{})}
+	s := &HTTPServer{URL: "http://" + ln.Addr().String() + "/", by: make(map[string]*callerStats), done: make(chan struct{})}
 	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		defer close(s.done)
@@ -363,6 +420,25 @@ func StartHTTP() (*HTTPServer, error) {
 
 func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
+	if who := r.URL.Query().Get("who"); who != "" {
+		s.mu.Lock()
+		c := s.by[who]
+		if c == nil {
+			c = &callerStats{}
+			s.by[who] = c
+		}
+		c.arrivals = append(c.arrivals, time.Now())
+		s.mu.Unlock()
+		delay, _ := time.ParseDuration(r.URL.Query().Get("delay"))
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		s.mu.Lock()
+		c.answered++
+		s.mu.Unlock()
+	}
 	if v := r.Header.Get("X-Warren-Header-X-Sent"); v != "" {
 		if ns, err := strconv.ParseInt(v, 10, 64); err == nil {
 			d := time.Since(time.Unix(0, ns))
@@ -380,6 +456,23 @@ func (s *HTTPServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *HTTPServer) Handled() func() (int, error) {
 	base := s.count.Load()
 	return func() (int, error) { return int(s.count.Load() - base), nil }
+}
+
+// Slow returns a URL whose requests are answered after delay, and
+// counted for who (unique per caller).
+func (s *HTTPServer) Slow(who string, delay time.Duration) string {
+	return s.URL + "?who=" + url.QueryEscape(who) + "&delay=" + delay.String()
+}
+
+// Caller returns how many requests who made to its Slow URL were
+// answered, and when each arrived.
+func (s *HTTPServer) Caller(who string) (answered int, arrivals []time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.by[who]; c != nil {
+		return c.answered, slices.Clone(c.arrivals)
+	}
+	return 0, nil
 }
 
 // Close stops the server.

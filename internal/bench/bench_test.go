@@ -48,19 +48,23 @@ func TestRunPrintsEveryRow(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out strings.Builder
-	o := Options{Messages: 1000, Tutorial: 200, Handler: 500, ExecN: 20, QueueTypes: []string{"classic"}, Rounds: 1}
+	o := Options{Messages: 1000, Tutorial: 200, Handler: 500, ExecN: 20, FairN: 24, QueueTypes: []string{"classic"}, Rounds: 1}
 	if err := Run(ctx, Env{URL: brokertest.URL(), Binary: bin}, o, &out); err != nil {
 		t.Fatalf("Run: %v\n%s", err, out.String())
 	}
 	table := out.String()
 	for _, row := range []string{
+		"noop drain, at defaults (adaptive prefetch, default concurrency), vs plain",
+		"noop drain, at defaults (adaptive prefetch, default concurrency), vs the tutorial",
 		"noop drain, prefetch 200, concurrency 4, vs plain",
 		"noop drain, prefetch 200, concurrency 16, vs plain",
 		"noop drain, prefetch 1000, concurrency 32, vs plain",
 		"noop drain, prefetch 200, concurrency 16, vs the tutorial",
 		"http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop",
 		"http handler, concurrency 16, vs a plain consumer posting each message",
-		"exec handler",
+		"exec handler (cat >/dev/null) at defaults, vs amqp-consume running cat",
+		"fair share at adaptive prefetch: 3 replicas x concurrency 4, 24 messages of 500ms: all done in",
+		"fair share: a replica more started once they are queued: its first message after",
 		"warren publish -count, confirmed",
 		"warren (http handler, prefetch 200, concurrency 16)",
 		"plain consumer (prefetch 200, ack each)",

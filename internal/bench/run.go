@@ -17,57 +17,170 @@ type Options struct {
 	Tutorial   int // per drain of the prefetch-1 reference, which is slow
 	Handler    int // per run of the HTTP and exec comparisons
 	ExecN      int // per run of the exec comparison
+	FairN      int // messages of the fairness scenario
 	QueueTypes []string
-	Rounds     int // of plain, warren, warren, plain per drain setting
+	Only       []string // the parts to run (Part*); none: all
+	Rounds     int      // of plain, warren, warren, plain per drain setting
 }
 
-// setting is one warren configuration of the drain comparison.
+// setting is one warren configuration of the drain comparison; 0 leaves
+// a variable unset, to warren's default.
 type setting struct{ prefetch, concurrency int }
 
-var settings = []setting{{200, 4}, {200, 16}, {1000, 32}}
+// defaults is warren as a new user runs it: the adaptive prefetch and the
+// default concurrency.
+var defaults = setting{}
 
-// Run measures everything and writes the table to out.
-func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
-	tw := tabwriter.NewWriter(out, 1, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tqueue\twarren msg/s\treference msg/s\tratio\twarren peak RSS\t")
-	row := func(name, qt string, w, ref float64, rss int64) {
-		r := "-"
-		if ref > 0 {
-			r = fmt.Sprintf("%.2fx", w/ref)
+var settings = []setting{defaults, {200, 4}, {200, 16}, {1000, 32}}
+
+// name says how warren was run.
+func (s setting) name() string {
+	if s == defaults {
+		return "at defaults (adaptive prefetch, default concurrency)"
+	}
+	return fmt.Sprintf("prefetch %d, concurrency %d", s.prefetch, s.concurrency)
+}
+
+// env sets the variables of s.
+func (s setting) env() []string {
+	var env []string
+	if s.prefetch > 0 {
+		env = append(env, "WARREN_PREFETCH="+strconv.Itoa(s.prefetch))
+	}
+	if s.concurrency > 0 {
+		env = append(env, "WARREN_CONCURRENCY="+strconv.Itoa(s.concurrency))
+	}
+	return env
+}
+
+// rounds runs ref, w, w, ref n times and returns the results and each
+// round's ratio of w's rate to ref's: drift in the machine's load hits
+// both alike.
+func rounds(n int, ref, w func() (Result, error)) (refs, ws []Result, ratios []float64, err error) {
+	for range n {
+		var p, q float64
+		for i, run := range []func() (Result, error){ref, w, w, ref} {
+			r, err := run()
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			if i == 0 || i == 3 {
+				refs, p = append(refs, r), p+r.Rate
+			} else {
+				ws, q = append(ws, r), q+r.Rate
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%s\t\n", name, qt, w, ref, r, mib(rss))
+		ratios = append(ratios, q/p)
 	}
-	// ratioRow reports the median of the rounds' ratios, and their range:
-	// each round's ratio compares runs made side by side, which drift in
-	// the machine's load hits alike.
-	ratioRow := func(name, qt string, w, ref float64, ratios []float64, rss int64) {
-		lo, hi := slices.Min(ratios), slices.Max(ratios)
-		fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%.2fx (%.2f-%.2f)\t%s\t\n", name, qt, w, ref, median(ratios), lo, hi, mib(rss))
+	return refs, ws, ratios, nil
+}
+
+// Parts of a run, in their order: Options.Only picks some.
+const (
+	PartDrains   = "drains"   // the noop drains against the plain consumer and the tutorial's
+	PartDefaults = "defaults" // of those, only at warren's defaults and at prefetch 200, concurrency 4, against the plain consumer
+	PartHTTP     = "http"
+	PartExec     = "exec"
+	PartFair     = "fair"
+	PartPublish  = "publish"
+	PartLatency  = "latency"
+)
+
+var parts = []string{PartDrains, PartDefaults, PartHTTP, PartExec, PartFair, PartPublish, PartLatency}
+
+// Run measures the parts of o and writes the table to out.
+func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
+	t := table{tabwriter.NewWriter(out, 1, 0, 2, ' ', tabwriter.AlignRight)}
+	fmt.Fprintln(t.tw, "scenario\tqueue\twarren msg/s\treference msg/s\tratio\twarren peak RSS\t")
+	srv, err := StartHTTP()
+	if err != nil {
+		return err
 	}
+	defer srv.Close()
+	for _, part := range parts {
+		if !o.runs(part) {
+			continue
+		}
+		var err error
+		switch part {
+		case PartDrains:
+			err = e.drains(t, o, settings, true)
+		case PartDefaults:
+			if !o.runs(PartDrains) {
+				err = e.drains(t, o, settings[:2], false)
+			}
+		case PartHTTP:
+			err = e.httpRows(t, o, srv)
+		case PartExec:
+			err = e.execRows(t, o)
+		case PartFair:
+			err = e.fairRows(t, o, srv)
+		case PartPublish:
+			err = e.publishRow(t, o)
+		case PartLatency:
+			if err = t.tw.Flush(); err == nil {
+				fmt.Fprintln(out)
+				err = e.latencyTable(ctx, out, o, srv)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if err := t.tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// runs reports whether the run includes part.
+func (o Options) runs(part string) bool {
+	return len(o.Only) == 0 || slices.Contains(o.Only, part)
+}
+
+// table is the benchmark's table.
+type table struct{ tw *tabwriter.Writer }
+
+// row writes a row of one measure each, and their ratio.
+func (t table) row(name, qt string, w, ref float64, rss int64) {
+	r := "-"
+	if ref > 0 {
+		r = fmt.Sprintf("%.2fx", w/ref)
+	}
+	fmt.Fprintf(t.tw, "%s\t%s\t%.0f\t%.0f\t%s\t%s\t\n", name, qt, w, ref, r, mib(rss))
+}
+
+// ratioRow reports the median of the rounds' ratios, and their range:
+// each round's ratio compares runs made side by side, which drift in the
+// machine's load hits alike.
+func (t table) ratioRow(name, qt string, w, ref float64, ratios []float64, rss int64) {
+	lo, hi := slices.Min(ratios), slices.Max(ratios)
+	fmt.Fprintf(t.tw, "%s\t%s\t%.0f\t%.0f\t%.2fx (%.2f-%.2f)\t%s\t\n", name, qt, w, ref, median(ratios), lo, hi, mib(rss))
+}
+
+// drains writes the rows of the noop drains of each setting against the
+// plain consumer, and with tutorial, against the tutorial's.
+func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error {
 	for _, qt := range o.QueueTypes {
 		// The reference of the noop drains: a plain consumer, prefetch 200,
 		// acking multiple every 50. Each round runs plain, warren, warren,
 		// plain, so that drift in the broker hits both alike.
+		var atDefaults []Result
 		for _, s := range settings {
-			var plain, warren []Result
-			var ratios []float64
-			for range o.Rounds {
-				var p, w float64
-				for _, who := range []string{"plain", "warren", "warren", "plain"} {
-					r, err := e.drain(qt, o.Messages, who, s)
-					if err != nil {
-						return err
-					}
-					if who == "plain" {
-						plain, p = append(plain, r), p+r.Rate
-					} else {
-						warren, w = append(warren, r), w+r.Rate
-					}
-				}
-				ratios = append(ratios, w/p)
+			plain, warren, ratios, err := rounds(o.Rounds,
+				func() (Result, error) { return e.drain(qt, o.Messages, "plain", s) },
+				func() (Result, error) { return e.drain(qt, o.Messages, "warren", s) })
+			if err != nil {
+				return err
 			}
-			ratioRow(fmt.Sprintf("noop drain, prefetch %d, concurrency %d, vs plain (prefetch 200, ack every 50)", s.prefetch, s.concurrency),
+			if s == defaults {
+				atDefaults = warren
+			}
+			t.ratioRow("noop drain, "+s.name()+", vs plain (prefetch 200, ack every 50)",
 				qt, Median(warren), Median(plain), ratios, MaxRSS(warren))
+		}
+		if !tutorial {
+			continue
 		}
 		// The consumer users switch from: the pika tutorial's.
 		var tut []Result
@@ -85,22 +198,23 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 		}
 		var wr []Result
 		for range 2 {
-			r, err := e.drain(qt, o.Messages, "warren", settings[1])
+			r, err := e.drain(qt, o.Messages, "warren", setting{200, 16})
 			if err != nil {
 				return err
 			}
 			wr = append(wr, r)
 		}
-		row("noop drain, prefetch 200, concurrency 16, vs the tutorial (prefetch 1, ack each)", qt, Median(wr), Median(tut), MaxRSS(wr))
-		tw.Flush()
+		t.row("noop drain, prefetch 200, concurrency 16, vs the tutorial (prefetch 1, ack each)", qt, Median(wr), Median(tut), MaxRSS(wr))
+		t.row("noop drain, "+defaults.name()+", vs the tutorial", qt, Median(atDefaults), Median(tut), MaxRSS(atDefaults))
+		if err := t.tw.Flush(); err != nil {
+			return err
+		}
 	}
+	return nil
+}
 
-	// HTTP handler against a bare client loop, no broker in the loop.
-	srv, err := StartHTTP()
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
+// httpRows writes the rows of the HTTP handler.
+func (e Env) httpRows(t table, o Options, srv *HTTPServer) error {
 	q, err := e.Fill("http", "classic", o.Handler, 100)
 	if err != nil {
 		return err
@@ -115,7 +229,7 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	row("http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop", "classic", wh.Rate, bare.Rate, wh.PeakRSS)
+	t.row("http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop", "classic", wh.Rate, bare.Rate, wh.PeakRSS)
 	// The consumer a user would write instead: no broker-free shortcut.
 	q, err = e.Fill("http", "classic", o.Handler, 100)
 	if err != nil {
@@ -126,39 +240,61 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	row("http handler, concurrency 16, vs a plain consumer posting each message (prefetch 200, 16 goroutines, ack each)", "classic", wh.Rate, ph.Rate, wh.PeakRSS)
+	t.row("http handler, concurrency 16, vs a plain consumer posting each message (prefetch 200, 16 goroutines, ack each)", "classic", wh.Rate, ph.Rate, wh.PeakRSS)
+	return nil
+}
 
-	// Exec handler running cat >/dev/null (through sh: it redirects)
-	// against amqp-consume running cat itself, with no shell: issue 13's
-	// reference.
-	if _, err := exec.LookPath("amqp-consume"); err == nil {
-		const command = "cat >/dev/null"
-		q, err := e.Fill("exec", "classic", o.ExecN, 100)
-		if err != nil {
-			return err
-		}
-		ac, err := e.AMQPConsume(q, o.ExecN, "cat")
-		e.Delete(q)
-		if err != nil {
-			return err
-		}
-		q, err = e.Fill("exec", "classic", o.ExecN, 100)
-		if err != nil {
-			return err
-		}
-		we, err := e.drainWith(q, []string{"WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=" + command,
-			"WARREN_PREFETCH=16", "WARREN_CONCURRENCY=4", "WARREN_RETRY_DELAYS="}, o.ExecN)
-		e.Delete(q, q+".dead")
-		if err != nil {
-			return err
-		}
-		row("exec handler (cat >/dev/null), concurrency 4, vs amqp-consume running cat", "classic", we.Rate, ac.Rate, we.PeakRSS)
-	} else {
-		fmt.Fprintln(tw, "exec handler vs amqp-consume\t-\tskipped: amqp-consume not installed (Debian amqp-tools)\t\t\t\t")
+// execRows writes the row of the exec handler at defaults running
+// cat >/dev/null (without sh: warren sets the redirection up) against
+// amqp-consume running cat itself, with no shell: issue 13's reference.
+func (e Env) execRows(t table, o Options) error {
+	if _, err := exec.LookPath("amqp-consume"); err != nil {
+		fmt.Fprintln(t.tw, "exec handler vs amqp-consume\t-\tskipped: amqp-consume not installed (Debian amqp-tools)\t\t\t\t")
+		return nil
 	}
+	const command = "cat >/dev/null"
+	ac, we, ratios, err := rounds(o.Rounds,
+		func() (Result, error) {
+			q, err := e.Fill("exec", "classic", o.ExecN, 100)
+			if err != nil {
+				return Result{}, err
+			}
+			defer e.Delete(q)
+			return e.AMQPConsume(q, o.ExecN, "cat")
+		},
+		func() (Result, error) {
+			q, err := e.Fill("exec", "classic", o.ExecN, 100)
+			if err != nil {
+				return Result{}, err
+			}
+			defer e.Delete(q, q+".dead")
+			return e.drainWith(q, []string{"WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=" + command, "WARREN_RETRY_DELAYS="}, o.ExecN)
+		})
+	if err != nil {
+		return err
+	}
+	t.ratioRow("exec handler ("+command+") at defaults, vs amqp-consume running cat", "classic", Median(we), Median(ac), ratios, MaxRSS(we))
+	return nil
+}
 
-	// warren publish, persistent and confirmed.
-	q, err = e.Fill("publish", "classic", 0, 100)
+// fairRows writes the rows of the fairness scenario: replicas share a
+// backlog of slow work, and one started late takes its part.
+func (e Env) fairRows(t table, o Options, srv *HTTPServer) error {
+	fo := FairOptions{Replicas: 3, Concurrency: 4, Messages: o.FairN, Work: 500 * time.Millisecond}
+	f, err := e.Fair(srv, fo)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(t.tw, "fair share at adaptive prefetch: %d replicas x concurrency %d, %d messages of %v: all done in %.2f s, ideal %.2f s\tclassic\t-\t-\t%.2fx the ideal\t-\t\n",
+		fo.Replicas, fo.Concurrency, fo.Messages, fo.Work, f.AllDone.Seconds(), fo.Ideal().Seconds(), f.AllDone.Seconds()/fo.Ideal().Seconds())
+	fmt.Fprintf(t.tw, "fair share: a replica more started once they are queued: its first message after %.2f s; it did %d of the %d handled from then (fair: %.0f)\tclassic\t-\t-\t-\t-\t\n",
+		f.FirstTake.Seconds(), f.Share, f.Handled, float64(f.Handled)/float64(fo.Replicas+1))
+	return nil
+}
+
+// publishRow writes the row of warren publish, persistent and confirmed.
+func (e Env) publishRow(t table, o Options) error {
+	q, err := e.Fill("publish", "classic", 0, 100)
 	if err != nil {
 		return err
 	}
@@ -167,11 +303,13 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	row("warren publish -count, confirmed, 100 B", "classic", pub.Rate, 0, 0)
-	tw.Flush()
+	t.row("warren publish -count, confirmed, 100 B", "classic", pub.Rate, 0, 0)
+	return nil
+}
 
-	// Latency at a steady rate well below capacity: publish to handler.
-	fmt.Fprintln(out)
+// latencyTable writes the latencies at a steady rate well below capacity,
+// publish to handler.
+func (e Env) latencyTable(ctx context.Context, out io.Writer, o Options, srv *HTTPServer) error {
 	lw := tabwriter.NewWriter(out, 1, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(lw, "latency at 1000 msg/s, publish to handler\tqueue\tp50\tp99\t")
 	for _, qt := range o.QueueTypes {
@@ -197,10 +335,8 @@ func (e Env) drain(qt string, n int, who string, s setting) (Result, error) {
 		e.logf("%s %s: %.0f msg/s", who, qt, r.Rate)
 		return r, err
 	}
-	r, err := e.drainWith(q, []string{"WARREN_QUEUE_TYPE=" + qt, "WARREN_HANDLER=noop",
-		"WARREN_PREFETCH=" + strconv.Itoa(s.prefetch), "WARREN_CONCURRENCY=" + strconv.Itoa(s.concurrency),
-		"WARREN_RETRY_DELAYS="}, n)
-	e.logf("warren %s prefetch %d concurrency %d: %.0f msg/s, peak RSS %s", qt, s.prefetch, s.concurrency, r.Rate, mib(r.PeakRSS))
+	r, err := e.drainWith(q, append([]string{"WARREN_QUEUE_TYPE=" + qt, "WARREN_HANDLER=noop", "WARREN_RETRY_DELAYS="}, s.env()...), n)
+	e.logf("warren %s %s: %.0f msg/s, peak RSS %s", qt, s.name(), r.Rate, mib(r.PeakRSS))
 	return r, err
 }
 
