@@ -17,7 +17,9 @@ func TestPrefetchTarget(t *testing.T) {
 		want             int
 	}{
 		// 4 handlers of 500 ms: slower than the round trip by far.
-		{name: "slow handlers: concurrency + 1", concurrency: 4, max: 1000, rate: 8, rtt: time.Millisecond, want: 5},
+		{name: "slow handlers: concurrency", concurrency: 4, max: 1000, rate: 8, rtt: time.Millisecond, want: 4},
+		// 4 handlers of 50 ms: 2 x 80/s x 6 ms = 0.96, a slot more.
+		{name: "a round trip near a call's time: one more", concurrency: 4, max: 1000, rate: 80, rtt: time.Millisecond, want: 5},
 		{name: "idle: concurrency", concurrency: 4, max: 1000, rate: 0, rtt: time.Millisecond, want: 4},
 		// 2 x 29999/s x (1 ms + 5 ms of ack delay) = 359.99.
 		{name: "fast handlers: hundreds", concurrency: 4, max: 1000, rate: 29999, rtt: time.Millisecond, want: 364},
@@ -36,9 +38,9 @@ func TestPrefetchTarget(t *testing.T) {
 	}
 }
 
-func TestPrefetchControllerStartsAtConcurrencyPlusOne(t *testing.T) {
-	if got := newPrefetchController(4, 1000, DefaultMaxInflightBytes).window; got != 5 {
-		t.Errorf("first window for concurrency 4 = %d, want 5", got)
+func TestPrefetchControllerStartsAtConcurrency(t *testing.T) {
+	if got := newPrefetchController(4, 1000, DefaultMaxInflightBytes).window; got != 4 {
+		t.Errorf("first window for concurrency 4 = %d, want 4", got)
 	}
 	if got := newPrefetchController(4, 4, DefaultMaxInflightBytes).window; got != 4 {
 		t.Errorf("first window for concurrency 4, max 4 = %d, want 4", got)
@@ -49,11 +51,11 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 	const q = 100 * time.Millisecond
 	var (
 		// 399 completions in 100 ms: 3990/s; with the default round
-		// trip, 1 ms, the target is 4 + ceil(2 x 3990 x 6 ms) = 52.
+		// trip, 1 ms, the target is 4 + round(2 x 3990 x 6 ms) = 52.
 		fast = sample{elapsed: q, completed: 399}
-		// 6010/s: target 77.
+		// 6010/s: target 76.
 		faster = sample{elapsed: q, completed: 601}
-		// 8/s: target 5.
+		// 8/s: target 4.
 		slow = sample{elapsed: 250 * time.Millisecond, completed: 2, rtts: 2, rttSum: 2 * time.Millisecond}
 		idle = sample{elapsed: 250 * time.Millisecond}
 	)
@@ -65,30 +67,30 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 		give  []sample
 		want  []string // "i:window": the switch due after sample i
 	}{
-		{name: "grows after 300 ms at twice the window or more", give: repeat(8, fast), want: []string{"2:52"}},
-		{name: "a burst shorter than 300 ms does not move it", give: append(repeat(2, fast), repeat(20, idle)...)},
+		{name: "grows after 200 ms at twice the window or more", give: repeat(8, fast), want: []string{"1:52"}},
+		{name: "a burst shorter than 200 ms does not move it", give: append(repeat(1, fast), repeat(20, idle)...)},
 		{name: "an interval within the hysteresis restarts the hold",
-			give: slices.Concat(repeat(2, fast), repeat(1, idle), repeat(3, fast)), want: []string{"5:52"}},
-		{name: "grows to the smallest target of the hold", give: []sample{faster, fast, faster}, want: []string{"2:52"}},
-		{name: "shrinks only after five seconds at half or less", start: 100, give: repeat(25, slow), want: []string{"19:5"}},
+			give: slices.Concat(repeat(1, fast), repeat(1, idle), repeat(3, fast)), want: []string{"3:52"}},
+		{name: "grows to the smallest target of the hold", give: []sample{faster, fast, faster}, want: []string{"1:52"}},
+		{name: "shrinks only after five seconds at half or less", start: 100, give: repeat(25, slow), want: []string{"19:4"}},
 		{name: "shrinks to the largest target of the hold", start: 100,
-			give: slices.Concat(repeat(19, slow), []sample{{elapsed: 250 * time.Millisecond, completed: 400}}), want: []string{"19:24"}},
+			give: slices.Concat(repeat(19, slow), []sample{{elapsed: 250 * time.Millisecond, completed: 400}}), want: []string{"19:23"}},
 		{name: "idle shrinks to concurrency", start: 100, give: repeat(20, idle), want: []string{"19:4"}},
 		// 3830/s: target 50.
 		{name: "a target within 2x either way keeps the window", start: 40, give: repeat(100, sample{elapsed: q, completed: 383})},
-		{name: "grows to max and no further", max: 20, give: repeat(12, fast), want: []string{"2:20"}},
+		{name: "grows to max and no further", max: 20, give: repeat(12, fast), want: []string{"1:20"}},
 		{name: "stays at concurrency when idle", start: 4, give: repeat(40, idle)},
-		// A quorum queue's turn-around: 4 ms. 4 + ceil(2 x 3990 x 9 ms) = 76.
+		// A quorum queue's turn-around: 4 ms. 4 + round(2 x 3990 x 9 ms) = 76.
 		{name: "a longer round trip asks for more", give: repeat(3, sample{elapsed: q, completed: 399, rtts: 100, rttSum: 400 * time.Millisecond}),
-			want: []string{"2:76"}},
+			want: []string{"1:76"}},
 		{name: "no time, no sample", give: repeat(10, sample{completed: 399})},
 		// A window that limits the rate makes the target understate the
 		// need: a window of 40 full at 4000/s (target 52, 1.3x) holds;
-		// at 6010/s (target 77, 1.9x) too; at 8000/s (target 100, 2.5x)
-		// it grows 4x, to 160, not to 100.
-		{name: "a target far above grows the window 4x", start: 40, give: repeat(3, sample{elapsed: q, completed: 800}), want: []string{"2:160"}},
-		{name: "4x no further than max", start: 40, max: 120, give: repeat(3, sample{elapsed: q, completed: 800}), want: []string{"2:120"}},
-		{name: "a target above 4x is the step", start: 10, give: repeat(3, faster), want: []string{"2:77"}},
+		// at 6010/s (target 76, 1.9x) too; at 8000/s (target 100, 2.5x)
+		// it grows 8x, to 320, not to 100.
+		{name: "a target far above grows the window 8x", start: 40, give: repeat(3, sample{elapsed: q, completed: 800}), want: []string{"1:320"}},
+		{name: "8x no further than max", start: 40, max: 120, give: repeat(3, sample{elapsed: q, completed: 800}), want: []string{"1:120"}},
+		{name: "a target above 8x is the step", start: 5, give: repeat(3, faster), want: []string{"1:76"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			max := tt.max
@@ -166,20 +168,20 @@ func TestPrefetchBytes(t *testing.T) {
 	repeat := func(n int, s sample) []sample { return slices.Repeat([]sample{s}, n) }
 	for _, tt := range []struct {
 		name  string
-		start int // the window in force at first; 0: the controller's own, 5
+		start int // the window in force at first; 0: the controller's own, 4
 		give  []sample
 		want  []string // "i:window": the switch due after sample i
 	}{
 		{name: "large bodies shrink the window at once", give: []sample{big(32 * mi)}, want: []string{"0:2"}},
 		{name: "a body above the budget: one at a time", start: 100, give: []sample{big(100 * mi)}, want: []string{"0:1"}},
 		{name: "the ceiling wins over concurrency", give: []sample{big(64 * mi)}, want: []string{"0:1"}},
-		{name: "small bodies do not limit it", give: slices.Concat([]sample{big(1024)}, repeat(3, fast)), want: []string{"3:52"}},
-		{name: "a fast rate grows only to the ceiling", start: 4, give: slices.Concat([]sample{big(8 * mi)}, repeat(3, fast)), want: []string{"3:8"}},
+		{name: "small bodies do not limit it", give: slices.Concat([]sample{big(1024)}, repeat(3, fast)), want: []string{"2:52"}},
+		{name: "a fast rate grows only to the ceiling", start: 4, give: slices.Concat([]sample{big(8 * mi)}, repeat(3, fast)), want: []string{"2:8"}},
 		// 32 MiB seen: ceiling 2. The size halves every 10 s: after 10 s
 		// the ceiling is 4, the target of idle handlers, and after 20 s
 		// it is 8, where a fast rate then takes the window.
 		{name: "the ceiling lifts as large bodies are forgotten",
-			give: slices.Concat([]sample{big(32 * mi)}, repeat(200, idle), repeat(5, fast)), want: []string{"0:2", "103:4", "203:8"}},
+			give: slices.Concat([]sample{big(32 * mi)}, repeat(200, idle), repeat(5, fast)), want: []string{"0:2", "102:4", "202:8"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newPrefetchController(4, 1000, budget)
