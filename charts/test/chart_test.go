@@ -1,6 +1,7 @@
 package charttest
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -375,9 +376,15 @@ func TestScenarios(t *testing.T) {
 					t.Errorf("alert %s: expr %q uses no warren metric", rule.Alert, rule.Expr.String())
 				}
 			}
-			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors", "WarrenNotConsuming"}
+			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors",
+				"WarrenMessagesStuck", "WarrenNotReady", "WarrenCopyFailures", "WarrenNotConsuming"}
 			if !slices.Equal(alerts, want) {
 				t.Errorf("alerts = %v, want %v", alerts, want)
+			}
+			dash := find[*corev1.ConfigMap](t, r, "warren-all-dashboard")
+			if dash.Namespace != "monitoring" || dash.Labels["grafana_dashboard"] != "1" || !json.Valid([]byte(dash.Data["warren.json"])) {
+				t.Errorf("dashboard ConfigMap: namespace %q, labels %v, %d bytes of JSON (valid: %v), want namespace monitoring, grafana_dashboard=1, the dashboard",
+					dash.Namespace, dash.Labels, len(dash.Data["warren.json"]), json.Valid([]byte(dash.Data["warren.json"])))
 			}
 			find[*kedav1alpha1.ScaledObject](t, r, "warren-all")
 			find[*policyv1.PodDisruptionBudget](t, r, "warren-all")
