@@ -132,7 +132,8 @@ func TestDashboardAndAlerts(t *testing.T) {
 	scrapeCtx, stopScrape := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { sc.run(scrapeCtx, scrapeStep) })
-	defer func() { stopScrape(); wg.Wait() }()
+	// On any way out, the scraper and the publisher below stop first.
+	defer func() { cancel(); wg.Wait() }()
 
 	// seen evaluates expr over what was scraped so far: the scenario waits
 	// for what the dashboard will show.

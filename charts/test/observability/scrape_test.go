@@ -98,8 +98,12 @@ func (s *scraper) scrape(ctx context.Context, tg target, ts time.Time) {
 		}
 	})
 	if err != nil {
+		// As Prometheus: nothing of a failed scrape is kept, and all of
+		// the target's series go stale.
+		_ = app.Rollback()
+		app = s.db.Appender(ctx)
 		up = 0
-		seen = map[uint64]labels.Labels{} // a failed scrape makes all of the target's series stale
+		seen = map[uint64]labels.Labels{}
 	}
 	s.mu.Lock()
 	last := s.last[tg.url]
