@@ -24,10 +24,15 @@ var dashboardFile = filepath.Join(chartDir, "dashboards", "warren.json")
 type dashboard struct {
 	Panels     []panel `json:"panels"`
 	Templating struct {
-		List []struct {
-			Name string `json:"name"`
-		} `json:"list"`
+		List []variable `json:"list"`
 	} `json:"templating"`
+}
+
+// variable is a template variable; Query is a query variable's.
+type variable struct {
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Query any    `json:"query"`
 }
 
 type panel struct {
@@ -45,8 +50,8 @@ type query struct {
 }
 
 // readDashboard returns the panels of the shipped dashboard, rows' panels
-// included, and the names of its template variables.
-func readDashboard(t *testing.T) ([]panel, []string) {
+// included, and its template variables.
+func readDashboard(t *testing.T) ([]panel, []variable) {
 	t.Helper()
 	b, err := os.ReadFile(dashboardFile)
 	if err != nil {
@@ -68,11 +73,47 @@ func readDashboard(t *testing.T) ([]panel, []string) {
 		}
 	}
 	walk(d.Panels)
-	var vars []string
-	for _, v := range d.Templating.List {
-		vars = append(vars, v.Name)
+	return flat, d.Templating.List
+}
+
+// labelValues is the query of a variable that lists a label's values.
+var labelValues = regexp.MustCompile(`^label_values\((.+),\s*([A-Za-z_][A-Za-z0-9_]*)\)$`)
+
+// checkVariables checks that each query variable, label_values(selector,
+// label) with the variables before it substituted, offers the value the
+// test gives it (want, unescaped).
+func checkVariables(ctx context.Context, t *testing.T, e evaluator, vars []variable, values, want map[string]string, at time.Time) {
+	t.Helper()
+	for _, v := range vars {
+		if v.Type != "query" {
+			continue
+		}
+		q, _ := v.Query.(string)
+		m := labelValues.FindStringSubmatch(q)
+		if m == nil {
+			t.Errorf("variable %s: query %v is not label_values(selector, label)", v.Name, v.Query)
+			continue
+		}
+		sel := m[1]
+		for k, val := range values {
+			sel = strings.ReplaceAll(sel, "$"+k, val)
+		}
+		got, err := e.instant(ctx, sel, at)
+		if err != nil {
+			t.Errorf("variable %s: %v", v.Name, err)
+			continue
+		}
+		found := false
+		var offered []string
+		for _, s := range got {
+			l := s.labels.Get(m[2])
+			offered = append(offered, l)
+			found = found || l == want[v.Name]
+		}
+		if !found {
+			t.Errorf("variable %s (%s) offers %q, want %q among them", v.Name, q, offered, want[v.Name])
+		}
 	}
-	return flat, vars
 }
 
 // series is one evaluated series: its labels, its legend as Grafana

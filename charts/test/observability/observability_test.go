@@ -263,10 +263,11 @@ func TestDashboardAndAlerts(t *testing.T) {
 			"__range": fmt.Sprintf("%ds", int(to.Sub(from).Seconds())+1),
 		}
 		for _, v := range vars {
-			if _, ok := values[v]; !ok {
-				t.Errorf("the dashboard's variable %q has no value in the test", v)
+			if _, ok := values[v.Name]; !ok {
+				t.Errorf("the dashboard's variable %q has no value in the test", v.Name)
 			}
 		}
+		checkVariables(ctx, t, ev, vars, values, map[string]string{"namespace": namespace, "job": jobA, "queue": q}, to)
 		// Grafana's steps end at the range's end: the last scrape is a point.
 		start := to.Add(-time.Duration(math.Ceil(float64(to.Sub(from))/float64(scrapeStep))) * scrapeStep)
 		results := evaluatePanels(ctx, t, ev, panels, values, start, to, scrapeStep)
