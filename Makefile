@@ -26,12 +26,17 @@ WARREN_LOG_FORMAT ?= console
 # libraries stay out of the daemon's go.mod); their kube-apiserver is built
 # from charts/test/kube-apiserver and cached in /var/cache/warren-test.
 CHART_TEST := charts/test
+# The dashboard and alerts evaluated by Prometheus's own engine: a module of
+# its own again, so that github.com/prometheus/prometheus stays out of both.
+# Without -race: its one test drives processes and has two goroutines of its
+# own, and Prometheus built with the race detector costs minutes of CI.
+OBSERVABILITY_TEST := $(CHART_TEST)/observability
 
 # `make image`: the container image, tagged with the version.
 IMAGE    ?= ghcr.io/warren-mq/warren
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 
-.PHONY: help build broker run test chart-test cluster-test bench lint tidy-check image clean e2e e2e-keda
+.PHONY: help build broker run test chart-test dashboard cluster-test bench lint tidy-check image clean e2e e2e-keda
 
 help: ## show this help
 	@echo 'Usage: make <target>   (VERSION=$(VERSION))'
@@ -47,14 +52,20 @@ broker: ## make sure a RabbitMQ broker answers at WARREN_AMQP_URL (starts a loca
 run: build broker ## run the worker on queue WARREN_QUEUE (demo) with console logs
 	env -u WARREN_TEST_AMQP_URL WARREN_QUEUE="$(WARREN_QUEUE)" WARREN_LOG_FORMAT="$(WARREN_LOG_FORMAT)" ./$(BIN)
 
-test: ## bring the broker up, then go test -race ./... against WARREN_TEST_AMQP_URL, then the chart's tests
+test: ## bring the broker up, then go test -race ./... against WARREN_TEST_AMQP_URL, then the chart's tests, dashboard and alerts
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	$(GO) test -race -count=1 -p 2 -timeout 20m ./...
 	cd $(CHART_TEST) && $(GO) test -race -count=1 -p 2 -timeout 30m ./...
+	cd $(OBSERVABILITY_TEST) && $(GO) test -count=1 -timeout 15m ./...
 
-chart-test: ## the chart's tests only: lint, render, install into a local kube-apiserver, run as the kubelet would
+chart-test: ## the chart's tests only: lint, render, install into a local kube-apiserver, run as the kubelet would; the dashboard and alerts
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && $(GO) test -race -count=1 -p 2 -timeout 30m ./...
+	cd $(OBSERVABILITY_TEST) && $(GO) test -count=1 -timeout 15m ./...
+
+dashboard: ## the dashboard and alerts test; draws docs/dashboard.svg from its run
+	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
+	cd $(OBSERVABILITY_TEST) && $(GO) test -count=1 -timeout 15m -run '^TestDashboardAndAlerts$$' -update .
 
 cluster-test: ## warren through the loss of any node of a 3-node cluster the tests start (root; WARREN_CLUSTER=short for CI's profile)
 	WARREN_CLUSTER="$${WARREN_CLUSTER:-full}" $(GO) test -count=1 -v -p 1 -timeout 60m -run 'TestCluster$$' ./cluster/ ./internal/brokertest/
@@ -75,12 +86,14 @@ lint: ## fail if gofmt would change a .go file, then go vet (the daemon and the 
 	fi
 	$(GO) vet ./...
 	cd $(CHART_TEST) && $(GO) vet ./...
+	cd $(OBSERVABILITY_TEST) && $(GO) vet ./...
 
 tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	$(GO) mod tidy
 	cd $(CHART_TEST) && $(GO) mod tidy
+	cd $(OBSERVABILITY_TEST) && $(GO) mod tidy
 	for m in kube-apiserver kube-controller-manager kube-scheduler keda; do (cd $(CHART_TEST)/$$m && $(GO) mod tidy) || exit 1; done
-	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum $(CHART_TEST)/keda/go.mod $(CHART_TEST)/keda/go.sum
+	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(OBSERVABILITY_TEST)/go.mod $(OBSERVABILITY_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum $(CHART_TEST)/keda/go.mod $(CHART_TEST)/keda/go.sum
 
 .PHONY: e2e
 e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load; about 3 min (+8 cold)

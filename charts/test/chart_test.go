@@ -1,6 +1,7 @@
 package charttest
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -376,9 +377,21 @@ func TestScenarios(t *testing.T) {
 					t.Errorf("alert %s: expr %q uses no warren metric", rule.Alert, rule.Expr.String())
 				}
 			}
-			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors", "WarrenNotConsuming"}
+			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors",
+				"WarrenMessagesStuck", "WarrenNotReady", "WarrenCopyFailures", "WarrenNotConsuming"}
 			if !slices.Equal(alerts, want) {
 				t.Errorf("alerts = %v, want %v", alerts, want)
+			}
+			dash := find[*corev1.ConfigMap](t, r, "warren-all-dashboard")
+			if dash.Labels["grafana_dashboard"] != "1" || dash.Annotations["grafana_folder"] != "Queues" || !json.Valid([]byte(dash.Data["warren.json"])) {
+				t.Errorf("dashboard ConfigMap: labels %v, annotations %v, %d bytes of JSON (valid: %v), want grafana_dashboard=1, grafana_folder=Queues, the dashboard",
+					dash.Labels, dash.Annotations, len(dash.Data["warren.json"]), json.Valid([]byte(dash.Data["warren.json"])))
+			}
+			// Where Grafana's sidecar looks, which the install test's
+			// API server lacks.
+			s := scenario{name: "everything", file: filepath.Join(chartDir, "ci", "everything-values.yaml")}
+			if ns := find[*corev1.ConfigMap](t, mustRender(t, s, "metrics.dashboard.namespace=monitoring"), "warren-all-dashboard").Namespace; ns != "monitoring" {
+				t.Errorf("dashboard ConfigMap in namespace %q, want monitoring", ns)
 			}
 			find[*kedav1alpha1.ScaledObject](t, r, "warren-all")
 			find[*policyv1.PodDisruptionBudget](t, r, "warren-all")

@@ -103,6 +103,16 @@ func NewNodes(t testing.TB) *Nodes {
 	return ns
 }
 
+// EnablePlugins makes the nodes started from now on run the named plugins
+// (rabbitmq_prometheus, say), in place of none.
+func (ns *Nodes) EnablePlugins(t testing.TB, plugins ...string) {
+	t.Helper()
+	list := "[" + strings.Join(plugins, ",") + "]."
+	if err := os.WriteFile(filepath.Join(ns.dir, "enabled_plugins"), []byte(list), 0o600); err != nil {
+		t.Fatalf("write enabled_plugins: %v", err)
+	}
+}
+
 // StartNode starts a RabbitMQ node of the test's own and returns it once
 // it accepts AMQP connections. The node, and all it stored, is gone when
 // the test ends. It skips the test when CanStartNode says no.
