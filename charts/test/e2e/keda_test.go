@@ -218,11 +218,7 @@ func (e *env) backToZero(t *testing.T, name string, busySeen bool) {
 	tl.waitNoPod(t, time.Minute, "no pod at the start")
 	before := e.endedPods()
 
-	var ids []string
-	for i := 1; i <= messages; i++ {
-		ids = append(ids, fmt.Sprintf("%s%s%06d", name, slowMark, i))
-	}
-	e.publish(t, name, ids...)
+	e.publish(t, name, slowIDs(name, messages)...)
 	tl.waitHandled(t, 2*time.Minute, name)
 	tl.waitNoPod(t, 2*time.Minute, "back to no pod")
 	e.checkBackToZero(t, tl, name, busySeen, before)
@@ -253,12 +249,8 @@ func (e *env) testOut(t *testing.T) {
 	tl.waitNoPod(t, time.Minute, "no pod at the start")
 	before := e.endedPods()
 
-	var ids []string
-	for i := 1; i <= messages; i++ {
-		ids = append(ids, fmt.Sprintf("%s%s%06d", name, slowMark, i))
-	}
 	published := time.Now()
-	e.publish(t, name, ids...)
+	e.publish(t, name, slowIDs(name, messages)...)
 	tl.waitHandled(t, 3*time.Minute, name)
 	t.Logf("%d messages of %v each handled in %v", messages, handling, time.Since(published).Round(100*time.Millisecond))
 	tl.waitNoPod(t, 2*time.Minute, "back to no pod")
@@ -277,6 +269,16 @@ func (e *env) testOut(t *testing.T) {
 		}
 	}
 	e.checkBackToZero(t, tl, name, true, before)
+}
+
+// slowIDs are n message ids of the scenario that the collector takes its
+// slow time to answer.
+func slowIDs(name string, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%s%06d", name, slowMark, i+1)
+	}
+	return ids
 }
 
 // waitHandled samples the timeline until every message of the scenario
