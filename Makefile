@@ -96,12 +96,12 @@ tidy-check: ## fail if go mod tidy changes go.mod / go.sum (of every module)
 	git diff --exit-code go.mod go.sum $(CHART_TEST)/go.mod $(CHART_TEST)/go.sum $(OBSERVABILITY_TEST)/go.mod $(OBSERVABILITY_TEST)/go.sum $(CHART_TEST)/kube-*/go.mod $(CHART_TEST)/kube-*/go.sum $(CHART_TEST)/keda/go.mod $(CHART_TEST)/keda/go.sum
 
 .PHONY: e2e
-e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load; about 3 min (+8 cold)
+e2e: ## Kubernetes end to end (root): helm install, scale, roll, heal, uninstall on a test kubelet under load, on a broker node of its own; about 4 min (+8 cold)
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && WARREN_E2E=1 $(GO) test -count=1 -v -timeout 30m -run '^TestE2E$$' ./e2e/
 
 .PHONY: e2e-keda
-e2e-keda: ## KEDA scales the chart on the queue (root): the real operator and adapter on the e2e control plane, amqp and http protocols; about 3 min (+10 cold build)
+e2e-keda: ## KEDA scales the chart on the queue (root): the real operator and adapter on the e2e control plane; from zero, out to max and back; amqp and http protocols; about 3 min (+10 cold build)
 	scripts/broker-up.sh "$$WARREN_TEST_AMQP_URL"
 	cd $(CHART_TEST) && WARREN_E2E=1 WARREN_E2E_KEDA=1 $(GO) test -count=1 -v -timeout 30m -run '^TestKEDA' ./e2e/
 

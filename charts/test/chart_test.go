@@ -352,9 +352,18 @@ func TestScenarios(t *testing.T) {
 			if ref.Parameter != "host" || ref.Name != "warren-broker" || ref.Key != "keda-host" {
 				t.Errorf("TriggerAuthentication = %+v, want host from the broker Secret", ref)
 			}
+			// The safe default: KEDA counts the messages being handled too.
+			if got := tr.Metadata["protocol"]; got != "http" {
+				t.Errorf("trigger protocol = %q, want http", got)
+			}
 			sec := find[*corev1.Secret](t, r, "warren-broker")
-			if got, want := string(sec.Data["keda-host"]), "amqp://warren:secret@rabbitmq.messaging.svc:5672/"; got != want {
+			if got, want := string(sec.Data["keda-host"]), "http://warren:secret@rabbitmq.messaging.svc:15672/"; got != want {
 				t.Errorf("Secret keda-host = %q, want %q", got, want)
+			}
+			// handler.timeout (1m) is longer than shutdownTimeout (25s): a
+			// scale-in waits for a call that started just before SIGTERM.
+			if got := envMap(warrenContainer(t, d))["WARREN_SHUTDOWN_TIMEOUT"].Value; got != "60s" {
+				t.Errorf("WARREN_SHUTDOWN_TIMEOUT = %q, want 60s (handler.timeout)", got)
 			}
 		}},
 		{give: "hpa", check: func(t *testing.T, r *rendered) {
@@ -412,26 +421,45 @@ func TestScenarios(t *testing.T) {
 	}
 }
 
-// TestKedaHost checks the one URL KEDA reads, from several nodes or from
-// an existing Secret.
+// TestKedaHost checks the one URL KEDA reads: the management API's,
+// derived from broker.url or given, by default; with protocol amqp the
+// first node of broker.url; from an existing Secret at the key named.
 func TestKedaHost(t *testing.T) {
 	tests := []struct {
-		give    []string
-		wantKey string
-		wantURL string // under wantKey in the chart's Secret; empty: not checked
+		give         []string
+		wantKey      string
+		wantURL      string // under wantKey in the chart's Secret; empty: not checked
+		wantProtocol string
 	}{
 		{
 			give:    []string{"broker.url=amqp://u:p@node-0:5672/\\, amqp://u:p@node-1:5672/"},
-			wantKey: "keda-host", wantURL: "amqp://u:p@node-0:5672/",
+			wantKey: "keda-host", wantURL: "http://u:p@node-0:15672/", wantProtocol: "http",
 		},
-		{give: []string{"broker.url=", "broker.existingSecret=mine", "broker.existingSecretKey=amqp"}, wantKey: "amqp"},
-		{give: []string{"keda.hostKey=one-node"}, wantKey: "one-node"},
+		{give: []string{"broker.url=amqps://u:p@rabbit:5671/prod"}, wantKey: "keda-host", wantURL: "https://u:p@rabbit:15671/prod", wantProtocol: "http"},
+		{give: []string{"broker.url=amqp://rabbit"}, wantKey: "keda-host", wantURL: "http://rabbit:15672/", wantProtocol: "http"},
+		{give: []string{"broker.url=amqp://u:p@[fd00::1]:5672/%2F"}, wantKey: "keda-host", wantURL: "http://u:p@[fd00::1]:15672/%2F", wantProtocol: "http"},
+		{give: []string{"broker.url=amqp://u:p%40x@rabbit/v"}, wantKey: "keda-host", wantURL: "http://u:p%40x@rabbit:15672/v", wantProtocol: "http"},
+		{
+			give:    []string{"keda.managementUrl=https://monitor:pw@rabbit-mgmt.example:443/orders"},
+			wantKey: "keda-host", wantURL: "https://monitor:pw@rabbit-mgmt.example:443/orders", wantProtocol: "http",
+		},
+		{
+			give:    []string{"keda.protocol=amqp", "broker.url=amqp://u:p@node-0:5672/\\, amqp://u:p@node-1:5672/"},
+			wantKey: "keda-host", wantURL: "amqp://u:p@node-0:5672/", wantProtocol: "amqp",
+		},
+		{give: []string{"keda.protocol=amqp", "broker.url=", "broker.existingSecret=mine", "broker.existingSecretKey=amqp"}, wantKey: "amqp", wantProtocol: "amqp"},
+		{give: []string{"broker.url=", "broker.existingSecret=mine", "keda.hostKey=management"}, wantKey: "management", wantProtocol: "http"},
+		{give: []string{"keda.hostKey=one-node"}, wantKey: "one-node", wantProtocol: "http"},
 	}
 	for _, tt := range tests {
 		r := mustRender(t, scenario{name: "two-values"}, append([]string{"keda.enabled=true"}, tt.give...)...)
 		ta := find[*kedav1alpha1.TriggerAuthentication](t, r, "warren")
 		if got := ta.Spec.SecretTargetRef[0].Key; got != tt.wantKey {
 			t.Errorf("with %v KEDA reads key %q, want %q", tt.give, got, tt.wantKey)
+		}
+		so := find[*kedav1alpha1.ScaledObject](t, r, "warren")
+		if got := so.Spec.Triggers[0].Metadata["protocol"]; got != tt.wantProtocol {
+			t.Errorf("with %v protocol = %q, want %q", tt.give, got, tt.wantProtocol)
 		}
 		if tt.wantURL != "" {
 			sec := find[*corev1.Secret](t, r, "warren-broker")
@@ -495,20 +523,44 @@ const drainBoundSeconds = 15
 // terminationGraceMarginSeconds on top.
 func TestTerminationGrace(t *testing.T) {
 	tests := []struct {
-		give []string
-		want int64
+		give         []string
+		want         int64  // terminationGracePeriodSeconds
+		wantShutdown string // WARREN_SHUTDOWN_TIMEOUT; empty: shutdownTimeout as given
 	}{
 		{give: nil, want: 25 + drainBoundSeconds + 5},
 		{give: []string{"shutdownTimeout=1s"}, want: 1 + drainBoundSeconds + 5},
 		{give: []string{"shutdownTimeout=2m"}, want: 120 + drainBoundSeconds + 5},
 		{give: []string{"shutdownTimeout=1h2m3s"}, want: 3723 + drainBoundSeconds + 5},
 		{give: []string{"shutdownTimeout=90s", "terminationGraceMarginSeconds=1"}, want: 90 + drainBoundSeconds + 1},
+		// Without KEDA a long handler.timeout leaves the shutdown timeout
+		// alone: a rollout is the user's to time.
+		{give: []string{"handler.timeout=10m"}, want: 25 + drainBoundSeconds + 5},
+		// With KEDA the shutdown timeout covers a call that started just
+		// before SIGTERM: at least handler.timeout, rounded up to a second.
+		{give: []string{"keda.enabled=true"}, want: 60 + drainBoundSeconds + 5, wantShutdown: "60s"},
+		{give: []string{"keda.enabled=true", "handler.timeout=10m"}, want: 600 + drainBoundSeconds + 5, wantShutdown: "600s"},
+		{give: []string{"keda.enabled=true", "handler.timeout=1m30.5s"}, want: 91 + drainBoundSeconds + 5, wantShutdown: "91s"},
+		{give: []string{"keda.enabled=true", "handler.timeout=1500ms", "shutdownTimeout=1s"}, want: 2 + drainBoundSeconds + 5, wantShutdown: "2s"},
+		{give: []string{"keda.enabled=true", "handler.timeout=20s"}, want: 25 + drainBoundSeconds + 5, wantShutdown: "25s"},
+		{give: []string{"keda.enabled=true", "handler.timeout=1m", "shutdownTimeout=2m"}, want: 120 + drainBoundSeconds + 5, wantShutdown: "2m"},
 	}
 	for _, tt := range tests {
 		r := mustRender(t, scenario{name: "two-values"}, tt.give...)
 		d := find[*appsv1.Deployment](t, r, "warren")
 		if got := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; got != tt.want {
 			t.Errorf("terminationGracePeriodSeconds with %v = %d, want %d", tt.give, got, tt.want)
+		}
+		want := tt.wantShutdown
+		if want == "" {
+			want = "25s"
+			for _, g := range tt.give {
+				if v, ok := strings.CutPrefix(g, "shutdownTimeout="); ok {
+					want = v
+				}
+			}
+		}
+		if got := envMap(warrenContainer(t, d))["WARREN_SHUTDOWN_TIMEOUT"].Value; got != want {
+			t.Errorf("WARREN_SHUTDOWN_TIMEOUT with %v = %q, want %q", tt.give, got, want)
 		}
 	}
 }
@@ -556,6 +608,13 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"tls.enabled=true"}, want: "tls.enabled needs tls.existingSecret"},
 		{give: []string{"tls.certKey=tls.crt"}, want: "set tls.certKey and tls.keyKey together"},
 		{give: []string{"keda.enabled=true", "autoscaling.enabled=true"}, want: "choose one"},
+		{give: []string{"keda.protocol=auto"}, want: "/keda/protocol"},
+		{give: []string{"keda.managementUrl=amqp://rabbit/"}, want: "/keda/managementUrl"},
+		{
+			give: []string{"keda.enabled=true", "broker.url=", "broker.existingSecret=mine"},
+			want: "keda.protocol http with broker.existingSecret needs keda.hostKey",
+		},
+		{give: []string{"keda.enabled=true", "keda.protocol=amqp", "keda.managementUrl=http://rabbit:15672/"}, want: "keda.managementUrl is read with keda.protocol http"},
 		{give: []string{"handler.execEnv={WARREN_AMQP_URL_FILE}"}, want: "/handler/execEnv/0"},
 	}
 	for _, tt := range tests {

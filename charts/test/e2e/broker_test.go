@@ -16,15 +16,19 @@ import (
 	"time"
 )
 
-// broker is the machine's RabbitMQ as the test uses it: a user and vhost
-// of the test's own (RabbitMQ refuses guest from anything but loopback),
-// reached by the pods through a forwarder on the pod network's gateway.
+// broker is a RabbitMQ node as the test uses it (the machine's, or one of
+// the test's own): a user and vhost of the test's own (RabbitMQ refuses
+// guest from anything but loopback), reached by the pods through a
+// forwarder on the pod network's gateway.
 type broker struct {
 	user, password, vhost string
 	local                 string // the broker's address on loopback
 	// ctl runs rabbitmqctl against the broker, failing the test if it
 	// fails; cleanup too, reporting a failure only.
 	ctl, cleanup func(t testing.TB, args ...string) string
+	// own: a node of the test's own, which it may stop; never the
+	// machine's broker, which others use.
+	own bool
 }
 
 // newBroker creates the user and vhost on the machine's broker, and

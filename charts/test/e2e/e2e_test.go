@@ -17,12 +17,16 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/warren-mq/warren/charts/test/internal/kubelet"
+	"github.com/warren-mq/warren/internal/brokertest"
 )
 
 // TestE2E runs the scenarios one after the other on one release, each
 // under its own stream of messages, and prints the report.
 func TestE2E(t *testing.T) {
-	e := setup(t, config{})
+	skipUnlessE2E(t)
+	// A node of the test's own: broker-outage stops it, and the machine's
+	// broker is left to whoever else uses it.
+	e := setup(t, config{node: brokertest.StartNode(t)})
 	t.Cleanup(func() { fmt.Fprintf(os.Stdout, "\ne2e report:\n%s\n", e) })
 
 	scenarios := []struct {
@@ -255,17 +259,21 @@ func (e *env) testSigstop(t *testing.T) {
 
 // testBrokerOutage: the broker's app stopped for longer than the liveness
 // probe's failure threshold; every pod turns NotReady, none is restarted,
-// all are ready again once the broker is back.
+// all are ready again once the broker is back. The broker is the test's
+// own node.
 func (e *env) testBrokerOutage(t *testing.T) {
+	if !e.broker.own {
+		t.Fatal("broker-outage stops the broker: it needs a node of the test's own, never the machine's")
+	}
 	pods := e.waitRollout(t, 3, time.Minute, nil)
 	restarts := restartCount(pods)
 	stopped := true
 	t.Cleanup(func() {
 		if stopped {
-			ctlCleanup(t, "start_app")
+			e.broker.cleanup(t, "start_app")
 		}
 	})
-	ctl(t, "stop_app")
+	e.broker.ctl(t, "stop_app")
 	down := time.Now()
 	waitFor(t, time.Minute, "every pod NotReady", func() (bool, string) {
 		n := readyPods(e.pods(t))
@@ -280,7 +288,7 @@ func (e *env) testBrokerOutage(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	ctl(t, "start_app")
+	e.broker.ctl(t, "start_app")
 	stopped = false
 	pods = e.waitRollout(t, 3, 3*time.Minute, nil)
 	if n := restartCount(pods); n != restarts {

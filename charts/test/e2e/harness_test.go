@@ -92,7 +92,7 @@ type config struct {
 	// cluster adds to the control plane (KEDA).
 	cluster []cluster.Option
 	// node is a RabbitMQ node of the test's own to use instead of the
-	// machine's broker.
+	// machine's broker: one the test may stop.
 	node *brokertest.Node
 }
 
@@ -100,9 +100,7 @@ type config struct {
 // reverse order, failed or not.
 func setup(t *testing.T, cfg config) *env {
 	t.Helper()
-	if os.Getenv("WARREN_E2E") != "1" {
-		t.Skip("the end-to-end suite runs with WARREN_E2E=1 (make e2e): it needs root, ip(8), rabbitmqctl and a few minutes")
-	}
+	skipUnlessE2E(t)
 	if os.Geteuid() != 0 {
 		t.Fatal("the end-to-end suite needs root: network namespaces, mounts, other users")
 	}
@@ -147,6 +145,7 @@ func setup(t *testing.T, cfg config) *env {
 	e := &env{cs: cs, dyn: dyn, kubeconfig: c.Kubeconfig, ledger: newLedger(), ns: "e2e"}
 	if cfg.node != nil {
 		e.broker = newBrokerWith(t, cfg.node.Addr(), cfg.node.Ctl, cfg.node.Ctl)
+		e.broker.own = true
 	} else {
 		e.broker = newBroker(t, "127.0.0.1:5672")
 	}
@@ -231,6 +230,15 @@ func setup(t *testing.T, cfg config) *env {
 		"readinessProbe.periodSeconds=2",
 	}
 	return e
+}
+
+// skipUnlessE2E skips the test unless the end-to-end suite was asked
+// for: before a test starts a broker node of its own.
+func skipUnlessE2E(t *testing.T) {
+	t.Helper()
+	if os.Getenv("WARREN_E2E") != "1" {
+		t.Skip("the end-to-end suite runs with WARREN_E2E=1 (make e2e): it needs root, ip(8), rabbitmqctl and a few minutes")
+	}
 }
 
 // goBuild builds a static binary of pkg (relative to dir) into out.

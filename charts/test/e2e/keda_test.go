@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -36,6 +36,9 @@ func TestKEDA(t *testing.T) {
 	e.declareQueue(t)
 	e.sets = append(e.sets,
 		"keda.enabled=true",
+		// The machine's broker runs without the management plugin: the
+		// chart's opt-in to what AMQP counts (ready messages only).
+		"keda.protocol=amqp",
 		"keda.minReplicaCount=0",
 		"keda.maxReplicaCount=3",
 		// Seconds, not the chart's minutes, so the suite fits in CI.
@@ -61,57 +64,58 @@ func TestKEDA(t *testing.T) {
 	}
 }
 
-// TestKEDAManagement is keda-back-to-zero with the chart's ScaledObject
-// reading the queue with protocol http from the management plugin, which
+// TestKEDAManagement runs the chart's ScaledObject with its default
+// protocol, http, which reads the queue from the management plugin and
 // counts the messages being handled: on a RabbitMQ node of the test's own
-// with the plugin on (the machine's broker runs without it).
+// with the plugin on (the machine's broker runs without it). Scenarios:
+// keda-http-back-to-zero (keda-back-to-zero, where KEDA must not scale the
+// busy pod away), then keda-out (a backlog of slow messages: out to
+// maxReplicaCount, every new pod takes work, back to zero without cutting
+// a call).
 func TestKEDAManagement(t *testing.T) {
 	if os.Getenv("WARREN_E2E_KEDA") != "1" {
 		t.Skip("the KEDA scenarios run with WARREN_E2E_KEDA=1 (make e2e-keda): KEDA's first build takes about 10 minutes")
 	}
+	skipUnlessE2E(t)
 	node := brokertest.StartNode(t)
 	mgmt := enableManagement(t, node)
 	e := setup(t, config{cluster: []cluster.Option{cluster.WithKEDA()}, node: node})
 	t.Cleanup(func() { fmt.Fprintf(os.Stdout, "\ne2e KEDA (management) report:\n%s\n", e) })
 	e.declareQueue(t)
 
-	// The pods read the AMQP URL, KEDA the management API's: one Secret,
-	// two keys. KEDA runs on the host, so loopback reaches the node, as
-	// guest (the management API wants a user with a tag).
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "broker", Namespace: e.ns},
-		StringData: map[string]string{
-			"url":       e.podURL,
-			"keda-http": fmt.Sprintf("http://guest:guest@%s/%s", mgmt, url.PathEscape(e.broker.vhost)),
-		},
-	}
-	if _, err := e.cs.CoreV1().Secrets(e.ns).Create(context.Background(), secret, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// The pods read the AMQP URL, KEDA the management API's, both from the
+	// chart's Secret. KEDA runs on the host, so loopback reaches the node,
+	// as guest (the management API wants a user with a tag).
 	e.sets = append(e.sets,
-		"broker.url=",
-		"broker.existingSecret=broker",
 		"keda.enabled=true",
-		"keda.protocol=http",
-		"keda.hostKey=keda-http",
+		"keda.managementUrl="+fmt.Sprintf("http://guest:guest@%s/%s", mgmt, url.PathEscape(e.broker.vhost)),
 		"keda.minReplicaCount=0",
 		"keda.maxReplicaCount=3",
 		"keda.pollingInterval=2",
 		"keda.cooldownPeriod=2",
 	)
-	start := time.Now()
-	ok := t.Run("keda-http-back-to-zero", func(t *testing.T) {
-		e.install(t)
-		waitFor(t, time.Minute, "the ScaledObject to be ready", func() (bool, string) {
-			return e.scaledObjectReady(t)
-		})
-		e.backToZero(t, "keda-http-back-to-zero", true)
-	})
-	tl := e.ledger.tally("keda-http-back-to-zero")
-	e.report = append(e.report, row{name: "keda-http-back-to-zero", took: time.Since(start), messages: tl.messages, lost: tl.lost,
-		duplicates: tl.duplicates, redel: tl.redelivered})
-	if !ok {
-		t.Fatal("scenario keda-http-back-to-zero failed")
+	scenarios := []struct {
+		name string
+		run  func(*env, *testing.T)
+	}{
+		{name: "keda-http-back-to-zero", run: func(e *env, t *testing.T) {
+			e.install(t)
+			waitFor(t, time.Minute, "the ScaledObject to be ready", func() (bool, string) {
+				return e.scaledObjectReady(t)
+			})
+			e.backToZero(t, "keda-http-back-to-zero", true)
+		}},
+		{name: "keda-out", run: (*env).testOut},
+	}
+	for _, s := range scenarios {
+		start := time.Now()
+		ok := t.Run(s.name, func(t *testing.T) { s.run(e, t) })
+		tl := e.ledger.tally(s.name)
+		e.report = append(e.report, row{name: s.name, took: time.Since(start), messages: tl.messages, lost: tl.lost,
+			duplicates: tl.duplicates, redel: tl.redelivered})
+		if !ok {
+			t.Fatalf("scenario %s failed; the rest are not run", s.name)
+		}
 	}
 }
 
@@ -161,7 +165,7 @@ func (e *env) testFromZero(t *testing.T) {
 	before := e.endedPods()
 
 	published := time.Now()
-	e.publishOne(t, "keda-from-zero", "keda-from-zero-000001")
+	e.publish(t, "keda-from-zero", "keda-from-zero-000001")
 	waitFor(t, 2*time.Minute, "a pod to start and handle the message", func() (bool, string) {
 		st := tl.sample(t)
 		got := e.ledger.tally("keda-from-zero")
@@ -214,29 +218,101 @@ func (e *env) backToZero(t *testing.T, name string, busySeen bool) {
 	tl.waitNoPod(t, time.Minute, "no pod at the start")
 	before := e.endedPods()
 
-	for i := 1; i <= messages; i++ {
-		e.publishOne(t, name, fmt.Sprintf("%s%s%06d", name, slowMark, i))
+	e.publish(t, name, slowIDs(name, messages)...)
+	tl.waitHandled(t, 2*time.Minute, name)
+	tl.waitNoPod(t, 2*time.Minute, "back to no pod")
+	e.checkBackToZero(t, tl, name, busySeen, before)
+}
+
+// testOut: from no pod, a backlog of slow messages, many more than a pod
+// handles at once. KEDA wakes a pod and the HPA takes the Deployment to
+// maxReplicaCount; every pod that starts takes a share of the backlog
+// (adaptive prefetch keeps a slow handler's window at concurrency + 1, the
+// rest stays in the queue for the others); the last calls run longer than
+// the cooldown, and the Deployment goes back to no pod only once they are
+// done: no call cut and begun again, no message lost, no rise from zero
+// after it.
+func (e *env) testOut(t *testing.T) {
+	const (
+		name     = "keda-out"
+		messages = 48
+		handling = 5 * time.Second // longer than the cooldown (2 s)
+		most     = 4
+	)
+	// Two calls a pod; a target of 2 messages a pod, so that 48 ask for
+	// all 4 pods.
+	e.upgrade(t, "concurrency=2", "prefetch=", fmt.Sprintf("keda.maxReplicaCount=%d", most), "keda.queueLength=2")
+	e.collector.SetSlow(handling)
+	defer e.collector.SetSlow(0)
+	tl := newTimeline(e)
+	defer func() { t.Logf("replicas and queue over time:\n%s", tl) }()
+	tl.waitNoPod(t, time.Minute, "no pod at the start")
+	before := e.endedPods()
+
+	published := time.Now()
+	e.publish(t, name, slowIDs(name, messages)...)
+	tl.waitHandled(t, 3*time.Minute, name)
+	t.Logf("%d messages of %v each handled in %v", messages, handling, time.Since(published).Round(100*time.Millisecond))
+	tl.waitNoPod(t, 2*time.Minute, "back to no pod")
+
+	if tl.peak != most {
+		t.Errorf("the replicas peaked at %d, want maxReplicaCount %d", tl.peak, most)
 	}
-	scaledInBusy := 0 // samples with no replica wanted while messages were handled
-	waitFor(t, 2*time.Minute, "every message handled", func() (bool, string) {
-		st := tl.sample(t)
-		if st.replicas == 0 && st.handling > 0 {
-			scaledInBusy++
+	got := e.ledger.tally(name)
+	t.Logf("messages handled by pod: %v; %d duplicates, %d redelivered, %d calls begun again", got.byPod, got.duplicates, got.redelivered, got.restarted)
+	if len(tl.seen) != tl.peak {
+		t.Errorf("%d pods ran (%v), want %d: one per replica, none replaced", len(tl.seen), slices.Sorted(maps.Keys(tl.seen)), tl.peak)
+	}
+	for pod := range tl.seen {
+		if got.byPod[pod] == 0 {
+			t.Errorf("pod %s handled no message: it started after the backlog was taken", pod)
 		}
-		got := e.ledger.tally(name)
+	}
+	e.checkBackToZero(t, tl, name, true, before)
+}
+
+// slowIDs are n message ids of the scenario that the collector takes its
+// slow time to answer.
+func slowIDs(name string, n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s%s%06d", name, slowMark, i+1)
+	}
+	return ids
+}
+
+// waitHandled samples the timeline until every message of the scenario
+// was handled.
+func (tl *timeline) waitHandled(t *testing.T, timeout time.Duration, name string) {
+	t.Helper()
+	waitFor(t, timeout, "every message handled", func() (bool, string) {
+		st := tl.sample(t)
+		got := tl.e.ledger.tally(name)
 		return got.lost == 0, fmt.Sprintf("%s; %d of %d not handled", st, got.lost, got.messages)
 	})
-	tl.waitNoPod(t, 2*time.Minute, "back to no pod")
+}
+
+// checkBackToZero checks, once no pod is left, what a scale-in must not
+// have done during the scenario: scale the busy Deployment to zero (a
+// failure with busySeen, where KEDA counts the messages being handled,
+// logged otherwise), stop a pod while its application handled a message,
+// hand a message back or have it handled twice, or rise from zero again
+// (the up-down-up loop); and that the pods exited 0 within their grace
+// and the queue is empty.
+func (e *env) checkBackToZero(t *testing.T, tl *timeline, name string, busySeen bool, before map[string]bool) {
+	t.Helper()
 	switch {
-	case scaledInBusy > 0 && busySeen:
-		t.Errorf("KEDA scaled the Deployment to 0 while the pod was handling messages (%d samples), though it counts them", scaledInBusy)
-	case scaledInBusy > 0:
+	case tl.zeroBusy > 0 && busySeen:
+		t.Errorf("KEDA scaled the Deployment to 0 while the pods were handling messages (%d samples), though it counts them", tl.zeroBusy)
+	case tl.zeroBusy > 0:
 		t.Logf("KEDA scaled the Deployment to 0 while the pod was handling messages (protocol amqp counts ready messages only); the pod drained them within its grace")
 	}
-
+	if tl.leavingBusy > 0 && busySeen {
+		t.Errorf("a pod was being deleted while its application handled a message (%d samples)", tl.leavingBusy)
+	}
 	got := e.ledger.tally(name)
-	if got.duplicates != 0 || got.redelivered != 0 {
-		t.Errorf("%d duplicates, %d redelivered: a scale-in handed work back", got.duplicates, got.redelivered)
+	if got.duplicates != 0 || got.redelivered != 0 || got.restarted != 0 {
+		t.Errorf("%d duplicates, %d redelivered, %d calls begun again: a scale-in handed work back", got.duplicates, got.redelivered, got.restarted)
 	}
 	rises := 0
 	for i := 1; i < len(tl.rows); i++ {
@@ -321,9 +397,9 @@ func (e *env) declareQueue(t *testing.T) {
 	}
 }
 
-// publishOne publishes one persistent message with publisher confirms and
-// counts it in the ledger once the broker confirmed it.
-func (e *env) publishOne(t *testing.T, scenario, id string) {
+// publish publishes persistent messages, one per id, with publisher
+// confirms, and counts each in the ledger once the broker confirmed it.
+func (e *env) publish(t *testing.T, scenario string, ids ...string) {
 	t.Helper()
 	ch, closeConn, err := dialChannel(e.localURL)
 	if err != nil {
@@ -333,18 +409,21 @@ func (e *env) publishOne(t *testing.T, scenario, id string) {
 	if err := ch.Confirm(false); err != nil {
 		t.Fatalf("publish: confirm mode: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", e.queue, true, false,
-		amqp.Publishing{DeliveryMode: amqp.Persistent, MessageId: id, Body: []byte(id)})
-	if err != nil {
-		t.Fatalf("publish: %v", err)
+	for _, id := range ids {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", e.queue, true, false,
+			amqp.Publishing{DeliveryMode: amqp.Persistent, MessageId: id, Body: []byte(id)})
+		if err != nil {
+			cancel()
+			t.Fatalf("publish: %v", err)
+		}
+		acked, err := dc.WaitContext(ctx)
+		cancel()
+		if err != nil || !acked {
+			t.Fatalf("publish %s: confirmed %v, %v", id, acked, err)
+		}
+		e.ledger.confirm(scenario, id)
 	}
-	acked, err := dc.WaitContext(ctx)
-	if err != nil || !acked {
-		t.Fatalf("publish %s: confirmed %v, %v", id, acked, err)
-	}
-	e.ledger.confirm(scenario, id)
 }
 
 // timeline records the Deployment's replicas, the pods and the queue's
@@ -353,6 +432,12 @@ type timeline struct {
 	e     *env
 	start time.Time
 	rows  []state
+	// What the samples saw beyond the rows: the most replicas, every pod,
+	// samples with no replica wanted while messages were handled, and
+	// samples with a pod being deleted while its application handled one.
+	peak                  int
+	seen                  map[string]bool
+	zeroBusy, leavingBusy int
 }
 
 type state struct {
@@ -360,13 +445,17 @@ type state struct {
 	replicas, pods, busy int
 	ready                int
 	handling             int // messages the application is handling
+	leaving              int // of those, on pods being deleted
 }
 
 func (s state) String() string {
-	return fmt.Sprintf("replicas %d, pods %d (%d ready), queue %d ready, %d being handled", s.replicas, s.pods, s.busy, s.ready, s.handling)
+	return fmt.Sprintf("replicas %d, pods %d (%d ready), queue %d ready, %d being handled (%d on pods being deleted)",
+		s.replicas, s.pods, s.busy, s.ready, s.handling, s.leaving)
 }
 
-func newTimeline(e *env) *timeline { return &timeline{e: e, start: time.Now()} }
+func newTimeline(e *env) *timeline {
+	return &timeline{e: e, start: time.Now(), seen: map[string]bool{}}
+}
 
 // sample reads the state now, and records it if it changed.
 func (tl *timeline) sample(t *testing.T) state {
@@ -381,21 +470,36 @@ func (tl *timeline) sample(t *testing.T) state {
 	st.busy = readyPods(pods)
 	st.ready = tl.e.queueReady(t)
 	st.handling = tl.e.collector.Inflight()
-	if n := len(tl.rows); n == 0 || !sameState(tl.rows[n-1], st) {
+	for _, p := range pods {
+		tl.seen[p.Name] = true
+		if p.DeletionTimestamp != nil {
+			st.leaving += tl.e.collector.InflightOn(p.Name)
+		}
+	}
+	tl.peak = max(tl.peak, st.replicas)
+	if st.replicas == 0 && st.handling > 0 {
+		tl.zeroBusy++
+	}
+	if st.leaving > 0 {
+		tl.leavingBusy++
+	}
+	if n := len(tl.rows); n == 0 || tl.rows[n-1].changed(st) {
 		tl.rows = append(tl.rows, st)
 	}
 	return st
 }
 
-func sameState(a, b state) bool {
-	return a.replicas == b.replicas && a.pods == b.pods && a.busy == b.busy && a.ready == b.ready && a.handling == b.handling
+// changed reports whether o differs from s in anything but its time.
+func (s state) changed(o state) bool {
+	s.at, o.at = 0, 0
+	return s != o
 }
 
 func (tl *timeline) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%8s %9s %5s %10s %12s %14s\n", "t", "replicas", "pods", "pods ready", "queue ready", "being handled")
+	fmt.Fprintf(&b, "%8s %9s %5s %10s %12s %14s %16s\n", "t", "replicas", "pods", "pods ready", "queue ready", "being handled", "on leaving pods")
 	for _, r := range tl.rows {
-		fmt.Fprintf(&b, "%8s %9d %5d %10d %12d %14d\n", r.at.Round(100*time.Millisecond), r.replicas, r.pods, r.busy, r.ready, r.handling)
+		fmt.Fprintf(&b, "%8s %9d %5d %10d %12d %14d %16d\n", r.at.Round(100*time.Millisecond), r.replicas, r.pods, r.busy, r.ready, r.handling, r.leaving)
 	}
 	return b.String()
 }

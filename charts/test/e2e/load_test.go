@@ -23,12 +23,15 @@ type ledger struct {
 	confirmed map[string][]string // scenario -> message ids, in order
 	handled   map[string]int      // message id -> deliveries to the application
 	byPod     map[string]int      // pod -> deliveries
+	handledBy map[string][]string // message id -> the pods that handled it
+	started   map[string]int      // message id -> calls the application began
 	redeliv   map[string]int      // message id -> deliveries flagged redelivered
 	returned  int                 // published but unroutable
 }
 
 func newLedger() *ledger {
-	return &ledger{confirmed: map[string][]string{}, handled: map[string]int{}, byPod: map[string]int{}, redeliv: map[string]int{}}
+	return &ledger{confirmed: map[string][]string{}, handled: map[string]int{}, byPod: map[string]int{},
+		handledBy: map[string][]string{}, started: map[string]int{}, redeliv: map[string]int{}}
 }
 
 func (l *ledger) confirm(scenario, id string) {
@@ -41,26 +44,44 @@ func (l *ledger) handle(id, pod string, redelivered bool) {
 	l.mu.Lock()
 	l.handled[id]++
 	l.byPod[pod]++
+	l.handledBy[id] = append(l.handledBy[id], pod)
 	if redelivered {
 		l.redeliv[id]++
 	}
 	l.mu.Unlock()
 }
 
+// begin counts a call of the application for the message id, at its
+// start: a call cut short (its pod stopped) and begun again elsewhere
+// counts twice here, once in handled.
+func (l *ledger) begin(id string) {
+	l.mu.Lock()
+	l.started[id]++
+	l.mu.Unlock()
+}
+
 // tally is a scenario's count: messages confirmed, lost (confirmed, never
-// handled) and duplicates (deliveries beyond the first).
+// handled), duplicates (deliveries beyond the first), calls begun again
+// (restarted: the application began one more than once) and who handled
+// them.
 type tally struct {
 	messages, lost, duplicates, redelivered int
+	restarted                               int
 	firstLost                               []string
+	byPod                                   map[string]int // pod -> messages handled
 }
 
 func (l *ledger) tally(scenario string) tally {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var tl tally
+	tl := tally{byPod: map[string]int{}}
 	for _, id := range l.confirmed[scenario] {
 		tl.messages++
 		tl.redelivered += l.redeliv[id]
+		tl.restarted += max(l.started[id]-1, 0)
+		for _, pod := range l.handledBy[id] {
+			tl.byPod[pod]++
+		}
 		switch n := l.handled[id]; {
 		case n == 0:
 			tl.lost++
@@ -79,11 +100,13 @@ func (l *ledger) tally(scenario string) tally {
 // slow time (SetSlow) before it is answered and counted: a long handler
 // call, as the application sees it.
 type collector struct {
-	srv      *http.Server
-	url      string
-	wg       sync.WaitGroup
-	slow     atomic.Int64 // nanoseconds
-	inflight atomic.Int64 // requests being answered
+	srv  *http.Server
+	url  string
+	wg   sync.WaitGroup
+	slow atomic.Int64 // nanoseconds
+
+	mu    sync.Mutex
+	onPod map[string]int // pod -> requests being answered
 }
 
 // slowMark in a message id makes its handling take the collector's slow
@@ -94,7 +117,36 @@ const slowMark = "-slow-"
 func (c *collector) SetSlow(d time.Duration) { c.slow.Store(int64(d)) }
 
 // Inflight is the number of messages the application is handling.
-func (c *collector) Inflight() int { return int(c.inflight.Load()) }
+func (c *collector) Inflight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.onPod {
+		n += k
+	}
+	return n
+}
+
+// InflightOn is the number of messages the application in pod is
+// handling.
+func (c *collector) InflightOn(pod string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.onPod[pod]
+}
+
+// track counts a request from pod as being answered until the returned
+// func is called.
+func (c *collector) track(pod string) (done func()) {
+	c.mu.Lock()
+	c.onPod[pod]++
+	c.mu.Unlock()
+	return func() {
+		c.mu.Lock()
+		c.onPod[pod]--
+		c.mu.Unlock()
+	}
+}
 
 func startCollector(t *testing.T, addr string, l *ledger) *collector {
 	t.Helper()
@@ -102,17 +154,17 @@ func startCollector(t *testing.T, addr string, l *ledger) *collector {
 	if err != nil {
 		t.Fatalf("collector: %v", err)
 	}
-	c := &collector{url: "http://" + ln.Addr().String() + "/"}
+	c := &collector{url: "http://" + ln.Addr().String() + "/", onPod: map[string]int{}}
 	c.srv = &http.Server{
 		ReadHeaderTimeout: 5 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c.inflight.Add(1)
-			defer c.inflight.Add(-1)
+			defer c.track(r.Header.Get("X-Pod"))()
 			body, err := io.ReadAll(r.Body)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
 				return
 			}
+			l.begin(string(body))
 			if strings.Contains(string(body), slowMark) {
 				select {
 				case <-time.After(time.Duration(c.slow.Load())):

@@ -112,19 +112,19 @@ ServiceMonitor gives the series.
 {{- end }}
 
 {{/*
-warren.durationSeconds turns a duration of hours, minutes and seconds
-("25s", "1m30s", "2h") into whole seconds; the schema admits only that form.
+warren.durationSeconds turns a Go duration ("25s", "1m30s", "1.5s",
+"500ms", "2h") into whole seconds, rounded up: a bound that must cover a
+call is never rounded down.
 */}}
 {{- define "warren.durationSeconds" -}}
-{{- $total := 0 }}
-{{- range $part := regexFindAll "[0-9]+[hms]" . -1 }}
-{{- $n := trimSuffix "h" (trimSuffix "m" (trimSuffix "s" $part)) | atoi }}
-{{- if hasSuffix "h" $part }}{{ $total = add $total (mul $n 3600) }}
-{{- else if hasSuffix "m" $part }}{{ $total = add $total (mul $n 60) }}
-{{- else }}{{ $total = add $total $n }}
+{{- $total := 0.0 }}
+{{- range $part := regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|h|m|s)" . -1 }}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" $part | float64 }}
+{{- $unit := trimPrefix (regexFind "^[0-9]+(\\.[0-9]+)?" $part) $part }}
+{{- $scale := get (dict "h" 3600.0 "m" 60.0 "s" 1.0 "ms" 0.001 "us" 0.000001 "µs" 0.000001 "ns" 0.000000001) $unit }}
+{{- $total = addf $total (mulf $n $scale) }}
 {{- end }}
-{{- end }}
-{{- $total }}
+{{- ceil $total | int }}
 {{- end }}
 
 {{/*
@@ -140,13 +140,51 @@ cmd/warren's TestChartGraceCoversTheExit checks it against the daemon.
 {{- end }}
 
 {{/*
+warren.shutdownTimeout is WARREN_SHUTDOWN_TIMEOUT. With KEDA it is at least
+handler.timeout: KEDA stops pods whenever the queue says so, and a call
+that started just before SIGTERM must end within the shutdown timeout, or
+it is cut and its message handed back (and, scaled to zero, waits for the
+next wake-up: KEDA issue 356).
+*/}}
+{{- define "warren.shutdownTimeout" -}}
+{{- $handler := include "warren.durationSeconds" .Values.handler.timeout | atoi }}
+{{- if and .Values.keda.enabled (gt $handler (include "warren.durationSeconds" .Values.shutdownTimeout | atoi)) }}
+{{- printf "%ds" $handler }}
+{{- else }}
+{{- .Values.shutdownTimeout }}
+{{- end }}
+{{- end }}
+
+{{/*
 The pod's terminationGracePeriodSeconds: the longest warren takes to exit
 (the shutdown timeout plus warren.drainBoundSeconds) and
 terminationGraceMarginSeconds on top, so the kubelet never kills warren
 while it drains.
 */}}
 {{- define "warren.terminationGracePeriodSeconds" -}}
-{{- add (include "warren.durationSeconds" .Values.shutdownTimeout | atoi) (include "warren.drainBoundSeconds" . | atoi) .Values.terminationGraceMarginSeconds }}
+{{- add (include "warren.durationSeconds" (include "warren.shutdownTimeout" .) | atoi) (include "warren.drainBoundSeconds" . | atoi) .Values.terminationGraceMarginSeconds }}
+{{- end }}
+
+{{/*
+warren.kedaManagementUrl is the management API's URL KEDA reads with
+protocol http: keda.managementUrl, or the first node of broker.url with
+amqp(s) turned into http(s), the port into the management listener's
+default (15672, 15671 with TLS), the same user, password and vhost.
+*/}}
+{{- define "warren.kedaManagementUrl" -}}
+{{- if .Values.keda.managementUrl }}
+{{- .Values.keda.managementUrl }}
+{{- else }}
+{{- $amqp := splitList "," .Values.broker.url | first | trim }}
+{{- $re := "^amqp(s?)://([^/]*@)?(\\[[^\\]]*\\]|[^/:@]+)(:[0-9]+)?(/.*)?$" }}
+{{- if not (regexMatch $re $amqp) }}
+{{- fail "keda.protocol http needs keda.managementUrl (http://user:password@host:15672/vhost): it cannot be derived from broker.url" }}
+{{- end }}
+{{- $port := ternary "15671" "15672" (hasPrefix "amqps:" $amqp) }}
+{{- $url := regexReplaceAll $re $amqp (printf "http${1}://${2}${3}:%s${5}" $port) }}
+{{- if not (regexMatch "^https?://[^/]*/" $url) }}{{ $url = printf "%s/" $url }}{{ end }}
+{{- $url }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -189,6 +227,12 @@ say: rules across several values.
 {{- end }}
 {{- if and .Values.keda.enabled .Values.autoscaling.enabled }}
 {{- fail "keda.enabled and autoscaling.enabled both scale the Deployment: choose one" }}
+{{- end }}
+{{- if and .Values.keda.enabled (eq .Values.keda.protocol "http") .Values.broker.existingSecret (not .Values.keda.hostKey) }}
+{{- fail "keda.protocol http with broker.existingSecret needs keda.hostKey: the key of that Secret holding the management API's URL (http://user:password@host:15672/vhost); or keda.protocol=amqp, which counts ready messages only (see Scaling in the chart's README)" }}
+{{- end }}
+{{- if and .Values.keda.managementUrl (or (ne .Values.keda.protocol "http") .Values.broker.existingSecret) }}
+{{- fail "keda.managementUrl is read with keda.protocol http and the chart's own Secret only (with broker.existingSecret, put the URL in that Secret and name its key in keda.hostKey)" }}
 {{- end }}
 {{- if and .Values.keda.enabled (gt (int .Values.keda.minReplicaCount) (int .Values.keda.maxReplicaCount)) }}
 {{- fail "keda.minReplicaCount must be at most keda.maxReplicaCount" }}

@@ -71,7 +71,10 @@ func run() int {
 		return 1
 	case <-ctx.Done():
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	// Longer than any call the tests make it wait for, and than the
+	// handler timeout of the chart's http-sidecar values (30 s): warren
+	// waits that long for a call under way, so must the application.
+	shutdown, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdown); err != nil {
 		fmt.Fprintf(os.Stderr, "sidecar: shutdown: %v\n", err)
