@@ -45,8 +45,9 @@ func TestExecRedirectionsReachTheLog(t *testing.T) {
 				return err == nil
 			})
 			// Its output is logged once it has exited; a drain waits for it.
+			// (No wait for /readyz 503 between: the drain of an idle worker
+			// ends, and the health server with it, before a poll sees it.)
 			p.signal(t, syscall.SIGTERM)
-			p.waitStatus(t, "/readyz", http.StatusServiceUnavailable)
 			if code := p.wait(t, 30*time.Second); code != 0 {
 				t.Fatalf("warren exited %d after SIGTERM, want 0", code)
 			}
