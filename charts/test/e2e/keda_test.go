@@ -45,23 +45,11 @@ func TestKEDA(t *testing.T) {
 		"keda.pollingInterval=2",
 		"keda.cooldownPeriod=10",
 	)
-	scenarios := []struct {
-		name string
-		run  func(*env, *testing.T)
-	}{
+	scenarios := []kedaScenario{
 		{name: "keda-from-zero", run: (*env).testFromZero},
 		{name: "keda-back-to-zero", run: (*env).testBackToZero},
 	}
-	for _, s := range scenarios {
-		start := time.Now()
-		ok := t.Run(s.name, func(t *testing.T) { s.run(e, t) })
-		tl := e.ledger.tally(s.name)
-		e.report = append(e.report, row{name: s.name, took: time.Since(start), messages: tl.messages, lost: tl.lost,
-			duplicates: tl.duplicates, redel: tl.redelivered})
-		if !ok {
-			t.Fatalf("scenario %s failed; the rest are not run", s.name)
-		}
-	}
+	e.runKEDA(t, scenarios)
 }
 
 // TestKEDAManagement runs the chart's ScaledObject with its default
@@ -94,10 +82,7 @@ func TestKEDAManagement(t *testing.T) {
 		"keda.pollingInterval=2",
 		"keda.cooldownPeriod=2",
 	)
-	scenarios := []struct {
-		name string
-		run  func(*env, *testing.T)
-	}{
+	scenarios := []kedaScenario{
 		{name: "keda-http-back-to-zero", run: func(e *env, t *testing.T) {
 			e.install(t)
 			waitFor(t, time.Minute, "the ScaledObject to be ready", func() (bool, string) {
@@ -107,16 +92,7 @@ func TestKEDAManagement(t *testing.T) {
 		}},
 		{name: "keda-out", run: (*env).testOut},
 	}
-	for _, s := range scenarios {
-		start := time.Now()
-		ok := t.Run(s.name, func(t *testing.T) { s.run(e, t) })
-		tl := e.ledger.tally(s.name)
-		e.report = append(e.report, row{name: s.name, took: time.Since(start), messages: tl.messages, lost: tl.lost,
-			duplicates: tl.duplicates, redel: tl.redelivered})
-		if !ok {
-			t.Fatalf("scenario %s failed; the rest are not run", s.name)
-		}
-	}
+	e.runKEDA(t, scenarios)
 }
 
 // enableManagement turns the management plugin on in a running node,
@@ -533,4 +509,27 @@ func dialChannel(url string) (ch *amqp.Channel, closeConn func(), err error) {
 		return nil, nil, fmt.Errorf("channel: %w", err)
 	}
 	return ch, func() { conn.Close() }, nil
+}
+
+// kedaScenario is one scenario of a KEDA suite; each starts from the end
+// state of the one before.
+type kedaScenario struct {
+	name string
+	run  func(*env, *testing.T)
+}
+
+// runKEDA runs scenarios in turn, each counted in the suite's report, and
+// stops at the first that fails.
+func (e *env) runKEDA(t *testing.T, scenarios []kedaScenario) {
+	t.Helper()
+	for _, s := range scenarios {
+		start := time.Now()
+		ok := t.Run(s.name, func(t *testing.T) { s.run(e, t) })
+		tl := e.ledger.tally(s.name)
+		e.report = append(e.report, row{name: s.name, took: time.Since(start), messages: tl.messages, lost: tl.lost,
+			duplicates: tl.duplicates, redel: tl.redelivered})
+		if !ok {
+			t.Fatalf("scenario %s failed; the rest are not run", s.name)
+		}
+	}
 }
