@@ -344,6 +344,9 @@ func TestSlowHeadersClosed(t *testing.T) {
 	const readHeader = 300 * time.Millisecond
 	s, _ := startServer(t, Config{}, func(s *Server) { s.timeouts.readHeader = readHeader })
 
+	// The server's clock starts once it accepts, which may come before
+	// Dial returns here: start counting before it.
+	start := time.Now()
 	conn, err := net.Dial("tcp", s.Addr().String())
 	if err != nil {
 		t.Fatalf("dial: %v", err)
@@ -357,7 +360,6 @@ func TestSlowHeadersClosed(t *testing.T) {
 	// serve the request.
 	const interval = 20 * time.Millisecond
 	head := "GET /livez HTTP/1.1\r\nHost: warren\r\nX-Slow: "
-	start := time.Now()
 	deadline := start.Add(5 * time.Second)
 	var reply []byte
 	buf := make([]byte, 512)
