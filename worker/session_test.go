@@ -82,3 +82,50 @@ func TestLastAttemptIsLoggedAsDead(t *testing.T) {
 		t.Errorf("dead-lettered line = %s %v, want WARN with message_id m, attempts 2 and the reason", dead[0].Level, f)
 	}
 }
+
+// TestShutdownAfterBrokerCancelDrains: a shutdown that begins while the
+// consumer the broker cancelled still has deliveries in its handlers
+// waits for them and sends their acks, as any drain does, instead of
+// closing the channel under them.
+func TestShutdownAfterBrokerCancelDrains(t *testing.T) {
+	q := brokertest.Queue(t)
+	release := make(chan struct{})
+	var running atomic.Int32
+	rec := newRecorder(func(context.Context, *worker.Message, int) error {
+		running.Add(1)
+		<-release // deaf to its context: only the test ends it
+		return nil
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Prefetch: 4, Concurrency: 2, ShutdownTimeout: 30 * time.Second})
+	h.waitReady(t)
+	brokertest.Publish(t, q, "a", "b")
+	brokertest.WaitFor(t, 10*time.Second, "2 handlers running", func() bool { return running.Load() == 2 })
+
+	brokertest.DeleteQueues(t, q) // the broker cancels the consumer
+	brokertest.WaitFor(t, 10*time.Second, "the broker's cancel seen", func() bool {
+		return h.logs.FilterMessage("consumer cancelled by the broker; declaring and consuming again once its deliveries are settled").Len() == 1
+	})
+	h.cancel()
+	brokertest.WaitFor(t, 5*time.Second, "draining", func() bool {
+		err := h.w.Ready()
+		return err != nil && strings.Contains(err.Error(), "draining")
+	})
+	select {
+	case err := <-h.done:
+		t.Fatalf("Run returned %v while 2 handlers still held their messages", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if got := h.logs.FilterMessage("drained").Len(); got != 1 {
+		t.Errorf("logged \"drained\" %d times, want 1", got)
+	}
+	if got := h.metric(t, "warren_messages_total", "outcome", "ack"); got != 2 {
+		t.Errorf("acked %v messages, want the 2 the handlers finished", got)
+	}
+	if got := h.metric(t, "warren_stale_settlements_total"); got != 0 {
+		t.Errorf("%v settlements found their channel gone, want 0", got)
+	}
+}
