@@ -31,13 +31,16 @@ func TestKEDA(t *testing.T) {
 	if os.Getenv("WARREN_E2E_KEDA") != "1" {
 		t.Skip("the KEDA scenarios run with WARREN_E2E_KEDA=1 (make e2e-keda): KEDA's first build takes about 10 minutes")
 	}
-	e := setup(t, config{cluster: []cluster.Option{cluster.WithKEDA()}})
+	skipUnlessE2E(t)
+	// A node of the test's own, as every scenario that could disturb a
+	// broker has; without the management plugin, which amqp does not need.
+	e := setup(t, config{cluster: []cluster.Option{cluster.WithKEDA()}, node: brokertest.StartNode(t)})
 	t.Cleanup(func() { fmt.Fprintf(os.Stdout, "\ne2e KEDA report:\n%s\n", e) })
 	e.declareQueue(t)
 	e.sets = append(e.sets,
 		"keda.enabled=true",
-		// The machine's broker runs without the management plugin: the
-		// chart's opt-in to what AMQP counts (ready messages only).
+		// The chart's opt-in to what AMQP counts (ready messages only): no
+		// management plugin needed.
 		"keda.protocol=amqp",
 		"keda.minReplicaCount=0",
 		"keda.maxReplicaCount=3",
