@@ -123,7 +123,8 @@ func runWorker(stderr io.Writer) int {
 			ConstLabels: prometheus.Labels{"version": version},
 		}, func() float64 { return 1 }),
 	)
-	mem := memory(cfg, logger)
+	mem, stopFloor := memory(cfg, logger)
+	defer stopFloor()
 	name := connectionName(cfg)
 	handler := newHandler(cfg, logger)
 	w, err := worker.New(worker.Config{
@@ -206,17 +207,28 @@ func runWorker(stderr io.Writer) int {
 // memory decides what warren may hold from WARREN_MAX_INFLIGHT_BYTES and
 // the pod's memory limit, and tells the Go runtime: without a GOMEMLIMIT,
 // its soft memory limit is set, so that the collector's headroom does not
-// double the peak of large messages.
-func memory(cfg *config.Config, logger *zap.Logger) memlimit.Plan {
+// double the peak of large messages; without a GOGC, the heap may grow to
+// a floor before the collector runs (memlimit.FloorHeap). The function
+// returned stops the latter.
+func memory(cfg *config.Config, logger *zap.Logger) (memlimit.Plan, func()) {
 	cgroup := memlimit.Cgroup(os.DirFS("/"))
 	_, gomemlimit := os.LookupEnv("GOMEMLIMIT")
 	plan := memlimit.Decide(int64(cfg.MaxInflightBytes), worker.DefaultMaxInflightBytes, cgroup, gomemlimit)
 	if plan.SoftLimit > 0 {
 		debug.SetMemoryLimit(plan.SoftLimit)
 	}
+	soft := debug.SetMemoryLimit(-1)
+	stop, floor := func() {}, int64(0)
+	if _, gogc := os.LookupEnv("GOGC"); !gogc {
+		// Half the soft limit at most: in a small pod the floor must not
+		// be what brings the heap to the limit.
+		floor = min(memlimit.DefaultHeapFloor, soft/2)
+		stop = memlimit.FloorHeap(floor)
+	}
 	logger.Info("memory", zap.Int64("max_inflight_bytes", plan.Budget), zap.String("max_inflight_bytes_from", plan.BudgetFrom),
-		zap.Int64("cgroup_limit", cgroup), zap.Int64("go_memory_limit", debug.SetMemoryLimit(-1)), zap.String("go_memory_limit_from", plan.SoftFrom))
-	return plan
+		zap.Int64("cgroup_limit", cgroup), zap.Int64("go_memory_limit", soft), zap.String("go_memory_limit_from", plan.SoftFrom),
+		zap.Int64("gc_heap_floor", floor))
+	return plan, stop
 }
 
 // killer is a handler that can kill the processes it started at once:
