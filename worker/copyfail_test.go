@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -113,6 +114,40 @@ func TestUnroutableCopyDeclaresTopologyAgain(t *testing.T) {
 				return brokertest.Ready(t, q) == 0 && h.metric(t, "warren_inflight_messages") == 0
 			})
 		})
+	}
+}
+
+// TestCopiesSharingAMessageIdAreNotLost is issue 12's sequence end to
+// end: Q.dead deleted, as by an operator purging it, and 20 messages that
+// share one message id, each dead-lettered by the handler. A return
+// matched by message id once let 19 of them be acked while their copies
+// were dropped; every one must end in Q.dead.
+func TestCopiesSharingAMessageIdAreNotLost(t *testing.T) {
+	q := brokertest.Queue(t)
+	h := start(t, worker.Config{
+		Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{time.Minute}},
+		Handler:  worker.HandlerFunc(func(context.Context, *worker.Message) error { return worker.Permanent(errors.New("cannot parse")) }),
+	})
+	h.waitReady(t)
+	brokertest.DeleteQueues(t, q+".dead")
+	const n = 20
+	msgs := make([]amqp.Publishing, n)
+	for i := range msgs {
+		msgs[i] = amqp.Publishing{MessageId: "order-42", Body: []byte(fmt.Sprintf("m%02d", i))}
+	}
+	if got := publishOn(t, brokertest.URL(), q, msgs...); got != n {
+		t.Fatalf("%d of %d published", got, n)
+	}
+	brokertest.WaitFor(t, 30*time.Second, "every message settled", func() bool {
+		return brokertest.Ready(t, q) == 0 && h.metric(t, "warren_inflight_messages") == 0 &&
+			h.metric(t, "warren_messages_total", "outcome", "dead") == n
+	})
+	bodies := map[string]bool{}
+	for _, d := range brokertest.Get(t, q+".dead", n+1) {
+		bodies[string(d.Body)] = true
+	}
+	if len(bodies) != n {
+		t.Errorf("%s holds %d distinct messages of the %d dead-lettered, want all: the others were acked without a copy", q+".dead", len(bodies), n)
 	}
 }
 
