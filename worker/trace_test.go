@@ -33,11 +33,7 @@ const (
 // receiver over HTTP, and the receiver.
 func otlpProvider(t *testing.T) (*otlp.Provider, *otlptest.Receiver) {
 	t.Helper()
-	r, err := otlptest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
+	r := otlptest.New(t)
 	s, err := tracing.FromEnv(func(k string) (string, bool) {
 		switch k {
 		case tracing.EnvEndpoint:

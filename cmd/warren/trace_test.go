@@ -21,16 +21,6 @@ import (
 	"github.com/warren-mq/warren/internal/otlptest"
 )
 
-func otlpReceiver(t *testing.T) *otlptest.Receiver {
-	t.Helper()
-	r, err := otlptest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	return r
-}
-
 // traceRequests is an HTTP endpoint that records the trace headers of
 // each request; the first `fail` requests get a 503.
 type traceRequests struct {
@@ -72,7 +62,7 @@ func traceparentParts(tp string) (traceID, spanID string) {
 func TestTraceAcrossTheQueue(t *testing.T) {
 	for _, protocol := range []string{"grpc", "http/protobuf"} {
 		t.Run(protocol, func(t *testing.T) {
-			r := otlpReceiver(t)
+			r := otlptest.New(t)
 			ep := &traceRequests{fail: 1}
 			srv := httptest.NewServer(ep)
 			defer srv.Close()
@@ -130,7 +120,7 @@ func TestTraceAcrossTheQueue(t *testing.T) {
 // TestExecPrintsTraceparent: an exec command gets the attempt's trace
 // context in TRACEPARENT, a child of the producer's.
 func TestExecPrintsTraceparent(t *testing.T) {
-	r := otlpReceiver(t)
+	r := otlptest.New(t)
 	done := t.TempDir()
 	q := brokertest.Queue(t)
 	p := startWarren(t, append(append(brokerEnv(q), r.Env("http/protobuf")...),

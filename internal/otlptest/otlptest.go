@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
@@ -63,6 +64,18 @@ type Receiver struct {
 // Start listens on two loopback ports, one for each protocol, and serves
 // until Close, keeping every span.
 func Start() (*Receiver, error) { return start(false) }
+
+// New starts a receiver for tb, closed when tb ends; it fails tb if the
+// receiver cannot listen.
+func New(tb testing.TB) *Receiver {
+	tb.Helper()
+	r, err := Start()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(r.Close)
+	return r
+}
 
 // StartCounting is Start for a benchmark's sink: it keeps only the count
 // of the spans.

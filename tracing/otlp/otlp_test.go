@@ -14,16 +14,6 @@ import (
 	"github.com/warren-mq/warren/tracing/otlp"
 )
 
-func receiver(t *testing.T) *otlptest.Receiver {
-	t.Helper()
-	r, err := otlptest.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.Close)
-	return r
-}
-
 // provider returns a provider exporting to r over protocol, with the
 // variables of env beside.
 func provider(t *testing.T, r *otlptest.Receiver, protocol string, env ...string) *otlp.Provider {
@@ -50,7 +40,7 @@ func provider(t *testing.T, r *otlptest.Receiver, protocol string, env ...string
 func TestExport(t *testing.T) {
 	for _, protocol := range []string{tracing.ProtocolGRPC, tracing.ProtocolHTTP} {
 		t.Run(protocol, func(t *testing.T) {
-			r := receiver(t)
+			r := otlptest.New(t)
 			p := provider(t, r, protocol, "OTEL_SERVICE_NAME=orders-worker", "OTEL_RESOURCE_ATTRIBUTES=deployment.environment=test")
 			tracer := p.TracerProvider().Tracer(tracing.ScopeName)
 			pub, headers := tracing.StartPublish(context.Background(), tracer, "", "orders")
@@ -109,7 +99,7 @@ func TestExport(t *testing.T) {
 }
 
 func TestSampler(t *testing.T) {
-	r := receiver(t)
+	r := otlptest.New(t)
 	tests := []struct {
 		give        []string
 		wantSampled bool
