@@ -224,3 +224,35 @@ func TestTraceOff(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceHandledLine: the debug line of a handled message carries the
+// attempt's trace and span ids too.
+func TestTraceHandledLine(t *testing.T) {
+	p, r := otlpProvider(t)
+	q := brokertest.Queue(t)
+	h := start(t, worker.Config{
+		Topology:       broker.Topology{Queue: q, Declare: true},
+		Handler:        worker.Noop(),
+		TracerProvider: p.TracerProvider(),
+	})
+	h.waitReady(t)
+	publishOn(t, brokertest.URL(), q, amqp.Publishing{MessageId: "m-1", Headers: amqp.Table{"traceparent": traceparent}, Body: []byte("x")})
+	brokertest.WaitFor(t, 20*time.Second, "the handled line", func() bool { return h.logs.FilterMessage("handled").Len() == 1 })
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if err := p.Shutdown(context.Background()); err != nil {
+		t.Fatalf("flush spans: %v", err)
+	}
+	spans := r.Named("process " + q)
+	if len(spans) != 1 {
+		t.Fatalf("received %+v, want one process span", r.Spans())
+	}
+	m := h.logs.FilterMessage("handled").All()[0].ContextMap()
+	if m["trace_id"] != producerTrace || m["span_id"] != spans[0].SpanID || m["message_id"] != "m-1" {
+		t.Errorf("'handled' line = %v, want message_id m-1, trace_id %s, span_id %s", m, producerTrace, spans[0].SpanID)
+	}
+	if got := spans[0].Attrs["warren.outcome"]; got != "ack" || spans[0].StatusCode == tracepb.Status_STATUS_CODE_ERROR {
+		t.Errorf("span outcome %q, status %v; want ack, not error", got, spans[0].StatusCode)
+	}
+}
