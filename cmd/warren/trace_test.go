@@ -248,9 +248,10 @@ func TestUnreachableCollectorDelaysExitABit(t *testing.T) {
 	if code := p.wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("warren exited %d after SIGTERM, want 0", code)
 	}
-	// An idle drain ends at once; the flush has 2 s; the rest is slack.
-	if took := time.Since(start); took > 4*time.Second {
-		t.Errorf("warren took %s to exit with an unresponsive collector, want within the 2 s flush bound and some slack", took)
+	// An idle drain ends at once; the flush has 2 s; the rest is slack for
+	// a loaded machine (the exporter alone would wait 10 s, and retry).
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("warren took %s to exit with an unresponsive collector, want the 2 s flush bound and at most 3 s of slack", took)
 	}
 	if !strings.Contains(p.out.String(), "spans not exported at exit") {
 		t.Errorf("the log does not say the spans were not exported")
