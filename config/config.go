@@ -19,6 +19,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/tracing"
 )
 
 // Prefix starts the name of every variable warren reads.
@@ -86,6 +87,9 @@ type Config struct {
 	URLs []string `ignored:"true"`
 	// TLSConfig is the TLS client configuration built from the TLS files.
 	TLSConfig *tls.Config `ignored:"true"`
+	// Tracing is read from the standard OTEL_* variables, not WARREN_*
+	// ones: the names every OpenTelemetry user and operator knows.
+	Tracing tracing.Settings `ignored:"true"`
 }
 
 // Error is a configuration error: it names the variable, the value given
@@ -179,6 +183,15 @@ func Load() (*Config, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
+	ts, err := tracing.FromEnv(os.LookupEnv)
+	if err != nil {
+		var terr *tracing.EnvError
+		if errors.As(err, &terr) {
+			return nil, &Error{Var: terr.Var, Value: terr.Value, Want: terr.Want}
+		}
+		return nil, err
+	}
+	c.Tracing = ts
 	return &c, nil
 }
 
@@ -507,6 +520,10 @@ func Usage(w io.Writer) error {
 	const format = "VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
 	if err := envconfig.Usagef(Prefix, &Config{}, tw, format); err != nil {
 		return fmt.Errorf("print usage: %w", err)
+	}
+	// Tracing: the standard OpenTelemetry variables.
+	for _, v := range tracing.Variables {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, v.Default, v.Meaning)
 	}
 	return tw.Flush()
 }

@@ -25,6 +25,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/tracing"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -42,11 +43,11 @@ func unsetenv(t testing.TB, name string) {
 	}
 }
 
-// clearEnv removes every WARREN_* variable until the test ends.
+// clearEnv removes every WARREN_* and OTEL_* variable until the test ends.
 func clearEnv(t testing.TB) {
 	t.Helper()
 	for _, kv := range os.Environ() {
-		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, Prefix+"_") {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, Prefix+"_") || strings.HasPrefix(name, "OTEL_") {
 			unsetenv(t, name)
 		}
 	}
@@ -499,6 +500,12 @@ func TestLoadErrors(t *testing.T) {
 		{"tls cert without key", with("WARREN_TLS_CERT_FILE", certFile), `WARREN_TLS_KEY_FILE is not set: want a readable PEM key, with WARREN_TLS_CERT_FILE`},
 		{"tls key without cert", with("WARREN_TLS_KEY_FILE", otherKeyFile), `WARREN_TLS_CERT_FILE is not set: want a readable PEM certificate, with WARREN_TLS_KEY_FILE`},
 		{"tls key of another cert", with("WARREN_TLS_CERT_FILE", certFile, "WARREN_TLS_KEY_FILE", otherKeyFile), `WARREN_TLS_CERT_FILE="` + certFile + `": want a readable PEM certificate, with WARREN_TLS_KEY_FILE`},
+		// The OpenTelemetry variables are configuration like any other.
+		{"otlp endpoint without scheme", with("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"), `OTEL_EXPORTER_OTLP_ENDPOINT="collector:4317": want an http:// or https:// URL with a host, such as http://otel-collector:4318`},
+		{"otlp protocol json", with("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), `OTEL_EXPORTER_OTLP_PROTOCOL="http/json": want grpc or http/protobuf (http/json is not supported)`},
+		{"sampler unknown, tracing off", with("OTEL_TRACES_SAMPLER", "always"), `OTEL_TRACES_SAMPLER="always": want always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio`},
+		{"sampler ratio above 1", with("OTEL_TRACES_SAMPLER_ARG", "1.5"), `OTEL_TRACES_SAMPLER_ARG="1.5": want a ratio from 0 to 1, such as 0.1`},
+		{"resource attribute without value", with("OTEL_RESOURCE_ATTRIBUTES", "team"), `OTEL_RESOURCE_ATTRIBUTES="team": want key=value pairs, comma-separated, such as deployment.environment=prod,team=payments (values percent-encoded)`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			setEnv(t, tt.give)
@@ -563,12 +570,17 @@ func TestUsage(t *testing.T) {
 	seen := map[string]bool{}
 	for _, line := range lines[1:] {
 		key, _, _ := strings.Cut(line, " ")
-		if !strings.HasPrefix(key, Prefix+"_") {
-			t.Errorf("Usage() lists %q, want only WARREN_* variables", key)
+		if !strings.HasPrefix(key, Prefix+"_") && !strings.HasPrefix(key, "OTEL_") {
+			t.Errorf("Usage() lists %q, want only WARREN_* and OTEL_* variables", key)
 		}
 		seen[key] = true
 	}
 	// Every variable an error can name is documented.
+	for _, v := range tracing.Variables {
+		if !seen[v.Name] {
+			t.Errorf("Usage() does not list %s", v.Name)
+		}
+	}
 	for name := range wants {
 		if !seen[name] {
 			t.Errorf("Usage() does not list %s", name)

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 type ctxKey struct{}
@@ -125,5 +127,29 @@ func TestCallContextDerivedWithoutGoroutines(t *testing.T) {
 	}
 	for _, c := range cs {
 		c.release()
+	}
+}
+
+// The attempt's span reaches the handler through its context, as
+// trace.SpanFromContext finds it, before and after the context is made
+// for real, and in contexts derived from it.
+func TestCallContextCarriesTheSpan(t *testing.T) {
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{1, 2, 3},
+		SpanID:     trace.SpanID{4, 5, 6},
+		TraceFlags: trace.FlagsSampled,
+	})
+	c := newCallContext(trace.ContextWithSpanContext(context.Background(), sc), time.Minute)
+	if got := trace.SpanContextFromContext(c); !got.Equal(sc) {
+		t.Errorf("SpanContextFromContext(call) = %v, want %v", got, sc)
+	}
+	child, cancel := context.WithCancel(c)
+	defer cancel()
+	if got := trace.SpanFromContext(child).SpanContext(); !got.Equal(sc) {
+		t.Errorf("SpanFromContext(derived) = %v, want %v", got, sc)
+	}
+	c.release()
+	if got := trace.SpanContextFromContext(c); !got.Equal(sc) {
+		t.Errorf("after release: SpanContextFromContext = %v, want %v", got, sc)
 	}
 }

@@ -18,6 +18,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/zap"
+
+	"github.com/warren-mq/warren/tracing"
 )
 
 // Exec limits.
@@ -353,7 +355,7 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	cmd := &exec.Cmd{
 		Path:  p.file,
 		Args:  p.argv,
-		Env:   append(slices.Clip(e.Env), messageEnv(m)...),
+		Env:   append(append(slices.Clip(e.Env), messageEnv(m)...), tracing.Env(ctx)...), // TRACEPARENT, TRACESTATE
 		Stdin: stdin,
 		// Its own process group, so that a timeout reaches every process
 		// it started, and a terminal's Ctrl-C does not kill work warren

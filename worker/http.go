@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/warren-mq/warren/tracing"
 )
 
 // httpErrorBodyBytes bounds how much of a failure's response body is kept
@@ -73,6 +75,7 @@ func (h *HTTP) Handle(ctx context.Context, m *Message) error {
 	}
 	req.Header.Set("Content-Type", sanitizeHeaderValue(ct))
 	setMessageHeaders(req.Header, m)
+	tracing.InjectHTTP(ctx, req.Header) // traceparent, tracestate, baggage
 	resp, err := h.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("post: %w", err)

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/tracing"
 )
 
 const (
@@ -138,7 +139,7 @@ func (s *session) deadLetter(ctx context.Context, d *amqp.Delivery, why string, 
 	msg.Headers[broker.HeaderQueue] = w.cfg.Topology.Queue
 	delete(msg.Headers, broker.HeaderRetryAt)
 	if s.copyThenSettle(ctx, d, w.cfg.Topology.DeadQueue(), msg, Dead) {
-		w.log.Warn("dead-lettered", zap.String("message_id", d.MessageId), zap.Int("attempts", n), zap.String("reason", why))
+		w.log.Warn("dead-lettered", w.traceFields(ctx, []zap.Field{zap.String("message_id", d.MessageId), zap.Int("attempts", n), zap.String("reason", why)})...)
 	}
 }
 
@@ -179,6 +180,11 @@ func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue st
 	kind := w.metrics.retryCopies
 	if o == Dead {
 		kind = w.metrics.deadCopies
+	}
+	if w.tracer != nil {
+		// Every attempt of one message shares its trace: a copy of a
+		// message that came without one carries this attempt's.
+		tracing.InjectIfAbsent(ctx, msg.Headers)
 	}
 	if err := s.copies.publish(cctx, queue, msg); err != nil {
 		kind.failed.Inc()

@@ -9,9 +9,11 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/tracing"
 )
 
 // session is one channel and the deliveries it handed out. Every delivery
@@ -442,19 +444,27 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		}
 		start := time.Now()
 		slot.Store(start.UnixNano())
-		o, err := w.handle(ctx, &j.d)
+		// mctx is the message's context: with tracing on, it carries the
+		// attempt's span, for the handler, the logs and the copies.
+		mctx, span := ctx, trace.Span(nil)
+		if w.tracer != nil {
+			mctx, span = w.startSpan(ctx, &j.d)
+		}
+		o, err := w.handle(mctx, &j.d)
 		slot.Store(0)
 		// The outcome logged and measured is the real one: a last failed
 		// attempt is dead, not retried.
 		f := w.verdict(&j.d, o, err)
 		w.metrics.duration[f.outcome].Observe(time.Since(start).Seconds())
 		if err != nil {
-			w.log.Warn("handler failed", zap.Stringer("outcome", f.outcome), zap.Uint64("delivery_tag", j.d.DeliveryTag),
-				zap.String("message_id", j.d.MessageId), zap.Error(err))
+			w.log.Warn("handler failed", w.messageFields(mctx, &j.d, zap.Stringer("outcome", f.outcome), zap.Error(err))...)
 		} else if ce := w.log.Check(zap.DebugLevel, "handled"); ce != nil {
-			ce.Write(zap.Uint64("delivery_tag", j.d.DeliveryTag), zap.String("message_id", j.d.MessageId))
+			ce.Write(w.messageFields(mctx, &j.d)...)
 		}
-		j.s.finish(ctx, &j.d, f)
+		j.s.finish(mctx, &j.d, f)
+		if span != nil {
+			tracing.End(span, f.outcome.String(), err)
+		}
 	}
 }
 

@@ -17,9 +17,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/tracing"
 )
 
 // Defaults for the zero values of Config.
@@ -70,6 +72,10 @@ type Config struct {
 	Logger   *zap.Logger
 	// Registerer receives the worker's metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
+	// TracerProvider makes a span for each attempt at a message, child of
+	// the trace context its headers carry, and hands it to the handler in
+	// its context; nil means tracing is off, at no cost per message.
+	TracerProvider trace.TracerProvider
 
 	// Prefetch is the QoS prefetch count: the most unacked deliveries the
 	// broker sends, and so the most messages held in memory. 0 means
@@ -128,6 +134,9 @@ type Worker struct {
 	// adaptive sizes the prefetch, across sessions; nil when the
 	// prefetch is fixed. Only the consuming session uses it.
 	adaptive *prefetchController
+
+	// tracer makes the span of each attempt; nil when tracing is off.
+	tracer trace.Tracer
 }
 
 // New checks cfg and returns a Worker that is not yet running.
@@ -190,6 +199,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.Prefetch == 0 {
 		w.adaptive = newPrefetchController(cfg.Concurrency, cfg.MaxPrefetch, cfg.MaxInflightBytes)
+	}
+	if cfg.TracerProvider != nil {
+		w.tracer = cfg.TracerProvider.Tracer(tracing.ScopeName)
 	}
 	w.setNotReady("starting")
 	w.touch()

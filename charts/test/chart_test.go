@@ -3,6 +3,7 @@ package charttest
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -149,7 +150,7 @@ func TestContractVariables(t *testing.T) {
 		r := mustRender(t, s)
 		for _, d := range all[*appsv1.Deployment](r) {
 			for _, e := range warrenContainer(t, d).Env {
-				if strings.HasPrefix(e.Name, "WARREN_") {
+				if strings.HasPrefix(e.Name, "WARREN_") || strings.HasPrefix(e.Name, "OTEL_") {
 					set[e.Name] = true
 					if !known[e.Name] {
 						t.Errorf("scenario %s sets %s, which warren does not know", s.name, e.Name)
@@ -159,11 +160,32 @@ func TestContractVariables(t *testing.T) {
 		}
 	}
 	for name := range known {
-		// The URL only ever goes through the file.
-		if name != "WARREN_AMQP_URL" && !set[name] {
+		// The URL only ever goes through the file; the OpenTelemetry
+		// variables that no tracing.* value renders go through extraEnv.
+		if name != "WARREN_AMQP_URL" && !byExtraEnv[name] && !set[name] {
 			t.Errorf("%s (from warren help) is set by no scenario: the chart cannot set it, or ci/ lacks a scenario", name)
 		}
 	}
+}
+
+// byExtraEnv are the variables of warren help that the chart leaves to
+// extraEnv: rarely set, and standard to every OpenTelemetry SDK.
+var byExtraEnv = map[string]bool{
+	"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": true,
+	"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": true,
+	"OTEL_RESOURCE_ATTRIBUTES":           true,
+	"OTEL_SDK_DISABLED":                  true,
+}
+
+// otelEnv returns the OTEL_* variables of env and their values.
+func otelEnv(env map[string]corev1.EnvVar) map[string]string {
+	m := map[string]string{}
+	for name, e := range env {
+		if strings.HasPrefix(name, "OTEL_") {
+			m[name] = e.Value
+		}
+	}
+	return m
 }
 
 // contractVariables runs `warren help` and returns the variables it lists.
@@ -174,7 +196,7 @@ func contractVariables(t *testing.T) map[string]bool {
 		t.Fatalf("warren help: %v", err)
 	}
 	vars := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^(WARREN_[A-Z_]+)\s`).FindAllStringSubmatch(string(out), -1) {
+	for _, m := range regexp.MustCompile(`(?m)^((?:WARREN|OTEL)_[A-Z_]+)\s`).FindAllStringSubmatch(string(out), -1) {
 		vars[m[1]] = true
 	}
 	if len(vars) < 20 {
@@ -223,6 +245,12 @@ func TestTwoValues(t *testing.T) {
 			t.Errorf("%s = %q, want %q", name, got, want)
 		}
 	}
+	// Tracing is off: not one of its variables is rendered.
+	for name := range env {
+		if strings.HasPrefix(name, "OTEL_") {
+			t.Errorf("%s rendered with tracing off", name)
+		}
+	}
 	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 45 {
 		t.Errorf("terminationGracePeriodSeconds = %d, want 45 (25s + 15 + 5)", g)
 	}
@@ -242,6 +270,14 @@ func TestScenarios(t *testing.T) {
 			env := envMap(warrenContainer(t, d))
 			if env["WARREN_HANDLER"].Value != "http" || env["WARREN_HTTP_URL"].Value != "http://localhost:8000/messages" {
 				t.Errorf("handler env = %v %v, want http to the sidecar", env["WARREN_HANDLER"], env["WARREN_HTTP_URL"])
+			}
+			// tracing.endpoint alone: the service is named after the
+			// release, the rest left to warren's defaults.
+			if got := otelEnv(env); !maps.Equal(got, map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+				"OTEL_SERVICE_NAME":           "warren",
+			}) {
+				t.Errorf("tracing env = %v, want the endpoint and the release's name", got)
 			}
 			svc := find[*corev1.Service](t, r, "warren-metrics")
 			if svc.Spec.Ports[0].TargetPort.String() != "health" {
@@ -410,6 +446,15 @@ func TestScenarios(t *testing.T) {
 			}
 			if got := healthPort(t, warrenContainer(t, d)); got != 9090 {
 				t.Errorf("health port = %d, want 9090", got)
+			}
+			if got, want := otelEnv(envMap(warrenContainer(t, d))), map[string]string{
+				"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4317",
+				"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+				"OTEL_SERVICE_NAME":           "everything-worker",
+				"OTEL_TRACES_SAMPLER":         "parentbased_traceidratio",
+				"OTEL_TRACES_SAMPLER_ARG":     "0.25",
+			}; !maps.Equal(got, want) {
+				t.Errorf("tracing env = %v, want %v", got, want)
 			}
 		}},
 	}
@@ -616,6 +661,12 @@ func TestValuesRejected(t *testing.T) {
 		},
 		{give: []string{"keda.enabled=true", "keda.protocol=amqp", "keda.managementUrl=http://rabbit:15672/"}, want: "keda.managementUrl is read with keda.protocol http"},
 		{give: []string{"handler.execEnv={WARREN_AMQP_URL_FILE}"}, want: "/handler/execEnv/0"},
+		{give: []string{"tracing.endpoint=otel-collector:4317"}, want: "/tracing/endpoint"},
+		{give: []string{"tracing.protocol=http/json"}, want: "/tracing/protocol"},
+		{give: []string{"tracing.sampler=sometimes"}, want: "/tracing/sampler"},
+		{give: []string{"tracing.samplerArg=2"}, want: "/tracing/samplerArg"},
+		{give: []string{"tracing.samplerArg=half"}, want: "/tracing/samplerArg"},
+		{give: []string{"tracing.sampleRate=1"}, want: "additional properties 'sampleRate' not allowed"},
 	}
 	for _, tt := range tests {
 		_, err := render(t, scenario{name: "two-values"}.values(t, tt.give...), "default")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/warren-mq/warren/config"
 	"github.com/warren-mq/warren/health"
 	"github.com/warren-mq/warren/memlimit"
+	"github.com/warren-mq/warren/tracing/otlp"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -79,6 +81,9 @@ Usage:
 
 Exit codes: 0 clean stop, 1 fatal error, 2 invalid configuration.
 Endpoints on WARREN_HEALTH_ADDR: /livez, /readyz, /metrics.
+Traces: set OTEL_EXPORTER_OTLP_ENDPOINT to export a span per attempt at each
+message (and per message warren publish sends) over OTLP; the trace context
+(traceparent) crosses the queue in the messages' headers.
 
 Environment:
 `)
@@ -127,12 +132,19 @@ func runWorker(stderr io.Writer) int {
 	defer stopFloor()
 	name := connectionName(cfg)
 	handler := newHandler(cfg, logger)
+	tp, err := startTracing(cfg, logger)
+	if err != nil {
+		logger.Error("start tracing", zap.Error(err))
+		return exitFatal
+	}
+	defer stopTracing(tp, func(err error) { logger.Warn("spans not exported at exit", zap.Error(err)) })
 	w, err := worker.New(worker.Config{
 		Dialer:           dialer(cfg, name),
 		Topology:         cfg.Topology(),
 		Handler:          handler,
 		Logger:           logger.Named("worker"),
 		Registerer:       reg,
+		TracerProvider:   tp.TracerProvider(),
 		Prefetch:         cfg.Prefetch,
 		MaxPrefetch:      cfg.MaxPrefetch,
 		MaxInflightBytes: mem.Budget,
@@ -229,6 +241,34 @@ func memory(cfg *config.Config, logger *zap.Logger) (memlimit.Plan, func()) {
 		zap.Int64("cgroup_limit", cgroup), zap.Int64("go_memory_limit", soft), zap.String("go_memory_limit_from", plan.SoftFrom),
 		zap.Int64("gc_heap_floor", floor))
 	return plan, stop
+}
+
+// startTracing builds the span exporter that the OTEL_* variables
+// describe, or returns nil when they set no endpoint: tracing is off. The
+// SDK reports export failures through OpenTelemetry's one error handler,
+// which is global: it is pointed at the log here, where main wires.
+func startTracing(cfg *config.Config, logger *zap.Logger) (*otlp.Provider, error) {
+	tp, err := otlp.New(context.Background(), cfg.Tracing, version)
+	if err != nil || tp == nil {
+		return nil, err
+	}
+	log := logger.Named("tracing")
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("export spans", zap.Error(err)) }))
+	s := tp.Settings()
+	log.Info("tracing", zap.String("endpoint", s.Endpoint), zap.String("protocol", s.Protocol),
+		zap.String("service_name", s.ServiceName), zap.String("sampler", s.Sampler), zap.Float64("sampler_arg", s.Ratio))
+	return tp, nil
+}
+
+// stopTracing exports the spans still buffered, within
+// otlp.ShutdownTimeout: an unreachable collector delays the exit by
+// that much at most. A failure goes to report.
+func stopTracing(tp *otlp.Provider, report func(error)) {
+	ctx, cancel := context.WithTimeout(context.Background(), otlp.ShutdownTimeout)
+	defer cancel()
+	if err := tp.Shutdown(ctx); err != nil {
+		report(err)
+	}
 }
 
 // killer is a handler that can kill the processes it started at once:

@@ -180,7 +180,7 @@ func TestHelp(t *testing.T) {
 			if code != 0 {
 				t.Errorf("warren %s exited %d, want 0", arg, code)
 			}
-			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_MAX_INFLIGHT_BYTES", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz"} {
+			for _, want := range []string{"publish", "version", "WARREN_QUEUE", "WARREN_AMQP_URL_FILE", "WARREN_PREFETCH", "WARREN_MAX_INFLIGHT_BYTES", "WARREN_HANDLER_TIMEOUT", "WARREN_TLS_CA_FILE", "/readyz", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER"} {
 				if !strings.Contains(out, want) {
 					t.Errorf("warren %s does not mention %s", arg, want)
 				}

@@ -16,9 +16,12 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/config"
+	"github.com/warren-mq/warren/tracing"
+	"github.com/warren-mq/warren/tracing/otlp"
 )
 
 // publishWindow and publishWindowBytes bound the messages warren publish
@@ -110,11 +113,32 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		lr = &lineReader{r: bufio.NewReaderSize(stdin, 64<<10), max: maxLine}
 		input = lr.lines(ctx)
 	}
+	tp, err := otlp.New(ctx, cfg.Tracing, version)
+	if err != nil {
+		fmt.Fprintf(stderr, "warren publish: start tracing: %v\n", err)
+		return exitFatal
+	}
+	defer stopTracing(tp, func(err error) { fmt.Fprintf(stderr, "warren publish: tracing: %v\n", err) })
+	var tracer trace.Tracer
+	if tp != nil {
+		tracer = tp.TracerProvider().Tracer(tracing.ScopeName)
+	}
 	msgs := func(yield func(amqp.Publishing) bool) {
 		for body := range input {
 			for range *count {
 				total++
-				if !yield(amqp.Publishing{ContentType: *contentType, Body: body, AppId: "warren"}) {
+				msg := amqp.Publishing{ContentType: *contentType, Body: body, AppId: "warren"}
+				// Each message starts a trace of its own: its producer
+				// span covers handing it to the stream.
+				var span trace.Span
+				if tracer != nil {
+					span, msg.Headers = tracing.StartPublish(ctx, tracer, cfg.Exchange, key)
+				}
+				ok := yield(msg)
+				if span != nil {
+					span.End()
+				}
+				if !ok {
 					return
 				}
 			}

@@ -86,7 +86,7 @@ const (
 	PartLatency  = "latency"
 )
 
-var parts = []string{PartDrains, PartDefaults, PartHTTP, PartExec, PartFair, PartPublish, PartLatency}
+var parts = []string{PartDrains, PartDefaults, PartTrace, PartHTTP, PartExec, PartFair, PartPublish, PartLatency}
 
 // Run measures the parts of o and writes the table to out.
 func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
@@ -109,6 +109,8 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 			if !o.runs(PartDrains) {
 				err = e.drains(t, o, settings[:2], false)
 			}
+		case PartTrace:
+			err = e.traceRows(t, o)
 		case PartHTTP:
 			err = e.httpRows(t, o, srv)
 		case PartExec:
