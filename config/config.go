@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 	"time"
 
 	"github.com/kelseyhightower/envconfig"
@@ -116,39 +117,28 @@ func (e *Error) Error() string {
 }
 
 // wants says what each variable expects, for both parse and validation
-// errors.
-var wants = map[string]string{
-	"WARREN_AMQP_URL":             "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
-	"WARREN_AMQP_URL_FILE":        "a readable file holding the broker URL",
-	"WARREN_QUEUE":                "the name of the queue to consume",
-	"WARREN_QUEUE_TYPE":           "classic or quorum",
-	"WARREN_DECLARE":              "true or false",
-	"WARREN_EXCHANGE_TYPE":        "direct, fanout, topic or headers",
-	"WARREN_BINDING_KEYS":         "name=value pairs for a headers exchange",
-	"WARREN_PREFETCH":             "an integer from 1 to 65535",
-	"WARREN_MAX_PREFETCH":         "an integer from 1 to 65535",
-	"WARREN_MAX_INFLIGHT_BYTES":   "a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi",
-	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH, or to WARREN_MAX_PREFETCH when WARREN_PREFETCH is unset",
-	"WARREN_HANDLER":              "one of log, noop, http, exec",
-	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
-	"WARREN_RETRY_DELAYS":         "durations from 1ms to 24h, comma-separated, such as 1s,10s,1m",
-	"WARREN_MAX_RETRY_AFTER":      "a duration from 1s to 168h, such as 1h",
-	"WARREN_MAX_ATTEMPTS":         "an integer from 1 to 1000",
-	"WARREN_DELIVERY_LIMIT":       "0 (none), or an integer from 1 to 1000 with WARREN_QUEUE_TYPE=quorum",
-	"WARREN_HTTP_URL":             "an http:// or https:// URL",
-	"WARREN_HTTP_DEAD_STATUSES":   "HTTP statuses from 400 to 599, comma-separated",
-	"WARREN_EXEC_COMMAND":         "a shell command",
-	"WARREN_EXEC_DEAD_EXIT_CODES": "exit codes from 1 to 255, comma-separated",
-	"WARREN_EXEC_ENV":             "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
-	"WARREN_SHUTDOWN_TIMEOUT":     "a positive duration such as 25s",
-	"WARREN_HEARTBEAT":            "a duration from 1s to 10m, such as 10s",
-	"WARREN_HEALTH_ADDR":          "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
-	"WARREN_LOG_LEVEL":            "one of debug, info, warn, error",
-	"WARREN_LOG_FORMAT":           "json or console",
-	"WARREN_TLS_CA_FILE":          "a readable PEM file of CA certificates",
-	"WARREN_TLS_CERT_FILE":        "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
-	"WARREN_TLS_KEY_FILE":         "a readable PEM key, with WARREN_TLS_CERT_FILE",
-}
+// errors; what a bounded one expects comes from its Bound.
+var wants = withBounds(map[string]string{
+	"WARREN_AMQP_URL":         "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
+	"WARREN_AMQP_URL_FILE":    "a readable file holding the broker URL",
+	"WARREN_QUEUE":            "the name of the queue to consume",
+	"WARREN_QUEUE_TYPE":       "classic or quorum",
+	"WARREN_DECLARE":          "true or false",
+	"WARREN_EXCHANGE_TYPE":    "direct, fanout, topic or headers",
+	"WARREN_BINDING_KEYS":     "name=value pairs for a headers exchange",
+	"WARREN_HANDLER":          "one of log, noop, http, exec",
+	"WARREN_HANDLER_TIMEOUT":  "a positive duration such as 30s or 5m",
+	"WARREN_HTTP_URL":         "an http:// or https:// URL",
+	"WARREN_EXEC_COMMAND":     "a shell command",
+	"WARREN_EXEC_ENV":         "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
+	"WARREN_SHUTDOWN_TIMEOUT": "a positive duration such as 25s",
+	"WARREN_HEALTH_ADDR":      "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
+	"WARREN_LOG_LEVEL":        "one of debug, info, warn, error",
+	"WARREN_LOG_FORMAT":       "json or console",
+	"WARREN_TLS_CA_FILE":      "a readable PEM file of CA certificates",
+	"WARREN_TLS_CERT_FILE":    "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
+	"WARREN_TLS_KEY_FILE":     "a readable PEM key, with WARREN_TLS_CERT_FILE",
+})
 
 func bad(name, value string) *Error {
 	return &Error{Var: name, Value: value, Want: wants[name]}
@@ -272,33 +262,33 @@ func (c *Config) Validate() error {
 		return bad("WARREN_QUEUE_TYPE", c.QueueType)
 	case c.Exchange != "" && !slices.Contains([]string{amqp.ExchangeDirect, amqp.ExchangeFanout, amqp.ExchangeTopic, amqp.ExchangeHeaders}, c.ExchangeType):
 		return bad("WARREN_EXCHANGE_TYPE", c.ExchangeType)
-	case c.Prefetch < 0 || c.Prefetch > 65535:
+	case c.Prefetch != 0 && !within("WARREN_PREFETCH", c.Prefetch): // 0: adaptive
 		return bad("WARREN_PREFETCH", strconv.Itoa(c.Prefetch))
-	case c.MaxPrefetch < 1 || c.MaxPrefetch > 65535:
+	case !within("WARREN_MAX_PREFETCH", c.MaxPrefetch):
 		return bad("WARREN_MAX_PREFETCH", strconv.Itoa(c.MaxPrefetch))
-	case c.MaxInflightBytes != 0 && (c.MaxInflightBytes < minInflightBytes || c.MaxInflightBytes > maxInflightBytes):
+	case c.MaxInflightBytes != 0 && !within("WARREN_MAX_INFLIGHT_BYTES", c.MaxInflightBytes): // 0: derived
 		return bad("WARREN_MAX_INFLIGHT_BYTES", c.MaxInflightBytes.String())
-	case c.Concurrency < 1 || c.Concurrency > c.prefetchLimit():
+	case !within("WARREN_CONCURRENCY", c.Concurrency) || c.Concurrency > c.prefetchLimit():
 		e := bad("WARREN_CONCURRENCY", strconv.Itoa(c.Concurrency))
 		limit := "WARREN_PREFETCH"
 		if c.Prefetch == 0 {
 			limit = "WARREN_MAX_PREFETCH"
 		}
-		e.Want = fmt.Sprintf("an integer from 1 to %s (%d)", limit, c.prefetchLimit())
+		e.Want = fmt.Sprintf("an integer from %d to %s (%d)", boundOf("WARREN_CONCURRENCY").Min, limit, c.prefetchLimit())
 		return e
 	case c.HandlerTimeout <= 0:
 		return bad("WARREN_HANDLER_TIMEOUT", c.HandlerTimeout.String())
-	case c.MaxRetryAfter < time.Second || c.MaxRetryAfter > 168*time.Hour:
+	case !within("WARREN_MAX_RETRY_AFTER", c.MaxRetryAfter):
 		return bad("WARREN_MAX_RETRY_AFTER", c.MaxRetryAfter.String())
-	case c.MaxAttempts < 1 || c.MaxAttempts > 1000:
+	case !within("WARREN_MAX_ATTEMPTS", c.MaxAttempts):
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
-	case c.DeliveryLimit < 0 || c.DeliveryLimit > 1000 || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
+	case !within("WARREN_DELIVERY_LIMIT", c.DeliveryLimit) || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
 		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
 	case c.ShutdownTimeout <= 0:
 		// The worker takes 0 for its default, 25s: "0s" would mean the
 		// opposite of what it says.
 		return bad("WARREN_SHUTDOWN_TIMEOUT", c.ShutdownTimeout.String())
-	case c.Heartbeat < time.Second || c.Heartbeat > 10*time.Minute:
+	case !within("WARREN_HEARTBEAT", c.Heartbeat):
 		return bad("WARREN_HEARTBEAT", c.Heartbeat.String())
 	case !validAddr(c.HealthAddr):
 		return bad("WARREN_HEALTH_ADDR", c.HealthAddr)
@@ -316,17 +306,17 @@ func (c *Config) Validate() error {
 		return bad("WARREN_LOG_LEVEL", c.Log.Level)
 	}
 	for _, d := range c.RetryDelays {
-		if d < time.Millisecond || d > 24*time.Hour {
+		if !within("WARREN_RETRY_DELAYS", d) {
 			return bad("WARREN_RETRY_DELAYS", joinDurations(c.RetryDelays))
 		}
 	}
 	for _, status := range c.HTTP.DeadStatuses {
-		if status < 400 || status > 599 {
+		if !within("WARREN_HTTP_DEAD_STATUSES", status) {
 			return bad("WARREN_HTTP_DEAD_STATUSES", joinInts(c.HTTP.DeadStatuses))
 		}
 	}
 	for _, code := range c.Exec.DeadExitCodes {
-		if code < 1 || code > 255 {
+		if !within("WARREN_EXEC_DEAD_EXIT_CODES", code) {
 			return bad("WARREN_EXEC_DEAD_EXIT_CODES", joinInts(c.Exec.DeadExitCodes))
 		}
 	}
@@ -353,13 +343,6 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
-
-// The range of WARREN_MAX_INFLIGHT_BYTES: below a few frames (128 KiB
-// each) every message would come alone.
-const (
-	minInflightBytes Bytes = 1 << 20
-	maxInflightBytes Bytes = 1 << 40
-)
 
 // prefetchLimit returns the largest prefetch warren may use: the one
 // set, or the adaptive one's bound (Prefetch 0).
@@ -514,11 +497,16 @@ func keys() []string {
 	return strings.Fields(b.String())
 }
 
-// Usage writes the table of variables, their defaults and meaning.
+// Usage writes the table of variables, their defaults and meaning; the
+// meaning of a bounded variable ends with its range.
 func Usage(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 1, 0, 2, ' ', 0)
-	const format = "VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{usage_key .}}\t{{usage_default .}}\t{{usage_description .}}\n{{end}}"
-	if err := envconfig.Usagef(Prefix, &Config{}, tw, format); err != nil {
+	const format = "VARIABLE\tDEFAULT\tMEANING\n{{range .}}{{.Key}}\t{{.Tags.Get \"default\"}}\t{{.Tags.Get \"desc\"}}{{usage_range .Key}}\n{{end}}"
+	tmpl, err := template.New("usage").Funcs(template.FuncMap{"usage_range": usageRange}).Parse(format)
+	if err != nil {
+		return fmt.Errorf("print usage: %w", err)
+	}
+	if err := envconfig.Usaget(Prefix, &Config{}, tw, tmpl); err != nil {
 		return fmt.Errorf("print usage: %w", err)
 	}
 	// Tracing: the standard OpenTelemetry variables.
@@ -526,6 +514,21 @@ func Usage(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Name, v.Default, v.Meaning)
 	}
 	return tw.Flush()
+}
+
+// usageRange returns what warren help adds to the meaning of the
+// variable name: its range, if it has one.
+func usageRange(name string) string {
+	for _, b := range bounds {
+		switch {
+		case b.Var != name:
+		case b.List:
+			return "; each " + b.Range()
+		default:
+			return "; " + b.Range()
+		}
+	}
+	return ""
 }
 
 func joinInts(ns []int) string {

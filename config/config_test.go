@@ -122,8 +122,8 @@ func TestLoadDefaults(t *testing.T) {
 		{"Handler", c.Handler, HandlerLog},
 		{"HandlerTimeout", c.HandlerTimeout, time.Minute},
 		{"ShutdownTimeout", c.ShutdownTimeout, 25 * time.Second},
-		// The worker's default, for library users, is the same.
-		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), fmt.Sprint(worker.DefaultHTTPDeadStatuses)},
+		// handler.TestNewHTTP checks that the library's default is the same.
+		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), "[400 410 413 415 422]"},
 		{"MaxRetryAfter", c.MaxRetryAfter, worker.DefaultMaxRetryAfter},
 		{"Heartbeat", c.Heartbeat, 10 * time.Second},
 		{"HealthAddr", c.HealthAddr, ":8080"},

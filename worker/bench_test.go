@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/internal/otlptest"
 	"github.com/warren-mq/warren/tracing"
@@ -50,7 +51,7 @@ func BenchmarkDrain(b *testing.B) {
 			w, err := worker.New(worker.Config{
 				Dialer:         &broker.Dialer{URLs: []string{brokertest.URL()}},
 				Topology:       broker.Topology{Queue: q, QueueType: s.queueType, Declare: true},
-				Handler:        worker.Noop(),
+				Handler:        handler.Noop(),
 				Logger:         zap.NewNop(),
 				Registerer:     reg,
 				Prefetch:       s.prefetch,

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -37,9 +38,9 @@ func BenchmarkConcurrency(b *testing.B) {
 		handler  func(concurrency int) worker.Handler
 	}{
 		{"cpu-exec-50ms", 96, func(int) worker.Handler {
-			return &worker.Exec{Command: "awk 'BEGIN{for(i=0;i<1000000;i++)s+=i}'", Env: []string{"PATH=" + os.Getenv("PATH")}, Logger: zap.NewNop()}
+			return &handler.Exec{Command: "awk 'BEGIN{for(i=0;i<1000000;i++)s+=i}'", Env: []string{"PATH=" + os.Getenv("PATH")}, Logger: zap.NewNop()}
 		}},
-		{"io-http-50ms", 320, func(c int) worker.Handler { return worker.NewHTTP(slow.URL, c) }},
+		{"io-http-50ms", 320, func(c int) worker.Handler { return handler.NewHTTP(slow.URL, c) }},
 	} {
 		for _, c := range []int{1, 2, 4, 8, 16} {
 			b.Run(kind.name+"/concurrency-"+strconv.Itoa(c), func(b *testing.B) {

@@ -17,8 +17,8 @@ import (
 const (
 	// handlerGrace is how long a handler has to return once the shutdown
 	// timeout cancelled its context, before the drain stops waiting for
-	// it: the exec handler's SIGTERM to SIGKILL fits in it.
-	handlerGrace = execGrace + time.Second
+	// it: a KillGrace (the exec handler's SIGTERM to SIGKILL) fits in it.
+	handlerGrace = KillGrace + time.Second
 	// closeTimeout bounds one broker call on the way out (cancelling the
 	// consumer, flushing acks, closing a channel or a connection), and the
 	// whole of them after the drain gave up on the handlers.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/worker"
 )
@@ -199,7 +200,7 @@ func TestDrainIsBoundedOnAStalledLink(t *testing.T) {
 	const shutdown = time.Second
 	h := start(t, worker.Config{
 		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}, Heartbeat: 10 * time.Second},
-		Topology: topology(q), Handler: worker.Noop(), ShutdownTimeout: shutdown,
+		Topology: topology(q), Handler: handler.Noop(), ShutdownTimeout: shutdown,
 	})
 	h.waitReady(t)
 	proxy.Stall(true)

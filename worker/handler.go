@@ -18,6 +18,12 @@ type Handler interface {
 	Handle(ctx context.Context, m *Message) error
 }
 
+// KillGrace is how long a handler that runs processes gives them to exit
+// after SIGTERM, once its context is done, before SIGKILL (the exec
+// handler's default). The drain waits for a cancelled handler that long
+// and a second more, so that it sees such a handler return.
+const KillGrace = 5 * time.Second
+
 // HandlerFunc lets an ordinary function serve as a Handler.
 type HandlerFunc func(ctx context.Context, m *Message) error
 
@@ -172,8 +178,10 @@ func RetryAfter(err error, d time.Duration) error {
 	return &retryAfterError{err: err, after: d}
 }
 
-// retryDelay returns the wait err asks for, if any.
-func retryDelay(err error) (time.Duration, bool) {
+// RetryDelay returns the wait that err, or an error it wraps, asks for
+// with RetryAfter; ok is false when it asks for none. The engine reads it
+// to delay a retry; a handler's tests read it to check what it asks.
+func RetryDelay(err error) (d time.Duration, ok bool) {
 	var r *retryAfterError
 	if errors.As(err, &r) {
 		return r.after, true

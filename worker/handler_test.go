@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"testing"
 	"time"
 )
@@ -66,37 +65,6 @@ func TestOutcomeString(t *testing.T) {
 	} {
 		if got := tt.give.String(); got != tt.want {
 			t.Errorf("Outcome(%d).String() = %q, want %q", int(tt.give), got, tt.want)
-		}
-	}
-}
-
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-	for _, tt := range []struct {
-		give   string
-		want   time.Duration
-		wantOK bool
-	}{
-		{"", 0, false},
-		{"0", 0, true},
-		{"7", 7 * time.Second, true},
-		{" 120 ", 2 * time.Minute, true},
-		{"-1", 0, false},
-		{"1.5", 0, false},
-		{"soon", 0, false},
-		{"7s", 0, false},
-		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
-		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
-		{"Sat, 01 Mar 2025 12:00:30 GMT", 30 * time.Second, true},
-		{"Saturday, 01-Mar-25 12:00:30 GMT", 30 * time.Second, true}, // RFC 850, still allowed
-		{"2025-03-01T12:00:30Z", 0, false},
-		// Beyond what a Duration holds: the longest wait, not a negative one.
-		{"99999999999", time.Duration(1<<63 - 1), true},
-		{"99999999999999999999", 0, false},
-	} {
-		got, ok := parseRetryAfter(tt.give, now)
-		if got != tt.want || ok != tt.wantOK {
-			t.Errorf("parseRetryAfter(%q) = %v, %v, want %v, %v", tt.give, got, ok, tt.want, tt.wantOK)
 		}
 	}
 }

@@ -83,7 +83,7 @@ func (w *Worker) verdict(d *amqp.Delivery, o Outcome, err error) fate {
 	f := fate{outcome: o, attempt: broker.Attempts(d.Headers) + 1}
 	switch o {
 	case Retry:
-		f.after, _ = retryDelay(err)
+		f.after, _ = RetryDelay(err)
 		switch {
 		case f.attempt >= w.cfg.MaxAttempts:
 			f.outcome, f.why = Dead, fmt.Sprintf("failed %d attempts, the most allowed; last: %v", f.attempt, err)

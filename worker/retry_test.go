@@ -17,6 +17,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/worker"
 )
@@ -323,7 +324,7 @@ func TestHTTPHandlerOutcomes(t *testing.T) {
 	q := brokertest.Queue(t)
 	h := start(t, worker.Config{
 		Topology:       broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{200 * time.Millisecond}},
-		Handler:        worker.NewHTTP(srv.URL, 4),
+		Handler:        handler.NewHTTP(srv.URL, 4),
 		HandlerTimeout: 300 * time.Millisecond,
 		MaxAttempts:    3,
 	})
@@ -374,7 +375,7 @@ func TestHTTPHandlerRefusedConnectionRetries(t *testing.T) {
 	q := brokertest.Queue(t)
 	h := start(t, worker.Config{
 		Topology:    broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{100 * time.Millisecond}},
-		Handler:     worker.NewHTTP(url, 4),
+		Handler:     handler.NewHTTP(url, 4),
 		MaxAttempts: 2,
 	})
 	h.waitReady(t)
@@ -409,7 +410,7 @@ esac
 	q := brokertest.Queue(t)
 	h := start(t, worker.Config{
 		Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{100 * time.Millisecond}},
-		Handler: &worker.Exec{
+		Handler: &handler.Exec{
 			Command:       script,
 			DeadExitCodes: []int{3},
 			Grace:         200 * time.Millisecond,
@@ -461,7 +462,7 @@ func TestTopologyForExistingQueues(t *testing.T) {
 	brokertest.DeclareQueue(t, q, nil)
 	first := start(t, worker.Config{
 		Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{time.Second}},
-		Handler:  worker.Noop(),
+		Handler:  handler.Noop(),
 	})
 	first.waitReady(t)
 	if err := first.stop(t); err != nil {
@@ -470,7 +471,7 @@ func TestTopologyForExistingQueues(t *testing.T) {
 	// Other delays later: new retry queues join, the old one stays.
 	second := start(t, worker.Config{
 		Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{2 * time.Second}},
-		Handler:  worker.Noop(),
+		Handler:  handler.Noop(),
 	})
 	second.waitReady(t)
 	if args := brokertest.QueueArgs(t, q); len(args) != 0 {
@@ -490,7 +491,7 @@ func TestQuorumTopologyDeadLettersAtLeastOnce(t *testing.T) {
 	h := start(t, worker.Config{
 		Topology: broker.Topology{Queue: q, QueueType: broker.Quorum, Declare: true,
 			RetryDelays: []time.Duration{time.Second}, DeliveryLimit: 3},
-		Handler: worker.Noop(),
+		Handler: handler.Noop(),
 	})
 	h.waitReady(t)
 	for _, tt := range []struct {

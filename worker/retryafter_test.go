@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/worker"
 )
@@ -49,8 +50,8 @@ func TestRetryAfterAboveTheCeilingDies(t *testing.T) {
 		headers amqp.Table
 		want    string // in the dead reason
 	}{
-		{name: "Retry-After", handler: worker.NewHTTP(srv.URL, 1), want: "exceeds WARREN_MAX_RETRY_AFTER (1h0m0s)"},
-		{name: "retry-at header", handler: worker.Noop(),
+		{name: "Retry-After", handler: handler.NewHTTP(srv.URL, 1), want: "exceeds WARREN_MAX_RETRY_AFTER (1h0m0s)"},
+		{name: "retry-at header", handler: handler.Noop(),
 			headers: amqp.Table{broker.HeaderRetryAt: time.Now().Add(2 * time.Hour).UnixMilli()}, want: "exceeds WARREN_MAX_RETRY_AFTER (1h0m0s)"},
 		{name: "a ceiling of its own", ceiling: 2 * time.Second,
 			handler: worker.HandlerFunc(func(context.Context, *worker.Message) error {

@@ -15,6 +15,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/internal/otlptest"
 	"github.com/warren-mq/warren/tracing"
@@ -232,7 +233,7 @@ func TestTraceHandledLine(t *testing.T) {
 	q := brokertest.Queue(t)
 	h := start(t, worker.Config{
 		Topology:       broker.Topology{Queue: q, Declare: true},
-		Handler:        worker.Noop(),
+		Handler:        handler.Noop(),
 		TracerProvider: p.TracerProvider(),
 	})
 	h.waitReady(t)

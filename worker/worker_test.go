@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/worker"
 )
@@ -419,7 +420,7 @@ func TestHeartbeatDetectsStalledLink(t *testing.T) {
 	h := start(t, worker.Config{
 		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}, Heartbeat: time.Second},
 		Topology: topology(q),
-		Handler:  worker.Noop(),
+		Handler:  handler.Noop(),
 	})
 	h.waitReady(t)
 	proxy.Stall(true) // the link stays open and carries nothing
@@ -589,7 +590,7 @@ func TestReadyFollowsConnection(t *testing.T) {
 	h := start(t, worker.Config{
 		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}},
 		Topology: topology(q),
-		Handler:  worker.Noop(),
+		Handler:  handler.Noop(),
 	})
 	brokertest.WaitFor(t, 10*time.Second, "not ready while the broker is unreachable", func() bool {
 		err := h.w.Ready()
@@ -616,7 +617,7 @@ func TestReadyFollowsConnection(t *testing.T) {
 func TestRefusedTopologyIsReportedOnceAndRetried(t *testing.T) {
 	q := brokertest.Queue(t)
 	brokertest.DeclareQueue(t, q, amqp.Table{amqp.QueueTypeArg: broker.Quorum})
-	h := start(t, worker.Config{Topology: topology(q), Handler: worker.Noop()})
+	h := start(t, worker.Config{Topology: topology(q), Handler: handler.Noop()})
 
 	brokertest.WaitFor(t, 10*time.Second, "not ready with the reason", func() bool {
 		err := h.w.Ready()
@@ -733,11 +734,11 @@ func TestNewRejectsIncompleteConfig(t *testing.T) {
 		give worker.Config
 		want string
 	}{
-		{"no dialer", worker.Config{Topology: topology("q"), Handler: worker.Noop(), Logger: zap.NewNop()}, "Dialer"},
-		{"no queue", worker.Config{Dialer: d, Handler: worker.Noop(), Logger: zap.NewNop()}, "queue"},
+		{"no dialer", worker.Config{Topology: topology("q"), Handler: handler.Noop(), Logger: zap.NewNop()}, "Dialer"},
+		{"no queue", worker.Config{Dialer: d, Handler: handler.Noop(), Logger: zap.NewNop()}, "queue"},
 		{"no handler", worker.Config{Dialer: d, Topology: topology("q"), Logger: zap.NewNop()}, "Handler"},
-		{"no logger", worker.Config{Dialer: d, Topology: topology("q"), Handler: worker.Noop()}, "Logger"},
-		{"prefetch too big", worker.Config{Dialer: d, Topology: topology("q"), Handler: worker.Noop(), Logger: zap.NewNop(), Prefetch: 70000}, "prefetch"},
+		{"no logger", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop()}, "Logger"},
+		{"prefetch too big", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop(), Logger: zap.NewNop(), Prefetch: 70000}, "prefetch"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := worker.New(tt.give)

@@ -251,6 +251,7 @@ func TestDockerignore(t *testing.T) {
 		{"cmd/warren/main.go", false},
 		{"config/config.go", false},
 		{"worker/worker.go", false},
+		{"handler/handler.go", false},
 		{".git", true},
 		{"bin", true},
 		{"charts", true},

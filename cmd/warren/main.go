@@ -21,6 +21,7 @@ import (
 
 	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/config"
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/health"
 	"github.com/warren-mq/warren/memlimit"
 	"github.com/warren-mq/warren/tracing/otlp"
@@ -131,7 +132,7 @@ func runWorker(stderr io.Writer) int {
 	mem, stopFloor := memory(cfg, logger)
 	defer stopFloor()
 	name := connectionName(cfg)
-	handler := newHandler(cfg, logger)
+	h := handler.New(cfg, logger)
 	tp, err := startTracing(cfg, logger)
 	if err != nil {
 		logger.Error("start tracing", zap.Error(err))
@@ -141,7 +142,7 @@ func runWorker(stderr io.Writer) int {
 	w, err := worker.New(worker.Config{
 		Dialer:           dialer(cfg, name),
 		Topology:         cfg.Topology(),
-		Handler:          handler,
+		Handler:          h,
 		Logger:           logger.Named("worker"),
 		Registerer:       reg,
 		TracerProvider:   tp.TracerProvider(),
@@ -187,7 +188,7 @@ func runWorker(stderr io.Writer) int {
 	sigLoop.Add(1)
 	go func() {
 		defer sigLoop.Done()
-		onSignals(sigs, sigDone, logger, stopWorker, handler)
+		onSignals(sigs, sigDone, logger, stopWorker, h)
 	}()
 	defer sigLoop.Wait()
 	defer close(sigDone)
@@ -282,7 +283,7 @@ type killer interface{ KillAll() }
 // soon as warren's connection is gone, then the signal is raised again
 // with its default action: the process ends by it (SIGQUIT: Go's
 // goroutine dump and exit code 2).
-func onSignals(sigs <-chan os.Signal, done <-chan struct{}, logger *zap.Logger, stop func(), handler worker.Handler) {
+func onSignals(sigs <-chan os.Signal, done <-chan struct{}, logger *zap.Logger, stop func(), h worker.Handler) {
 	draining := false
 	for {
 		var sig os.Signal
@@ -298,7 +299,7 @@ func onSignals(sigs <-chan os.Signal, done <-chan struct{}, logger *zap.Logger, 
 			continue
 		}
 		logger.Warn("stopping at once; the broker returns unacked messages to the queue", zap.Stringer("signal", sig))
-		if k, ok := handler.(killer); ok {
+		if k, ok := h.(killer); ok {
 			k.KillAll()
 		}
 		_ = logger.Sync()
@@ -346,23 +347,4 @@ func connectionName(cfg *config.Config) string {
 func dialer(cfg *config.Config, name string) *broker.Dialer {
 	return &broker.Dialer{URLs: cfg.URLs, URLFile: cfg.AMQP.URLFile, TLS: cfg.TLSConfig, TLSFiles: cfg.TLSFiles(),
 		Heartbeat: cfg.Heartbeat, Name: name}
-}
-
-func newHandler(cfg *config.Config, logger *zap.Logger) worker.Handler {
-	switch cfg.Handler {
-	case config.HandlerNoop:
-		return worker.Noop()
-	case config.HandlerExec:
-		return &worker.Exec{
-			Command:       cfg.Exec.Command,
-			DeadExitCodes: cfg.Exec.DeadExitCodes,
-			Env:           worker.ExecEnv(os.Environ(), cfg.Exec.Env),
-			Logger:        logger.Named("exec"),
-		}
-	case config.HandlerHTTP:
-		h := worker.NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
-		h.DeadStatuses = cfg.HTTP.DeadStatuses
-		return h
-	}
-	return worker.LogHandler(logger.Named("message"))
 }

@@ -1,4 +1,4 @@
-package worker
+package handler
 
 import (
 	"bytes"
@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/worker"
 )
 
 // verifyNoLeaks checks, once the test and its cleanups are done, that no
@@ -83,7 +84,7 @@ func TestExecPassesBodyOnStdin(t *testing.T) {
 			} {
 				command, out := c.command, c.out
 				e, _ := newExec(t, command, "OUT_FILE="+out)
-				if err := e.Handle(context.Background(), &Message{Body: tt.give}); err != nil {
+				if err := e.Handle(context.Background(), &worker.Message{Body: tt.give}); err != nil {
 					t.Fatalf("Handle(%q, %d bytes) = %v, want nil", command, len(tt.give), err)
 				}
 				if got := readFile(t, out); got != string(tt.give) {
@@ -99,24 +100,24 @@ func TestExecExitCodes(t *testing.T) {
 	for _, tt := range []struct {
 		give     string
 		dead     []int
-		want     Outcome
+		want     worker.Outcome
 		wantText string
 	}{
-		{"exit 0", []int{3}, Ack, ""},
-		{"true", nil, Ack, ""},
-		{"exit 3", []int{3}, Dead, "command exited with dead code 3"},
-		{"exit 75", []int{3, 75}, Dead, "command exited with dead code 75"},
-		{"exit 4", []int{3}, Retry, "command exited with code 4"},
-		{"exit 3", nil, Retry, "command exited with code 3"},
-		{"exit 1", []int{3}, Retry, "command exited with code 1"},
-		{"/nonexistent/command", []int{3}, Retry, "command exited with code 127"},
-		{"kill -9 $$", []int{3}, Retry, "command killed: signal: killed"},
-		{"kill -TERM $$", []int{3}, Retry, "command killed: signal: terminated"},
+		{"exit 0", []int{3}, worker.Ack, ""},
+		{"true", nil, worker.Ack, ""},
+		{"exit 3", []int{3}, worker.Dead, "command exited with dead code 3"},
+		{"exit 75", []int{3, 75}, worker.Dead, "command exited with dead code 75"},
+		{"exit 4", []int{3}, worker.Retry, "command exited with code 4"},
+		{"exit 3", nil, worker.Retry, "command exited with code 3"},
+		{"exit 1", []int{3}, worker.Retry, "command exited with code 1"},
+		{"/nonexistent/command", []int{3}, worker.Retry, "command exited with code 127"},
+		{"kill -9 $$", []int{3}, worker.Retry, "command killed: signal: killed"},
+		{"kill -TERM $$", []int{3}, worker.Retry, "command killed: signal: terminated"},
 	} {
 		e, _ := newExec(t, tt.give)
 		e.DeadExitCodes = tt.dead
-		err := e.Handle(context.Background(), &Message{Body: []byte("x")})
-		if got := OutcomeOf(err); got != tt.want {
+		err := e.Handle(context.Background(), &worker.Message{Body: []byte("x")})
+		if got := worker.OutcomeOf(err); got != tt.want {
 			t.Errorf("Handle(%q) with dead codes %v = %v (%v), want %v", tt.give, tt.dead, err, got, tt.want)
 		}
 		if err != nil && err.Error() != tt.wantText {
@@ -132,7 +133,7 @@ func TestExecNilEnv(t *testing.T) {
 	t.Setenv("WARREN_TEST_INHERITED", "leaked")
 	out := filepath.Join(t.TempDir(), "env")
 	e := &Exec{Command: "env > '" + out + "'", Logger: zap.NewNop()}
-	if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+	if err := e.Handle(context.Background(), &worker.Message{MessageID: "m-1"}); err != nil {
 		t.Fatalf("Handle(env) with a nil Env = %v, want nil", err)
 	}
 	got := readFile(t, out)
@@ -142,7 +143,7 @@ func TestExecNilEnv(t *testing.T) {
 }
 
 // envOf runs env for m and returns the variables the command saw.
-func envOf(t *testing.T, e *Exec, m *Message) map[string]string {
+func envOf(t *testing.T, e *Exec, m *worker.Message) map[string]string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "env")
 	e.Command = `env > "$OUT_FILE"`
@@ -163,7 +164,7 @@ func TestExecEnvironment(t *testing.T) {
 	verifyNoLeaks(t)
 	ts := time.Date(2025, 3, 1, 12, 0, 0, 0, time.FixedZone("CET", 3600))
 	e, _ := newExec(t, "", "WARREN_EXCHANGE=from-the-config", "KEEP=me")
-	got := envOf(t, e, &Message{
+	got := envOf(t, e, &worker.Message{
 		Body:          []byte("{}"),
 		MessageID:     "m-1",
 		CorrelationID: "c-1",
@@ -211,7 +212,7 @@ func TestExecEnvironment(t *testing.T) {
 		}
 	}
 
-	got = envOf(t, e, &Message{})
+	got = envOf(t, e, &worker.Message{})
 	if got["WARREN_REDELIVERED"] != "false" {
 		t.Errorf("command saw WARREN_REDELIVERED=%q for a first delivery, want false", got["WARREN_REDELIVERED"])
 	}
@@ -223,7 +224,7 @@ func TestExecEnvironment(t *testing.T) {
 func TestExecEnvironmentWithNUL(t *testing.T) {
 	verifyNoLeaks(t)
 	e, _ := newExec(t, "")
-	got := envOf(t, e, &Message{
+	got := envOf(t, e, &worker.Message{
 		MessageID: "m\x00-1",
 		Headers:   amqp.Table{"bin": []byte{'a', 0, 'b'}},
 	})
@@ -281,7 +282,7 @@ func TestExecSecretsDoNotReachCommand(t *testing.T) {
 	t.Setenv("SIDECAR_TOKEN", "s3cret-token")
 	e, _ := newExec(t, "")
 	e.Env = ExecEnv(os.Environ(), []string{"PASSED_ON"})
-	got := envOf(t, e, &Message{MessageID: "m-1"})
+	got := envOf(t, e, &worker.Message{MessageID: "m-1"})
 	for k, v := range got {
 		if strings.Contains(v, "s3cret") || k == "SIDECAR_TOKEN" || k == "WARREN_EXEC_ENV" {
 			t.Errorf("command saw %s=%q, want it kept from the command", k, v)
@@ -416,7 +417,7 @@ func TestExecStops(t *testing.T) {
 		dones[i] = make(chan result, 1)
 		go func() {
 			begin := time.Now()
-			err := e.Handle(ctx, &Message{MessageID: "slow", Body: tt.body})
+			err := e.Handle(ctx, &worker.Message{MessageID: "slow", Body: tt.body})
 			dones[i] <- result{err, time.Since(begin)}
 		}()
 	}
@@ -445,7 +446,7 @@ func TestExecStops(t *testing.T) {
 			switch err := r.err; {
 			case tt.wantErr && err == nil:
 				t.Errorf("Handle(%q) = nil after the %v timeout, want an error", tt.command, tt.timeout)
-			case tt.wantErr && (IsPermanent(err) || !errors.Is(err, context.DeadlineExceeded)):
+			case tt.wantErr && (worker.IsPermanent(err) || !errors.Is(err, context.DeadlineExceeded)):
 				t.Errorf("Handle(%q) = %v, want a retry that names the deadline", tt.command, err)
 			case !tt.wantErr && err != nil:
 				t.Errorf("Handle(%q) = %v, want nil: the command exited 0", tt.command, err)
@@ -476,7 +477,7 @@ func TestExecLogsBoundedOutput(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e, logs := newExec(t, tt.give)
-			_ = e.Handle(context.Background(), &Message{MessageID: "m-7"})
+			_ = e.Handle(context.Background(), &worker.Message{MessageID: "m-7"})
 			entries := logs.FilterMessage("command output").All()
 			if tt.wantDropped < 0 {
 				if len(entries) != 0 {
@@ -541,7 +542,7 @@ func TestExecKillAll(t *testing.T) {
 	e.Grace = time.Minute
 	errs := make(chan error, 2)
 	for _, id := range []string{"a", "b"} {
-		go func() { errs <- e.Handle(context.Background(), &Message{MessageID: id}) }()
+		go func() { errs <- e.Handle(context.Background(), &worker.Message{MessageID: id}) }()
 	}
 	pids := []int{readPID(t, filepath.Join(dir, "a.pid")), readPID(t, filepath.Join(dir, "b.pid"))}
 	start := time.Now()
@@ -563,7 +564,7 @@ func TestExecKillAll(t *testing.T) {
 	brokertest.WaitFor(t, 2*time.Second, "the commands' background processes gone", func() bool {
 		return processGone(pids[0], "sleep") && processGone(pids[1], "sleep")
 	})
-	if err := e.Handle(context.Background(), &Message{MessageID: "c"}); err == nil {
+	if err := e.Handle(context.Background(), &worker.Message{MessageID: "c"}); err == nil {
 		t.Errorf("Handle() after KillAll = nil, want an error: no command may run")
 	}
 	if done, _ := filepath.Glob(filepath.Join(dir, "*.done")); len(done) != 0 {
@@ -716,7 +717,7 @@ func TestExecRedirectsAsShWould(t *testing.T) {
 		if p := e.program(); p.file == "/bin/sh" {
 			t.Errorf("Handle(%q) runs through sh, want without", command)
 		}
-		if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+		if err := e.Handle(context.Background(), &worker.Message{MessageID: "m-1"}); err != nil {
 			t.Fatalf("Handle(%q) = %v, want nil", command, err)
 		}
 		var got string
@@ -765,7 +766,7 @@ func TestExecPlainCommandRunsWithoutTheShell(t *testing.T) {
 	} {
 		e, logs := newExec(t, tt.give)
 		e.Env = tt.env
-		if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+		if err := e.Handle(context.Background(), &worker.Message{MessageID: "m-1"}); err != nil {
 			t.Fatalf("Handle(%q) = %v, want nil", tt.give, err)
 		}
 		got := outputOf(t, logs)
@@ -796,7 +797,7 @@ func TestExecBodyNotRead(t *testing.T) {
 	} {
 		e, _ := newExec(t, tt.give)
 		done := make(chan error, 1)
-		go func() { done <- e.Handle(context.Background(), &Message{Body: tt.body}) }()
+		go func() { done <- e.Handle(context.Background(), &worker.Message{Body: tt.body}) }()
 		select {
 		case err := <-done:
 			if err != nil {
@@ -819,7 +820,7 @@ func TestExecScriptWithoutShebang(t *testing.T) {
 	}
 	e, logs := newExec(t, "handle-it one two")
 	e.Env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
-	if err := e.Handle(context.Background(), &Message{MessageID: "m-1"}); err != nil {
+	if err := e.Handle(context.Background(), &worker.Message{MessageID: "m-1"}); err != nil {
 		t.Fatalf("Handle(%q) = %v, want nil", e.Command, err)
 	}
 	if got, want := outputOf(t, logs), "handled one two\n"; got != want {
@@ -836,14 +837,14 @@ func TestExecPlainCommandIsStopped(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := e.Handle(ctx, &Message{MessageID: "slow"})
+	err := e.Handle(ctx, &worker.Message{MessageID: "slow"})
 	if took := time.Since(start); took > 10*time.Second || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Handle(%q) with a 300ms timeout = %v after %v, want the deadline within 10s", e.Command, err, took)
 	}
 
 	errs := make(chan error, 2)
 	for _, id := range []string{"a", "b"} {
-		go func() { errs <- e.Handle(context.Background(), &Message{MessageID: id}) }()
+		go func() { errs <- e.Handle(context.Background(), &worker.Message{MessageID: id}) }()
 	}
 	brokertest.WaitFor(t, 10*time.Second, "2 commands running", func() bool {
 		e.mu.Lock()

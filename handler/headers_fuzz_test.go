@@ -1,4 +1,4 @@
-package worker
+package handler
 
 import (
 	"context"
@@ -9,13 +9,14 @@ import (
 	"time"
 
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/worker"
 )
 
 // fuzzMessage builds a message whose every text property and header comes
 // from fuzz input.
-func fuzzMessage(b []byte) *Message {
+func fuzzMessage(b []byte) *worker.Message {
 	r := brokertest.NewTableReader(b)
-	return &Message{
+	return &worker.Message{
 		Headers:         r.Table(16),
 		ContentType:     r.String(),
 		ContentEncoding: r.String(),

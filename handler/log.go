@@ -1,20 +1,22 @@
-package worker
+package handler
 
 import (
 	"context"
 	"unicode/utf8"
 
 	"go.uber.org/zap"
+
+	"github.com/warren-mq/warren/worker"
 )
 
 // previewBytes is how much of a body the log handler shows.
 const previewBytes = 256
 
-// LogHandler returns a handler that logs a summary of each message at info
+// Log returns a handler that logs a summary of each message at info
 // level and acks it: the default, to see warren work before wiring it to
 // real code.
-func LogHandler(log *zap.Logger) Handler {
-	return HandlerFunc(func(_ context.Context, m *Message) error {
+func Log(log *zap.Logger) worker.Handler {
+	return worker.HandlerFunc(func(_ context.Context, m *worker.Message) error {
 		preview := m.Body
 		if len(preview) > previewBytes {
 			preview = preview[:previewBytes]
@@ -35,10 +37,4 @@ func LogHandler(log *zap.Logger) Handler {
 			body)
 		return nil
 	})
-}
-
-// Noop returns a handler that acks every message at once, to measure what
-// warren itself costs.
-func Noop() Handler {
-	return HandlerFunc(func(context.Context, *Message) error { return nil })
 }

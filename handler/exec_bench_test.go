@@ -1,4 +1,4 @@
-package worker_test
+package handler_test
 
 import (
 	"bytes"
@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/warren-mq/warren/handler"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -27,7 +28,7 @@ func BenchmarkExec(b *testing.B) {
 		{"shell pipeline", "cat | cat >/dev/null"},
 	} {
 		b.Run(bm.name, func(b *testing.B) {
-			e := &worker.Exec{Command: bm.command, Env: []string{"PATH=" + os.Getenv("PATH")}, Logger: zap.NewNop()}
+			e := &handler.Exec{Command: bm.command, Env: []string{"PATH=" + os.Getenv("PATH")}, Logger: zap.NewNop()}
 			m := &worker.Message{MessageID: "m-1", Body: body}
 			b.ReportAllocs()
 			for b.Loop() {

@@ -1,4 +1,4 @@
-package worker
+package handler
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/warren-mq/warren/tracing"
+	"github.com/warren-mq/warren/worker"
 )
 
 // httpErrorBodyBytes bounds how much of a failure's response body is kept
@@ -64,10 +65,10 @@ func NewHTTP(url string, concurrency int) *HTTP {
 
 // Handle posts m. The request ends with ctx, which carries the handler
 // timeout.
-func (h *HTTP) Handle(ctx context.Context, m *Message) error {
+func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url, bytes.NewReader(m.Body))
 	if err != nil {
-		return Permanent(fmt.Errorf("build request: %w", err))
+		return worker.Permanent(fmt.Errorf("build request: %w", err))
 	}
 	ct := m.ContentType
 	if ct == "" {
@@ -89,17 +90,17 @@ func (h *HTTP) Handle(ctx context.Context, m *Message) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, httpErrorBodyBytes))
 	err = fmt.Errorf("post: status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
 	if slices.Contains(h.DeadStatuses, resp.StatusCode) {
-		return Permanent(err)
+		return worker.Permanent(err)
 	}
 	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
-		return RetryAfter(err, d)
+		return worker.RetryAfter(err, d)
 	}
 	return err
 }
 
 // setMessageHeaders maps the message's properties and AMQP headers to
 // request headers: X-Warren-<Property> and X-Warren-Header-<Name>.
-func setMessageHeaders(h http.Header, m *Message) {
+func setMessageHeaders(h http.Header, m *worker.Message) {
 	set := func(k, v string) {
 		if v != "" {
 			h.Set(k, sanitizeHeaderValue(v))

@@ -1,4 +1,4 @@
-package worker
+package handler
 
 import (
 	"bytes"
@@ -20,13 +20,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/tracing"
+	"github.com/warren-mq/warren/worker"
 )
 
 // Exec limits.
 const (
 	// execGrace is how long a command has between SIGTERM and SIGKILL,
 	// unless Exec.Grace says otherwise.
-	execGrace = 5 * time.Second
+	execGrace = worker.KillGrace
 	// execOutputBytes bounds how much of a command's output is kept for the
 	// log; the rest is counted and dropped.
 	execOutputBytes = 4096
@@ -330,7 +331,7 @@ func ExecEnv(environ, pass []string) []string {
 }
 
 // Handle runs the command for m.
-func (e *Exec) Handle(ctx context.Context, m *Message) error {
+func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 	p := e.program()
 	grace := e.Grace
 	if grace <= 0 {
@@ -443,7 +444,7 @@ func (e *Exec) Handle(ctx context.Context, m *Message) error {
 	if errors.As(err, &exitErr) && ctx.Err() == nil {
 		code := exitErr.ExitCode()
 		if code > 0 && slices.Contains(e.DeadExitCodes, code) {
-			return Permanent(fmt.Errorf("command exited with dead code %d", code))
+			return worker.Permanent(fmt.Errorf("command exited with dead code %d", code))
 		}
 		if code < 0 {
 			return fmt.Errorf("command killed: %w", err)
@@ -528,7 +529,7 @@ func (w *bodyWriter) wait() {
 }
 
 // messageEnv returns the variables that describe m to a command.
-func messageEnv(m *Message) []string {
+func messageEnv(m *worker.Message) []string {
 	env := []string{
 		"WARREN_MESSAGE_ID=" + envValue(m.MessageID),
 		"WARREN_CORRELATION_ID=" + envValue(m.CorrelationID),

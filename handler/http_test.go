@@ -1,4 +1,4 @@
-package worker
+package handler
 
 import (
 	"context"
@@ -17,6 +17,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/worker"
 )
 
 // serve starts a real HTTP server on loopback until the test ends.
@@ -64,29 +66,29 @@ func TestHTTPStatus(t *testing.T) {
 	verifyNoLeaks(t)
 	for _, tt := range []struct {
 		give int
-		want Outcome
+		want worker.Outcome
 	}{
-		{200, Ack},
-		{201, Ack},
-		{202, Ack},
-		{204, Ack},
-		{401, Retry},
-		{403, Retry},
-		{404, Retry},
-		{405, Retry},
-		{408, Retry},
-		{409, Retry},
-		{429, Retry},
-		{500, Retry},
-		{501, Retry},
-		{502, Retry},
-		{503, Retry},
-		{504, Retry},
-		{400, Dead},
-		{410, Dead},
-		{413, Dead},
-		{415, Dead},
-		{422, Dead},
+		{200, worker.Ack},
+		{201, worker.Ack},
+		{202, worker.Ack},
+		{204, worker.Ack},
+		{401, worker.Retry},
+		{403, worker.Retry},
+		{404, worker.Retry},
+		{405, worker.Retry},
+		{408, worker.Retry},
+		{409, worker.Retry},
+		{429, worker.Retry},
+		{500, worker.Retry},
+		{501, worker.Retry},
+		{502, worker.Retry},
+		{503, worker.Retry},
+		{504, worker.Retry},
+		{400, worker.Dead},
+		{410, worker.Dead},
+		{413, worker.Dead},
+		{415, worker.Dead},
+		{422, worker.Dead},
 	} {
 		t.Run(strconv.Itoa(tt.give), func(t *testing.T) {
 			srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
@@ -95,8 +97,8 @@ func TestHTTPStatus(t *testing.T) {
 					fmt.Fprintf(w, "  reason for %d\n", tt.give)
 				}
 			})
-			err := newHTTP(t, srv.URL).Handle(context.Background(), &Message{Body: []byte("x")})
-			if got := OutcomeOf(err); got != tt.want {
+			err := newHTTP(t, srv.URL).Handle(context.Background(), &worker.Message{Body: []byte("x")})
+			if got := worker.OutcomeOf(err); got != tt.want {
 				t.Fatalf("Handle() answered %d = %v (%v), want %v", tt.give, err, got, tt.want)
 			}
 			if err == nil {
@@ -105,9 +107,8 @@ func TestHTTPStatus(t *testing.T) {
 			if want := fmt.Sprintf("post: status %d: reason for %d", tt.give, tt.give); err.Error() != want {
 				t.Errorf("Handle() answered %d = %q, want %q", tt.give, err, want)
 			}
-			var ra *retryAfterError
-			if errors.As(err, &ra) {
-				t.Errorf("Handle() answered %d without Retry-After = %v, asks to wait %v, want no wait", tt.give, err, ra.after)
+			if after, ok := worker.RetryDelay(err); ok {
+				t.Errorf("Handle() answered %d without Retry-After = %v, asks to wait %v, want no wait", tt.give, err, after)
 			}
 		})
 	}
@@ -118,35 +119,34 @@ func TestHTTPRetryAfter(t *testing.T) {
 	for _, tt := range []struct {
 		status     int
 		retryAfter string
-		want       Outcome
-		wantAfter  time.Duration // -1: no retryAfterError
+		want       worker.Outcome
+		wantAfter  time.Duration // -1: no wait asked (worker.RetryDelay)
 	}{
-		{429, "7", Retry, 7 * time.Second},
-		{503, "120", Retry, 2 * time.Minute},
-		{500, "0", Retry, 0},
-		{408, "7", Retry, 7 * time.Second},
-		{503, time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat), Retry, 0},
-		{429, "later", Retry, -1},
-		{429, "-3", Retry, -1},
-		{400, "7", Dead, -1}, // a bad message stays bad, however long one waits
+		{429, "7", worker.Retry, 7 * time.Second},
+		{503, "120", worker.Retry, 2 * time.Minute},
+		{500, "0", worker.Retry, 0},
+		{408, "7", worker.Retry, 7 * time.Second},
+		{503, time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat), worker.Retry, 0},
+		{429, "later", worker.Retry, -1},
+		{429, "-3", worker.Retry, -1},
+		{400, "7", worker.Dead, -1}, // a bad message stays bad, however long one waits
 	} {
 		t.Run(fmt.Sprintf("%d %s", tt.status, tt.retryAfter), func(t *testing.T) {
 			srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("Retry-After", tt.retryAfter)
 				w.WriteHeader(tt.status)
 			})
-			err := newHTTP(t, srv.URL).Handle(context.Background(), &Message{})
-			if got := OutcomeOf(err); got != tt.want {
+			err := newHTTP(t, srv.URL).Handle(context.Background(), &worker.Message{})
+			if got := worker.OutcomeOf(err); got != tt.want {
 				t.Fatalf("Handle() answered %d, Retry-After %q = %v (%v), want %v", tt.status, tt.retryAfter, err, got, tt.want)
 			}
-			var ra *retryAfterError
-			switch ok := errors.As(err, &ra); {
+			switch after, ok := worker.RetryDelay(err); {
 			case tt.wantAfter < 0 && ok:
-				t.Errorf("Handle() answered %d, Retry-After %q asks to wait %v, want no wait", tt.status, tt.retryAfter, ra.after)
+				t.Errorf("Handle() answered %d, Retry-After %q asks to wait %v, want no wait", tt.status, tt.retryAfter, after)
 			case tt.wantAfter >= 0 && !ok:
 				t.Errorf("Handle() answered %d, Retry-After %q = %v, want a wait of %v", tt.status, tt.retryAfter, err, tt.wantAfter)
-			case ok && ra.after != tt.wantAfter:
-				t.Errorf("Handle() answered %d, Retry-After %q asks to wait %v, want %v", tt.status, tt.retryAfter, ra.after, tt.wantAfter)
+			case ok && after != tt.wantAfter:
+				t.Errorf("Handle() answered %d, Retry-After %q asks to wait %v, want %v", tt.status, tt.retryAfter, after, tt.wantAfter)
 			}
 		})
 	}
@@ -159,22 +159,22 @@ func TestHTTPDeadStatuses(t *testing.T) {
 	for _, tt := range []struct {
 		dead []int
 		give int
-		want Outcome
+		want worker.Outcome
 	}{
-		{[]int{404}, 404, Dead},
-		{[]int{404}, 400, Retry},
-		{[]int{404}, 422, Retry},
-		{nil, 400, Retry},
-		{nil, 200, Ack},
-		{[]int{500, 599}, 599, Dead},
-		{[]int{500, 599}, 503, Retry},
+		{[]int{404}, 404, worker.Dead},
+		{[]int{404}, 400, worker.Retry},
+		{[]int{404}, 422, worker.Retry},
+		{nil, 400, worker.Retry},
+		{nil, 200, worker.Ack},
+		{[]int{500, 599}, 599, worker.Dead},
+		{[]int{500, 599}, 503, worker.Retry},
 	} {
 		t.Run(fmt.Sprintf("%v %d", tt.dead, tt.give), func(t *testing.T) {
 			srv := serve(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(tt.give) })
 			h := newHTTP(t, srv.URL)
 			h.DeadStatuses = tt.dead
-			err := h.Handle(context.Background(), &Message{Body: []byte("x")})
-			if got := OutcomeOf(err); got != tt.want {
+			err := h.Handle(context.Background(), &worker.Message{Body: []byte("x")})
+			if got := worker.OutcomeOf(err); got != tt.want {
 				t.Errorf("Handle() with dead statuses %v answered %d = %v (%v), want %v", tt.dead, tt.give, err, got, tt.want)
 			}
 		})
@@ -192,8 +192,8 @@ func TestHTTPRedirectIsNotFollowed(t *testing.T) {
 		targetHits.Add(1)
 	})
 	srv := serve(t, mux.ServeHTTP)
-	err := newHTTP(t, srv.URL+"/hook").Handle(context.Background(), &Message{Body: []byte("x")})
-	if OutcomeOf(err) != Retry || !strings.Contains(err.Error(), "status 301") {
+	err := newHTTP(t, srv.URL+"/hook").Handle(context.Background(), &worker.Message{Body: []byte("x")})
+	if worker.OutcomeOf(err) != worker.Retry || !strings.Contains(err.Error(), "status 301") {
 		t.Errorf("Handle() answered 301 = %v, want a retry naming status 301", err)
 	}
 	if n := targetHits.Load(); n != 0 {
@@ -217,7 +217,7 @@ func TestHTTPErrorBodyIsBounded(t *testing.T) {
 			w.WriteHeader(http.StatusInternalServerError)
 			io.WriteString(w, tt.give)
 		})
-		err := newHTTP(t, srv.URL).Handle(context.Background(), &Message{})
+		err := newHTTP(t, srv.URL).Handle(context.Background(), &worker.Message{})
 		if err == nil || err.Error() != tt.want {
 			t.Errorf("Handle() answered 500 with %d bytes = %.60q (%d bytes), want %.60q (%d bytes)", len(tt.give), err, len(fmt.Sprint(err)), tt.want, len(tt.want))
 		}
@@ -229,9 +229,9 @@ func TestHTTPConnectionRefusedRetries(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	url := srv.URL
 	srv.Close()
-	err := newHTTP(t, url).Handle(context.Background(), &Message{})
-	if err == nil || OutcomeOf(err) != Retry {
-		t.Errorf("Handle() to a closed server = %v (%v), want a retry", err, OutcomeOf(err))
+	err := newHTTP(t, url).Handle(context.Background(), &worker.Message{})
+	if err == nil || worker.OutcomeOf(err) != worker.Retry {
+		t.Errorf("Handle() to a closed server = %v (%v), want a retry", err, worker.OutcomeOf(err))
 	}
 	var op *net.OpError
 	if !errors.As(err, &op) {
@@ -255,10 +255,10 @@ func TestHTTPTimeoutRetries(t *testing.T) {
 	for _, body := range []string{"", strings.Repeat("x", 1<<20)} {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		begin := time.Now()
-		err := h.Handle(ctx, &Message{Body: []byte(body)})
+		err := h.Handle(ctx, &worker.Message{Body: []byte(body)})
 		took := time.Since(begin)
 		cancel()
-		if OutcomeOf(err) != Retry || !errors.Is(err, context.DeadlineExceeded) {
+		if worker.OutcomeOf(err) != worker.Retry || !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Handle(%d bytes) to a server that never answers = %v, want a retry naming the deadline", len(body), err)
 		}
 		if took > 5*time.Second {
@@ -279,12 +279,12 @@ func TestHTTPRequest(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		name string
-		give *Message
+		give *worker.Message
 		want map[string]string // "" for a header that must be absent
 	}{
 		{
 			name: "every property",
-			give: &Message{
+			give: &worker.Message{
 				Body: body, ContentType: "application/json", ContentEncoding: "gzip",
 				MessageID: "m-1", CorrelationID: "c-1", Exchange: "orders", RoutingKey: "orders.created",
 				Type: "created", AppID: "shop", ReplyTo: "replies", Timestamp: ts, Redelivered: true,
@@ -309,7 +309,7 @@ func TestHTTPRequest(t *testing.T) {
 		},
 		{
 			name: "empty properties",
-			give: &Message{Body: []byte("hi")},
+			give: &worker.Message{Body: []byte("hi")},
 			want: map[string]string{
 				"Content-Type":            "application/octet-stream",
 				"X-Warren-Redelivered":    "false",
@@ -321,7 +321,7 @@ func TestHTTPRequest(t *testing.T) {
 		},
 		{
 			name: "no header injection",
-			give: &Message{Headers: amqp.Table{
+			give: &worker.Message{Headers: amqp.Table{
 				"x-evil":         "a\r\nX-Injected: yes",
 				"bad name":       "dropped",
 				"x-colon:":       "dropped",
@@ -343,7 +343,7 @@ func TestHTTPRequest(t *testing.T) {
 			// HTTP carries any byte from 0x80 up (obs-text); warren passes
 			// them as they are rather than turning them into U+FFFD.
 			name: "bytes not UTF-8",
-			give: &Message{Headers: amqp.Table{"x-latin1": "caf\xe9", "x-raw": []byte{'a', 0xff, 0, 'b'}}, CorrelationID: "\xc3\x28"},
+			give: &worker.Message{Headers: amqp.Table{"x-latin1": "caf\xe9", "x-raw": []byte{'a', 0xff, 0, 'b'}}, CorrelationID: "\xc3\x28"},
 			want: map[string]string{
 				"X-Warren-Header-X-Latin1": "caf\xe9",
 				"X-Warren-Header-X-Raw":    "a\xffb",
@@ -352,7 +352,7 @@ func TestHTTPRequest(t *testing.T) {
 		},
 		{
 			name: "control characters in properties",
-			give: &Message{ContentType: "text/plain\n", CorrelationID: "c\x00-1", RoutingKey: "k\x1b[31m"},
+			give: &worker.Message{ContentType: "text/plain\n", CorrelationID: "c\x00-1", RoutingKey: "k\x1b[31m"},
 			want: map[string]string{
 				"Content-Type":            "text/plain",
 				"X-Warren-Correlation-Id": "c-1",
@@ -416,8 +416,8 @@ func TestHTTPReusesConnections(t *testing.T) {
 			t.Cleanup(srv.Close)
 			h := newHTTP(t, srv.URL)
 			for i := range 20 {
-				err := h.Handle(context.Background(), &Message{Body: []byte(strings.Repeat("m", i*100))})
-				if got, want := OutcomeOf(err), OutcomeOf(statusError(tt.status)); got != want {
+				err := h.Handle(context.Background(), &worker.Message{Body: []byte(strings.Repeat("m", i*100))})
+				if got, want := worker.OutcomeOf(err), worker.OutcomeOf(statusError(tt.status)); got != want {
 					t.Fatalf("Handle() #%d answered %d = %v, want %v", i+1, tt.status, err, want)
 				}
 			}
@@ -430,13 +430,44 @@ func TestHTTPReusesConnections(t *testing.T) {
 	}
 }
 
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		give   string
+		want   time.Duration
+		wantOK bool
+	}{
+		{"", 0, false},
+		{"0", 0, true},
+		{"7", 7 * time.Second, true},
+		{" 120 ", 2 * time.Minute, true},
+		{"-1", 0, false},
+		{"1.5", 0, false},
+		{"soon", 0, false},
+		{"7s", 0, false},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
+		{"Sat, 01 Mar 2025 12:00:30 GMT", 30 * time.Second, true},
+		{"Saturday, 01-Mar-25 12:00:30 GMT", 30 * time.Second, true}, // RFC 850, still allowed
+		{"2025-03-01T12:00:30Z", 0, false},
+		// Beyond what a Duration holds: the longest wait, not a negative one.
+		{"99999999999", time.Duration(1<<63 - 1), true},
+		{"99999999999999999999", 0, false},
+	} {
+		got, ok := parseRetryAfter(tt.give, now)
+		if got != tt.want || ok != tt.wantOK {
+			t.Errorf("parseRetryAfter(%q) = %v, %v, want %v, %v", tt.give, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
 // statusError is what a status means, for comparing outcomes.
 func statusError(status int) error {
 	switch {
 	case status < 300:
 		return nil
 	case slices.Contains(DefaultHTTPDeadStatuses, status):
-		return Permanent(errors.New("dead"))
+		return worker.Permanent(errors.New("dead"))
 	}
 	return errors.New("retry")
 }
