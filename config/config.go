@@ -69,11 +69,16 @@ type Config struct {
 		// command, beyond the few every program expects.
 		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
 	}
-	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
-	Heartbeat       time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
-	ConnectionName  string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
-	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics: host empty, an IP address or localhost, and a port"`
-	Log             struct {
+	// The circuit breaker (worker.CircuitConfig).
+	Circuit                 string        `default:"on" desc:"on or off: the circuit breaker; on, failures that say the downstream is down (http handler: refused, reset, timed out, 5xx, 408, 429) stop consumption, the messages wait in the queue, no attempt spent, and one message probes until the downstream answers"`
+	CircuitFailures         int           `split_words:"true" default:"5" desc:"failures in a row saying the downstream is down, within WARREN_CIRCUIT_WINDOW, that open the circuit"`
+	CircuitWindow           time.Duration `split_words:"true" default:"30s" desc:"how recent those failures must be to count"`
+	CircuitMaxProbeInterval time.Duration `split_words:"true" default:"1m" desc:"longest wait between probes while the circuit is open; they start 1s apart and double"`
+	ShutdownTimeout         time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
+	Heartbeat               time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
+	ConnectionName          string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
+	HealthAddr              string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics: host empty, an IP address or localhost, and a port"`
+	Log                     struct {
 		Level  string `default:"info" desc:"debug, info, warn or error"`
 		Format string `default:"json" desc:"json or console"`
 	}
@@ -118,36 +123,40 @@ func (e *Error) Error() string {
 // wants says what each variable expects, for both parse and validation
 // errors.
 var wants = map[string]string{
-	"WARREN_AMQP_URL":             "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
-	"WARREN_AMQP_URL_FILE":        "a readable file holding the broker URL",
-	"WARREN_QUEUE":                "the name of the queue to consume",
-	"WARREN_QUEUE_TYPE":           "classic or quorum",
-	"WARREN_DECLARE":              "true or false",
-	"WARREN_EXCHANGE_TYPE":        "direct, fanout, topic or headers",
-	"WARREN_BINDING_KEYS":         "name=value pairs for a headers exchange",
-	"WARREN_PREFETCH":             "an integer from 1 to 65535",
-	"WARREN_MAX_PREFETCH":         "an integer from 1 to 65535",
-	"WARREN_MAX_INFLIGHT_BYTES":   "a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi",
-	"WARREN_CONCURRENCY":          "an integer from 1 to WARREN_PREFETCH, or to WARREN_MAX_PREFETCH when WARREN_PREFETCH is unset",
-	"WARREN_HANDLER":              "one of log, noop, http, exec",
-	"WARREN_HANDLER_TIMEOUT":      "a positive duration such as 30s or 5m",
-	"WARREN_RETRY_DELAYS":         "durations from 1ms to 24h, comma-separated, such as 1s,10s,1m",
-	"WARREN_MAX_RETRY_AFTER":      "a duration from 1s to 168h, such as 1h",
-	"WARREN_MAX_ATTEMPTS":         "an integer from 1 to 1000",
-	"WARREN_DELIVERY_LIMIT":       "0 (none), or an integer from 1 to 1000 with WARREN_QUEUE_TYPE=quorum",
-	"WARREN_HTTP_URL":             "an http:// or https:// URL",
-	"WARREN_HTTP_DEAD_STATUSES":   "HTTP statuses from 400 to 599, comma-separated",
-	"WARREN_EXEC_COMMAND":         "a shell command",
-	"WARREN_EXEC_DEAD_EXIT_CODES": "exit codes from 1 to 255, comma-separated",
-	"WARREN_EXEC_ENV":             "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
-	"WARREN_SHUTDOWN_TIMEOUT":     "a positive duration such as 25s",
-	"WARREN_HEARTBEAT":            "a duration from 1s to 10m, such as 10s",
-	"WARREN_HEALTH_ADDR":          "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
-	"WARREN_LOG_LEVEL":            "one of debug, info, warn, error",
-	"WARREN_LOG_FORMAT":           "json or console",
-	"WARREN_TLS_CA_FILE":          "a readable PEM file of CA certificates",
-	"WARREN_TLS_CERT_FILE":        "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
-	"WARREN_TLS_KEY_FILE":         "a readable PEM key, with WARREN_TLS_CERT_FILE",
+	"WARREN_AMQP_URL":                   "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
+	"WARREN_AMQP_URL_FILE":              "a readable file holding the broker URL",
+	"WARREN_QUEUE":                      "the name of the queue to consume",
+	"WARREN_QUEUE_TYPE":                 "classic or quorum",
+	"WARREN_DECLARE":                    "true or false",
+	"WARREN_EXCHANGE_TYPE":              "direct, fanout, topic or headers",
+	"WARREN_BINDING_KEYS":               "name=value pairs for a headers exchange",
+	"WARREN_PREFETCH":                   "an integer from 1 to 65535",
+	"WARREN_MAX_PREFETCH":               "an integer from 1 to 65535",
+	"WARREN_MAX_INFLIGHT_BYTES":         "a size from 1Mi to 1024Gi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 256Mi",
+	"WARREN_CONCURRENCY":                "an integer from 1 to WARREN_PREFETCH, or to WARREN_MAX_PREFETCH when WARREN_PREFETCH is unset",
+	"WARREN_HANDLER":                    "one of log, noop, http, exec",
+	"WARREN_HANDLER_TIMEOUT":            "a positive duration such as 30s or 5m",
+	"WARREN_RETRY_DELAYS":               "durations from 1ms to 24h, comma-separated, such as 1s,10s,1m",
+	"WARREN_MAX_RETRY_AFTER":            "a duration from 1s to 168h, such as 1h",
+	"WARREN_MAX_ATTEMPTS":               "an integer from 1 to 1000",
+	"WARREN_DELIVERY_LIMIT":             "0 (none), or an integer from 1 to 1000 with WARREN_QUEUE_TYPE=quorum",
+	"WARREN_HTTP_URL":                   "an http:// or https:// URL",
+	"WARREN_HTTP_DEAD_STATUSES":         "HTTP statuses from 400 to 599, comma-separated",
+	"WARREN_EXEC_COMMAND":               "a shell command",
+	"WARREN_EXEC_DEAD_EXIT_CODES":       "exit codes from 1 to 255, comma-separated",
+	"WARREN_EXEC_ENV":                   "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
+	"WARREN_CIRCUIT":                    "on or off",
+	"WARREN_CIRCUIT_FAILURES":           "an integer from 1 to 10000",
+	"WARREN_CIRCUIT_WINDOW":             "a duration from 1s to 24h, such as 30s",
+	"WARREN_CIRCUIT_MAX_PROBE_INTERVAL": "a duration from 10ms to 1h, such as 1m",
+	"WARREN_SHUTDOWN_TIMEOUT":           "a positive duration such as 25s",
+	"WARREN_HEARTBEAT":                  "a duration from 1s to 10m, such as 10s",
+	"WARREN_HEALTH_ADDR":                "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
+	"WARREN_LOG_LEVEL":                  "one of debug, info, warn, error",
+	"WARREN_LOG_FORMAT":                 "json or console",
+	"WARREN_TLS_CA_FILE":                "a readable PEM file of CA certificates",
+	"WARREN_TLS_CERT_FILE":              "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
+	"WARREN_TLS_KEY_FILE":               "a readable PEM key, with WARREN_TLS_CERT_FILE",
 }
 
 func bad(name, value string) *Error {
@@ -294,6 +303,14 @@ func (c *Config) Validate() error {
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
 	case c.DeliveryLimit < 0 || c.DeliveryLimit > 1000 || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
 		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
+	case c.Circuit != "on" && c.Circuit != "off":
+		return bad("WARREN_CIRCUIT", c.Circuit)
+	case c.CircuitFailures < 1 || c.CircuitFailures > 10000:
+		return bad("WARREN_CIRCUIT_FAILURES", strconv.Itoa(c.CircuitFailures))
+	case c.CircuitWindow < time.Second || c.CircuitWindow > 24*time.Hour:
+		return bad("WARREN_CIRCUIT_WINDOW", c.CircuitWindow.String())
+	case c.CircuitMaxProbeInterval < 10*time.Millisecond || c.CircuitMaxProbeInterval > time.Hour:
+		return bad("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", c.CircuitMaxProbeInterval.String())
 	case c.ShutdownTimeout <= 0:
 		// The worker takes 0 for its default, 25s: "0s" would mean the
 		// opposite of what it says.
@@ -478,6 +495,15 @@ func (c *Config) Topology() broker.Topology {
 		RetryDelays:   c.RetryDelays,
 		DeliveryLimit: c.DeliveryLimit,
 	}
+}
+
+// CircuitThreshold returns the failures that open the circuit breaker, or
+// 0 when WARREN_CIRCUIT is off.
+func (c *Config) CircuitThreshold() int {
+	if c.Circuit == "off" {
+		return 0
+	}
+	return c.CircuitFailures
 }
 
 // Unknown returns the WARREN_* variables in environ that warren does not
