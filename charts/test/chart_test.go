@@ -238,6 +238,9 @@ func TestTwoValues(t *testing.T) {
 		"WARREN_HANDLER":            "log",
 		"WARREN_RETRY_DELAYS":       "1s,10s,1m",
 		"WARREN_MAX_ATTEMPTS":       "5",
+		"WARREN_CIRCUIT":            "on",
+		"WARREN_CIRCUIT_FAILURES":   "5",
+		"WARREN_CIRCUIT_WINDOW":     "30s",
 		"WARREN_HEALTH_ADDR":        ":8080",
 		"WARREN_LOG_FORMAT":         "json",
 	} {
@@ -270,6 +273,16 @@ func TestScenarios(t *testing.T) {
 			env := envMap(warrenContainer(t, d))
 			if env["WARREN_HANDLER"].Value != "http" || env["WARREN_HTTP_URL"].Value != "http://localhost:8000/messages" {
 				t.Errorf("handler env = %v %v, want http to the sidecar", env["WARREN_HANDLER"], env["WARREN_HTTP_URL"])
+			}
+			for name, want := range map[string]string{
+				"WARREN_CIRCUIT":                    "on",
+				"WARREN_CIRCUIT_FAILURES":           "10",
+				"WARREN_CIRCUIT_WINDOW":             "20s",
+				"WARREN_CIRCUIT_MAX_PROBE_INTERVAL": "15s",
+			} {
+				if got := env[name].Value; got != want {
+					t.Errorf("%s = %q, want %q", name, got, want)
+				}
 			}
 			// tracing.endpoint alone: the service is named after the
 			// release, the rest left to warren's defaults.
@@ -633,6 +646,10 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"retry.maxAttempts=0"}, want: "/retry/maxAttempts"},
 		{give: []string{"retry.maxRetryAfter=soon"}, want: "/retry/maxRetryAfter"},
 		{give: []string{"shutdownTimeout=25"}, want: "/shutdownTimeout"},
+		{give: []string{"circuit.enabled=on"}, want: "/circuit/enabled"},
+		{give: []string{"circuit.failures=0"}, want: "/circuit/failures"},
+		{give: []string{"circuit.window=30"}, want: "/circuit/window"},
+		{give: []string{"circuit.maxProbeInterval=soon"}, want: "/circuit/maxProbeInterval"},
 		// warren refuses 0: it would not mean "at once".
 		{give: []string{"shutdownTimeout=0s"}, want: "shutdownTimeout must be more than 0s"},
 		{give: []string{"shutdownTimeout=0h0m0s"}, want: "shutdownTimeout must be more than 0s"},
