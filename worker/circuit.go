@@ -190,12 +190,13 @@ func (c *circuit) observe(o Outcome, err error, now time.Time) Outcome {
 
 // nextProbe returns how long to wait before the next probe: the interval,
 // jittered by up to a fifth either way and at least the Retry-After of the
-// last failure; the interval then doubles, up to the ceiling.
+// last failure, never past the ceiling; the interval then doubles, up to
+// the ceiling.
 func (c *circuit) nextProbe() time.Duration {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d := c.interval
 	c.interval = min(2*c.interval, c.cfg.MaxProbeInterval)
 	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) * 2
-	return max(d-d/5+jitter, c.floor)
+	return min(max(d-d/5+jitter, c.floor), c.cfg.MaxProbeInterval)
 }
