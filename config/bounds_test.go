@@ -29,13 +29,16 @@ func TestBoundWants(t *testing.T) {
 		{"WARREN_HTTP_DEAD_STATUSES", "HTTP statuses from 400 to 599, comma-separated"},
 		{"WARREN_EXEC_DEAD_EXIT_CODES", "exit codes from 1 to 255, comma-separated"},
 		{"WARREN_HEARTBEAT", "a duration from 1s to 10m, such as 10s"},
+		{"WARREN_CIRCUIT_FAILURES", "an integer from 1 to 10000"},
+		{"WARREN_CIRCUIT_WINDOW", "a duration from 1s to 24h, such as 30s"},
+		{"WARREN_CIRCUIT_MAX_PROBE_INTERVAL", "a duration from 10ms to 1h, such as 1m"},
 	} {
 		if got := wants[tt.give]; got != tt.want {
 			t.Errorf("wants[%s] = %q, want %q", tt.give, got, tt.want)
 		}
 	}
-	if n := len(Bounds()); n != 11 {
-		t.Errorf("Bounds() has %d settings, want the 11 above", n)
+	if n := len(Bounds()); n != 14 {
+		t.Errorf("Bounds() has %d settings, want the 14 above", n)
 	}
 }
 

@@ -70,11 +70,16 @@ type Config struct {
 		// command, beyond the few every program expects.
 		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
 	}
-	ShutdownTimeout time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
-	Heartbeat       time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
-	ConnectionName  string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
-	HealthAddr      string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics: host empty, an IP address or localhost, and a port"`
-	Log             struct {
+	// The circuit breaker (worker.CircuitConfig).
+	Circuit                 string        `default:"on" desc:"on or off: the circuit breaker; on, failures that say the downstream is down (http handler: refused, reset, timed out, 5xx, 408, 429) stop consumption, the messages wait in the queue, no attempt spent, and one message probes until the downstream answers"`
+	CircuitFailures         int           `split_words:"true" default:"5" desc:"failures in a row saying the downstream is down, within WARREN_CIRCUIT_WINDOW, that open the circuit"`
+	CircuitWindow           time.Duration `split_words:"true" default:"30s" desc:"how recent those failures must be to count"`
+	CircuitMaxProbeInterval time.Duration `split_words:"true" default:"1m" desc:"longest wait between probes while the circuit is open; they start 1s apart and double"`
+	ShutdownTimeout         time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
+	Heartbeat               time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
+	ConnectionName          string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
+	HealthAddr              string        `split_words:"true" default:":8080" desc:"listen address of /livez, /readyz and /metrics: host empty, an IP address or localhost, and a port"`
+	Log                     struct {
 		Level  string `default:"info" desc:"debug, info, warn or error"`
 		Format string `default:"json" desc:"json or console"`
 	}
@@ -131,6 +136,7 @@ var wants = withBounds(map[string]string{
 	"WARREN_HTTP_URL":         "an http:// or https:// URL",
 	"WARREN_EXEC_COMMAND":     "a shell command",
 	"WARREN_EXEC_ENV":         "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
+	"WARREN_CIRCUIT":          "on or off",
 	"WARREN_SHUTDOWN_TIMEOUT": "a positive duration such as 25s",
 	"WARREN_HEALTH_ADDR":      "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
 	"WARREN_LOG_LEVEL":        "one of debug, info, warn, error",
@@ -284,6 +290,14 @@ func (c *Config) Validate() error {
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
 	case !within("WARREN_DELIVERY_LIMIT", c.DeliveryLimit) || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
 		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
+	case c.Circuit != "on" && c.Circuit != "off":
+		return bad("WARREN_CIRCUIT", c.Circuit)
+	case !within("WARREN_CIRCUIT_FAILURES", c.CircuitFailures):
+		return bad("WARREN_CIRCUIT_FAILURES", strconv.Itoa(c.CircuitFailures))
+	case !within("WARREN_CIRCUIT_WINDOW", c.CircuitWindow):
+		return bad("WARREN_CIRCUIT_WINDOW", c.CircuitWindow.String())
+	case !within("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", c.CircuitMaxProbeInterval):
+		return bad("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", c.CircuitMaxProbeInterval.String())
 	case c.ShutdownTimeout <= 0:
 		// The worker takes 0 for its default, 25s: "0s" would mean the
 		// opposite of what it says.
@@ -461,6 +475,15 @@ func (c *Config) Topology() broker.Topology {
 		RetryDelays:   c.RetryDelays,
 		DeliveryLimit: c.DeliveryLimit,
 	}
+}
+
+// CircuitThreshold returns the failures that open the circuit breaker, or
+// 0 when WARREN_CIRCUIT is off.
+func (c *Config) CircuitThreshold() int {
+	if c.Circuit == "off" {
+		return 0
+	}
+	return c.CircuitFailures
 }
 
 // Unknown returns the WARREN_* variables in environ that warren does not

@@ -126,6 +126,10 @@ func TestLoadDefaults(t *testing.T) {
 		{"HTTP.DeadStatuses", fmt.Sprint(c.HTTP.DeadStatuses), "[400 410 413 415 422]"},
 		{"MaxRetryAfter", c.MaxRetryAfter, worker.DefaultMaxRetryAfter},
 		{"Heartbeat", c.Heartbeat, 10 * time.Second},
+		// On by default, with the worker's defaults.
+		{"CircuitThreshold()", c.CircuitThreshold(), worker.DefaultCircuitFailures},
+		{"CircuitWindow", c.CircuitWindow, worker.DefaultCircuitWindow},
+		{"CircuitMaxProbeInterval", c.CircuitMaxProbeInterval, worker.DefaultCircuitMaxProbeInterval},
 		{"HealthAddr", c.HealthAddr, ":8080"},
 		{"QueueType", c.QueueType, "classic"},
 		{"Declare", c.Declare, true},
@@ -182,6 +186,24 @@ func TestLoad(t *testing.T) {
 			check: func(t *testing.T, c *Config) {
 				if want := []string{"amqp://u:p@h:5672/v"}; !slices.Equal(c.URLs, want) {
 					t.Errorf("URLs = %q, want %q", c.URLs, want)
+				}
+			},
+		},
+		{
+			name: "circuit off",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_CIRCUIT": "off", "WARREN_CIRCUIT_FAILURES": "20"},
+			check: func(t *testing.T, c *Config) {
+				if got := c.CircuitThreshold(); got != 0 {
+					t.Errorf("CircuitThreshold() = %d, want 0 (off)", got)
+				}
+			},
+		},
+		{
+			name: "circuit settings",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_CIRCUIT_FAILURES": "20", "WARREN_CIRCUIT_WINDOW": "2m", "WARREN_CIRCUIT_MAX_PROBE_INTERVAL": "10s"},
+			check: func(t *testing.T, c *Config) {
+				if c.CircuitThreshold() != 20 || c.CircuitWindow != 2*time.Minute || c.CircuitMaxProbeInterval != 10*time.Second {
+					t.Errorf("circuit = %d, %s, %s, want 20, 2m, 10s", c.CircuitThreshold(), c.CircuitWindow, c.CircuitMaxProbeInterval)
 				}
 			},
 		},
@@ -468,6 +490,12 @@ func TestLoadErrors(t *testing.T) {
 		{"declare maybe", with("WARREN_DECLARE", "maybe"), `WARREN_DECLARE="maybe": want true or false`},
 		{"log level", with("WARREN_LOG_LEVEL", "verbose"), `WARREN_LOG_LEVEL="verbose": want one of debug, info, warn, error`},
 		{"log format", with("WARREN_LOG_FORMAT", "text"), `WARREN_LOG_FORMAT="text": want json or console`},
+		{"circuit yes", with("WARREN_CIRCUIT", "true"), `WARREN_CIRCUIT="true": want on or off`},
+		{"circuit failures 0", with("WARREN_CIRCUIT_FAILURES", "0"), `WARREN_CIRCUIT_FAILURES="0": want an integer from 1 to 10000`},
+		{"circuit failures a ratio", with("WARREN_CIRCUIT_FAILURES", "50%"), `WARREN_CIRCUIT_FAILURES="50%": want an integer from 1 to 10000`},
+		{"circuit window short", with("WARREN_CIRCUIT_WINDOW", "500ms"), `WARREN_CIRCUIT_WINDOW="500ms": want a duration from 1s to 24h, such as 30s`},
+		{"circuit window no unit", with("WARREN_CIRCUIT_WINDOW", "30"), `WARREN_CIRCUIT_WINDOW="30": want a duration from 1s to 24h, such as 30s`},
+		{"circuit probe interval long", with("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", "2h"), `WARREN_CIRCUIT_MAX_PROBE_INTERVAL="2h0m0s": want a duration from 10ms to 1h, such as 1m`},
 		{"dead exit code 0", with("WARREN_EXEC_DEAD_EXIT_CODES", "0"), `WARREN_EXEC_DEAD_EXIT_CODES="0": want exit codes from 1 to 255, comma-separated`},
 		{"dead exit code 300", with("WARREN_EXEC_DEAD_EXIT_CODES", "3,300"), `WARREN_EXEC_DEAD_EXIT_CODES="3,300": want exit codes from 1 to 255, comma-separated`},
 		{"exec env of warren's own", with("WARREN_EXEC_ENV", "HOME2,WARREN_AMQP_URL"), `WARREN_EXEC_ENV="HOME2,WARREN_AMQP_URL": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},

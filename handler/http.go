@@ -22,7 +22,9 @@ const httpErrorBodyBytes = 1024
 
 // HTTP is a handler that POSTs each message to a URL. A 2xx response acks;
 // a status of DeadStatuses is dead; any other status, timeouts and
-// connection failures retry, honouring Retry-After.
+// connection failures retry, honouring Retry-After. Connection failures,
+// timeouts, 5xx, 408 and 429 are marked Unavailable: they say the endpoint
+// is down, and open the circuit breaker.
 type HTTP struct {
 	// DeadStatuses are the response statuses that mean the message itself
 	// is bad: it goes to the dead-letter queue at once. Every other
@@ -79,7 +81,8 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	tracing.InjectHTTP(ctx, req.Header) // traceparent, tracestate, baggage
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("post: %w", err)
+		// Refused, reset, timed out: the endpoint is down, not the message bad.
+		return worker.Unavailable(fmt.Errorf("post: %w", err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
@@ -91,6 +94,9 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	err = fmt.Errorf("post: status %d: %s", resp.StatusCode, strings.TrimSpace(string(body)))
 	if slices.Contains(h.DeadStatuses, resp.StatusCode) {
 		return worker.Permanent(err)
+	}
+	if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
+		err = worker.Unavailable(err)
 	}
 	if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
 		return worker.RetryAfter(err, d)

@@ -11,7 +11,8 @@ import (
 )
 
 // Handler processes one message. Returning nil acks it; an error marked
-// with Permanent makes it dead; any other error retries it. A
+// with Permanent makes it dead; any other error retries it, and one marked
+// with Unavailable also says that the downstream is down (CircuitConfig). A
 // handler must return soon after ctx is done: ctx ends at the handler
 // timeout, and when a shutdown runs out of time.
 type Handler interface {

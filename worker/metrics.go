@@ -20,7 +20,11 @@ type metrics struct {
 	reconnects    prometheus.Counter
 	consuming     prometheus.Gauge
 	blocked       prometheus.Gauge
-	brokerInfo    *prometheus.GaugeVec
+	// circuitOpen is 1 while the circuit breaker keeps messages in the
+	// queue; circuitOpenings counts the times it opened.
+	circuitOpen     prometheus.Gauge
+	circuitOpenings prometheus.Counter
+	brokerInfo      *prometheus.GaugeVec
 	// copyFailures counts copies the broker did not take, by reason.
 	copyFailures *prometheus.CounterVec
 }
@@ -78,6 +82,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_blocked",
 			Help: "1 while the broker blocks any of warren's connections (a memory or disk alarm: publishing stops), else 0.",
 		}),
+		circuitOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warren_circuit_open",
+			Help: "1 while the circuit breaker is open: the downstream is down, messages wait in the queue and warren probes with one at a time, else 0.",
+		}),
+		circuitOpenings: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "warren_circuit_openings_total",
+			Help: "Times the circuit breaker opened: WARREN_CIRCUIT_FAILURES failures meaning the downstream is down within WARREN_CIRCUIT_WINDOW.",
+		}),
 		brokerInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "warren_broker_info",
 			Help: "1 for the broker node (host:port) warren is connected to, 0 for the one it last lost; other nodes have no series.",
@@ -91,7 +103,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.brokerInfo, m.copyFailures} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.brokerInfo, m.copyFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -50,6 +50,9 @@ type session struct {
 type job struct {
 	d amqp.Delivery
 	s *session
+	// probe is set on the one message taken while the circuit is open, to
+	// try the downstream with.
+	probe bool
 }
 
 // serveChannel opens a channel on conn, declares the topology and consumes
@@ -98,6 +101,11 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 			}
 			declare = false
 		}
+		if w.circuit.isOpen() {
+			if stop, err := s.probe(ctx, dctx, jobs, closed, ticker.C); stop {
+				return err
+			}
+		}
 		// A new basic.qos applies to the consumers started after it.
 		if err := ch.Qos(s.window, 0, false); err != nil {
 			return fmt.Errorf("set prefetch: %w", err)
@@ -118,7 +126,21 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency),
 			zap.Int64("max_inflight_bytes", w.cfg.MaxInflightBytes))
 		resize := 0 // the window asked for once tag is cancelled to change it; 0 when none is
+		// cancelled receives the result of the cancel of tag that warren
+		// asked for (to change the window, or because the circuit
+		// opened); nil while none is under way.
 		var cancelled chan error
+		// stopConsumer cancels the consumer beside this loop, which keeps
+		// reading its deliveries meanwhile: waiting for the cancel-ok here
+		// would leave them all buffered in amqp091-go, in memory.
+		stopConsumer := func() {
+			cancelled = make(chan error, 1)
+			cancelling.Add(1)
+			go func(tag string) {
+				defer cancelling.Done()
+				cancelled <- ch.Cancel(tag, false)
+			}(tag)
+		}
 		// changeWindow cancels the consumer to consume anew with next.
 		// The old consumer's deliveries, up to the cancel-ok, keep coming
 		// on deliveries: they are handled as usual, or handed back when
@@ -131,18 +153,13 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 				zap.Float64("completion_rate", w.adaptive.rate), zap.Duration("round_trip", w.adaptive.rtt),
 				zap.Int64("largest_body", int64(w.adaptive.size)))
 			resize = next
-			cancelled = make(chan error, 1)
-			cancelling.Add(1)
-			go func(tag string) {
-				defer cancelling.Done()
-				cancelled <- ch.Cancel(tag, false)
-			}(tag)
+			stopConsumer()
 		}
 	consume:
 		for {
 			select {
 			case <-ctx.Done():
-				if resize != 0 {
+				if cancelled != nil {
 					tag = "" // cancelled already
 				}
 				return s.drain(dctx, tag, deliveries, closed)
@@ -150,8 +167,15 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 				return closeError(e)
 			case <-ticker.C:
 				w.touch()
+			case <-w.circuit.tripped():
+				// Messages wait in the queue: stop the consumer, hand back
+				// what comes until the cancel-ok, then probe.
+				if cancelled == nil && w.circuit.isOpen() {
+					w.log.Info("circuit open: stopping the consumer", zap.Int("inflight", s.pending()))
+					stopConsumer()
+				}
 			case now := <-samples:
-				if resize != 0 {
+				if cancelled != nil {
 					continue
 				}
 				if next, ok := w.adaptive.observe(s.sample(now)); ok {
@@ -159,16 +183,18 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 				}
 			case d, ok := <-deliveries:
 				if !ok {
-					if resize != 0 {
+					if cancelled != nil {
 						// The library closes deliveries once the cancel-ok came.
 						if err := <-cancelled; err != nil {
-							return fmt.Errorf("cancel consumer to change the prefetch: %w", err)
+							return fmt.Errorf("cancel consumer: %w", err)
 						}
 						if stop, err := s.settleCancelled(ctx, dctx, closed, ticker.C); stop {
 							return err
 						}
-						// A body seen during the switch may have lowered the ceiling.
-						s.resize(min(resize, w.adaptive.ceiling()))
+						if resize != 0 {
+							// A body seen during the switch may have lowered the ceiling.
+							s.resize(min(resize, w.adaptive.ceiling()))
+						}
 						select {
 						case <-cancels: // the broker cancelled it too: its queue may be gone
 							declare = true
@@ -195,15 +221,21 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 					}
 				}
 				s.acks.received(d.DeliveryTag)
+				if w.circuit.isOpen() {
+					// Untried, it counts as no attempt; the consumer is
+					// being cancelled.
+					s.acks.nack(d.DeliveryTag)
+					continue
+				}
 				if !s.admit(&d) {
-					if next, ok := w.adaptive.tooLarge(len(d.Body)); ok && resize == 0 {
+					if next, ok := w.adaptive.tooLarge(len(d.Body)); ok && cancelled == nil {
 						changeWindow(next)
 					}
 					continue
 				}
-				if err := s.forward(ctx, jobs, d, ticker.C, closed); err != nil {
+				if err := s.forward(ctx, jobs, job{d: d, s: s}, ticker.C, closed); err != nil {
 					if errors.Is(err, errDraining) {
-						if resize != 0 {
+						if cancelled != nil {
 							tag = ""
 						}
 						return s.drain(dctx, tag, deliveries, closed)
@@ -237,6 +269,56 @@ func (s *session) settleCancelled(ctx, dctx context.Context, closed <-chan *amqp
 	}
 }
 
+// probe runs while the circuit is open, the consumer stopped: at growing
+// intervals it takes one message (basic.get) for a handler to try the
+// downstream with, until an answer closes the circuit. A probe that finds
+// the downstream still down hands its message back untried. It reports
+// whether serveChannel must return, with what, because the channel closed
+// or the drain began.
+func (s *session) probe(ctx, dctx context.Context, jobs chan<- job, closed <-chan *amqp.Error, tick <-chan time.Time) (bool, error) {
+	w := s.w
+	// Ready says why not: the circuit's reason.
+	w.notReady.Store(nil)
+	w.metrics.consuming.Set(0)
+	for w.circuit.isOpen() {
+		t := time.NewTimer(w.circuit.nextProbe())
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return true, s.drain(dctx, "", nil, closed)
+			case e := <-closed:
+				t.Stop()
+				return true, closeError(e)
+			case <-tick:
+				w.touch()
+			case <-t.C:
+				break wait
+			}
+		}
+		d, ok, err := s.ch.Get(w.cfg.Topology.Queue, false)
+		if err != nil {
+			return true, fmt.Errorf("probe queue %q: %w", w.cfg.Topology.Queue, err)
+		}
+		if !ok {
+			continue // nothing waits, nothing to try the downstream with
+		}
+		w.log.Info("circuit half-open: probing with one message", zap.String("message_id", d.MessageId))
+		s.acks.received(d.DeliveryTag)
+		if err := s.forward(ctx, jobs, job{d: d, s: s, probe: true}, tick, closed); err != nil {
+			if errors.Is(err, errDraining) {
+				return true, s.drain(dctx, "", nil, closed)
+			}
+			return true, err
+		}
+		if stop, err := s.settleCancelled(ctx, dctx, closed, tick); stop {
+			return true, err
+		}
+	}
+	return false, nil
+}
+
 // errDraining says that ctx ended while a delivery waited for a handler.
 var errDraining = errors.New("draining")
 
@@ -261,12 +343,13 @@ func (s *session) admit(d *amqp.Delivery) bool {
 	return fits
 }
 
-// forward hands d to a free handler, waiting while all are busy.
-func (s *session) forward(ctx context.Context, jobs chan<- job, d amqp.Delivery, tick <-chan time.Time, closed <-chan *amqp.Error) error {
+// forward hands j's delivery to a free handler, waiting while all are busy.
+func (s *session) forward(ctx context.Context, jobs chan<- job, j job, tick <-chan time.Time, closed <-chan *amqp.Error) error {
+	d := j.d
 	s.add(len(d.Body))
 	for {
 		select {
-		case jobs <- job{d: d, s: s}:
+		case jobs <- j:
 			return nil
 		case <-tick:
 			s.w.touch()
@@ -439,6 +522,12 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for j := range jobs {
+		if !j.probe && w.circuit.isOpen() {
+			// Held but not started when the circuit opened: back to the
+			// queue untried.
+			j.s.settle(&j.d, Requeue)
+			continue
+		}
 		if at, ok := broker.RetryAt(j.d.Headers); ok && j.s.deferUntil(ctx, &j.d, at) {
 			continue
 		}
@@ -452,6 +541,7 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		}
 		o, err := w.handle(mctx, &j.d)
 		slot.Store(0)
+		o = w.circuit.observe(o, err, time.Now())
 		// The outcome logged and measured is the real one: a last failed
 		// attempt is dead, not retried.
 		f := w.verdict(&j.d, o, err)

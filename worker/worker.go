@@ -107,6 +107,8 @@ type Config struct {
 	// Retry-After); a message asking for more is dead-lettered. 0 means
 	// DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
+	// Circuit sets the circuit breaker; its zero value is off.
+	Circuit CircuitConfig
 	// ConsumerTag prefixes the tags of the worker's consumers on the
 	// broker; empty means "warren-" and a random suffix.
 	ConsumerTag string
@@ -137,6 +139,9 @@ type Worker struct {
 
 	// tracer makes the span of each attempt; nil when tracing is off.
 	tracer trace.Tracer
+
+	// circuit stops consumption while the downstream is down; nil when off.
+	circuit *circuit
 }
 
 // New checks cfg and returns a Worker that is not yet running.
@@ -197,6 +202,7 @@ func New(cfg Config) (*Worker, error) {
 
 		copyFail: newCopyFailures(),
 	}
+	w.circuit = newCircuit(cfg.Circuit, w.log, m)
 	if cfg.Prefetch == 0 {
 		w.adaptive = newPrefetchController(cfg.Concurrency, cfg.MaxPrefetch, cfg.MaxInflightBytes)
 	}
@@ -221,6 +227,9 @@ func (w *Worker) Ready() error {
 			return errors.New("connecting: " + step)
 		}
 		return errors.New(*r)
+	}
+	if r := w.circuit.reason(); r != "" {
+		return errors.New(r)
 	}
 	if r := w.blockedReason.Load(); r != nil {
 		return fmt.Errorf("broker blocked publishing: %s", *r)

@@ -227,7 +227,7 @@ func TestTwoValues(t *testing.T) {
 		t.Errorf("Secret url = %q, want the broker.url given", got)
 	}
 	env := envMap(warrenContainer(t, d))
-	for name, want := range map[string]string{
+	wantEnv(t, env, map[string]string{
 		"WARREN_QUEUE":              "orders",
 		"WARREN_QUEUE_TYPE":         "classic",
 		"WARREN_DECLARE":            "true",
@@ -238,13 +238,12 @@ func TestTwoValues(t *testing.T) {
 		"WARREN_HANDLER":            "log",
 		"WARREN_RETRY_DELAYS":       "1s,10s,1m",
 		"WARREN_MAX_ATTEMPTS":       "5",
+		"WARREN_CIRCUIT":            "on",
+		"WARREN_CIRCUIT_FAILURES":   "5",
+		"WARREN_CIRCUIT_WINDOW":     "30s",
 		"WARREN_HEALTH_ADDR":        ":8080",
 		"WARREN_LOG_FORMAT":         "json",
-	} {
-		if got := env[name].Value; got != want {
-			t.Errorf("%s = %q, want %q", name, got, want)
-		}
-	}
+	})
 	// Tracing is off: not one of its variables is rendered.
 	for name := range env {
 		if strings.HasPrefix(name, "OTEL_") {
@@ -253,6 +252,17 @@ func TestTwoValues(t *testing.T) {
 	}
 	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 45 {
 		t.Errorf("terminationGracePeriodSeconds = %d, want 45 (25s + 15 + 5)", g)
+	}
+}
+
+// wantEnv checks that env holds each variable of want with its value; ""
+// for one that is not set.
+func wantEnv(t *testing.T, env map[string]corev1.EnvVar, want map[string]string) {
+	t.Helper()
+	for name, v := range want {
+		if got := env[name].Value; got != v {
+			t.Errorf("%s = %q, want %q", name, got, v)
+		}
 	}
 }
 
@@ -271,6 +281,12 @@ func TestScenarios(t *testing.T) {
 			if env["WARREN_HANDLER"].Value != "http" || env["WARREN_HTTP_URL"].Value != "http://localhost:8000/messages" {
 				t.Errorf("handler env = %v %v, want http to the sidecar", env["WARREN_HANDLER"], env["WARREN_HTTP_URL"])
 			}
+			wantEnv(t, env, map[string]string{
+				"WARREN_CIRCUIT":                    "on",
+				"WARREN_CIRCUIT_FAILURES":           "10",
+				"WARREN_CIRCUIT_WINDOW":             "20s",
+				"WARREN_CIRCUIT_MAX_PROBE_INTERVAL": "15s",
+			})
 			// tracing.endpoint alone: the service is named after the
 			// release, the rest left to warren's defaults.
 			if got := otelEnv(env); !maps.Equal(got, map[string]string{
@@ -288,17 +304,13 @@ func TestScenarios(t *testing.T) {
 			d := find[*appsv1.Deployment](t, r, "warren")
 			c := warrenContainer(t, d)
 			env := envMap(c)
-			for name, want := range map[string]string{
+			wantEnv(t, env, map[string]string{
 				"WARREN_HANDLER":              "exec",
 				"WARREN_EXEC_COMMAND":         "python3 /app/handle.py",
 				"WARREN_EXEC_DEAD_EXIT_CODES": "3,4",
 				"WARREN_EXEC_ENV":             "THUMBNAIL_SIZE",
 				"THUMBNAIL_SIZE":              "256",
-			} {
-				if got := env[name].Value; got != want {
-					t.Errorf("%s = %q, want %q", name, got, want)
-				}
-			}
+			})
 			if c.Image != "ghcr.io/example/thumbnailer:2.0.1" {
 				t.Errorf("image = %q, want the derived image", c.Image)
 			}
@@ -312,7 +324,7 @@ func TestScenarios(t *testing.T) {
 		{give: "quorum-retry", check: func(t *testing.T, r *rendered) {
 			d := find[*appsv1.Deployment](t, r, "warren")
 			env := envMap(warrenContainer(t, d))
-			for name, want := range map[string]string{
+			wantEnv(t, env, map[string]string{
 				"WARREN_QUEUE_TYPE":     "quorum",
 				"WARREN_EXCHANGE":       "events",
 				"WARREN_EXCHANGE_TYPE":  "topic",
@@ -320,11 +332,7 @@ func TestScenarios(t *testing.T) {
 				"WARREN_DELIVERY_LIMIT": "10",
 				"WARREN_RETRY_DELAYS":   "1s,10s,1m,10m",
 				"WARREN_MAX_ATTEMPTS":   "5",
-			} {
-				if got := env[name].Value; got != want {
-					t.Errorf("%s = %q, want %q", name, got, want)
-				}
-			}
+			})
 			pdb := find[*policyv1.PodDisruptionBudget](t, r, "warren")
 			if !matches(pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels) {
 				t.Errorf("PodDisruptionBudget selects %v, not the pods %v", pdb.Spec.Selector.MatchLabels, d.Spec.Template.Labels)
@@ -344,15 +352,11 @@ func TestScenarios(t *testing.T) {
 			}
 			c := warrenContainer(t, d)
 			env := envMap(c)
-			for name, want := range map[string]string{
+			wantEnv(t, env, map[string]string{
 				"WARREN_TLS_CA_FILE":   "/etc/warren/tls/ca.crt",
 				"WARREN_TLS_CERT_FILE": "/etc/warren/tls/tls.crt",
 				"WARREN_TLS_KEY_FILE":  "/etc/warren/tls/tls.key",
-			} {
-				if got := env[name].Value; got != want {
-					t.Errorf("%s = %q, want %q", name, got, want)
-				}
-			}
+			})
 			if m := volumeMount(c, "tls"); m == nil || !m.ReadOnly {
 				t.Errorf("tls mount = %+v, want read-only", m)
 			}
@@ -633,6 +637,10 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"retry.maxAttempts=0"}, want: "/retry/maxAttempts"},
 		{give: []string{"retry.maxRetryAfter=soon"}, want: "/retry/maxRetryAfter"},
 		{give: []string{"shutdownTimeout=25"}, want: "/shutdownTimeout"},
+		{give: []string{"circuit.enabled=on"}, want: "/circuit/enabled"},
+		{give: []string{"circuit.failures=0"}, want: "/circuit/failures"},
+		{give: []string{"circuit.window=30"}, want: "/circuit/window"},
+		{give: []string{"circuit.maxProbeInterval=soon"}, want: "/circuit/maxProbeInterval"},
 		// warren refuses 0: it would not mean "at once".
 		{give: []string{"shutdownTimeout=0s"}, want: "shutdownTimeout must be more than 0s"},
 		{give: []string{"shutdownTimeout=0h0m0s"}, want: "shutdownTimeout must be more than 0s"},

@@ -154,7 +154,12 @@ func runWorker(stderr io.Writer) int {
 		ShutdownTimeout:  cfg.ShutdownTimeout,
 		MaxAttempts:      cfg.MaxAttempts,
 		MaxRetryAfter:    cfg.MaxRetryAfter,
-		ConsumerTag:      "warren-" + name,
+		Circuit: worker.CircuitConfig{
+			Failures:         cfg.CircuitThreshold(),
+			Window:           cfg.CircuitWindow,
+			MaxProbeInterval: cfg.CircuitMaxProbeInterval,
+		},
+		ConsumerTag: "warren-" + name,
 	})
 	if err != nil {
 		logger.Error("create worker", zap.Error(err))

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,7 @@ type Endpoint struct {
 	mu          sync.Mutex
 	hold        time.Duration // how long a request holds the line; 0: no line
 	requests    map[string]int
+	attempt     int            // the highest X-Warren-Attempt seen
 	acked       map[string]int // 2xx answered
 	redelivered int
 	inflight    map[string]int // requests being answered, by URL path
@@ -105,6 +107,9 @@ func (e *Endpoint) serve(w http.ResponseWriter, r *http.Request) {
 	e.last = time.Now()
 	if r.Header.Get("X-Warren-Redelivered") == "true" {
 		e.redelivered++
+	}
+	if n, err := strconv.Atoi(r.Header.Get("X-Warren-Attempt")); err == nil {
+		e.attempt = max(e.attempt, n)
 	}
 	e.inflight[r.URL.Path]++
 	hold := e.hold
@@ -181,6 +186,17 @@ func (e *Endpoint) Stats() EndpointStats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return EndpointStats{Requests: e.total, OKs: e.oks, Redelivered: e.redelivered, Duplicates: e.oks - len(e.acked)}
+}
+
+// Tries returns the most requests one body got, and the highest attempt
+// (X-Warren-Attempt) any request carried.
+func (e *Endpoint) Tries() (requests, attempt int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, n := range e.requests {
+		requests = max(requests, n)
+	}
+	return requests, e.attempt
 }
 
 // Missing returns the bodies of want never answered 2xx or, for poison

@@ -1,0 +1,74 @@
+package worker
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+)
+
+func newTestCircuit(t *testing.T, cfg CircuitConfig) *circuit {
+	t.Helper()
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newCircuit(cfg, zaptest.NewLogger(t), m)
+}
+
+// TestCircuitCounts: only failures in a row within the window open the
+// circuit; an answer clears the count and closes it.
+func TestCircuitCounts(t *testing.T) {
+	down := Unavailable(errors.New("refused"))
+	t0 := time.Unix(1000, 0)
+	for _, tt := range []struct {
+		name string
+		give []Outcome // Retry: a down failure; Ack, Dead: an answer
+		gap  time.Duration
+		want bool // open at the end
+	}{
+		{"threshold reached", []Outcome{Retry, Retry, Retry}, time.Second, true},
+		{"one short", []Outcome{Retry, Retry}, time.Second, false},
+		{"a success between", []Outcome{Retry, Retry, Ack, Retry}, time.Second, false},
+		{"a dead verdict between", []Outcome{Retry, Retry, Dead, Retry}, time.Second, false},
+		{"spread past the window", []Outcome{Retry, Retry, Retry}, 6 * time.Second, false},
+		{"an answer closes it", []Outcome{Retry, Retry, Retry, Ack}, time.Second, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newTestCircuit(t, CircuitConfig{Failures: 3, Window: 10 * time.Second})
+			now := t0
+			for _, o := range tt.give {
+				var err error
+				if o != Ack {
+					err = down
+				}
+				c.observe(o, err, now)
+				now = now.Add(tt.gap)
+			}
+			if got := c.isOpen(); got != tt.want {
+				t.Errorf("after %v %s apart: open = %v, want %v", tt.give, tt.gap, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCircuitProbeIntervals: probes start 1 s apart and double up to the
+// ceiling, each within a fifth of its interval; a Retry-After raises the
+// wait, up to the ceiling.
+func TestCircuitProbeIntervals(t *testing.T) {
+	c := newTestCircuit(t, CircuitConfig{Failures: 1, MaxProbeInterval: 5 * time.Second})
+	if o := c.observe(Retry, Unavailable(errors.New("503")), time.Now()); o != Requeue {
+		t.Fatalf("the failure that opens the circuit: outcome %v, want requeue", o)
+	}
+	for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second} {
+		if got := c.nextProbe(); got < want-want/5 || got > want+want/5 {
+			t.Errorf("probe %d after %s, want %s ± a fifth", i+1, got, want)
+		}
+	}
+	c.observe(Retry, RetryAfter(Unavailable(errors.New("429")), time.Hour), time.Now())
+	if got := c.nextProbe(); got != 5*time.Second {
+		t.Errorf("probe after a Retry-After of 1h: %s, want the ceiling 5s", got)
+	}
+}

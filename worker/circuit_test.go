@@ -1,0 +1,177 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/worker"
+)
+
+// circuitConfig opens after 3 downstream-down failures in 10 s and probes
+// at 100 ms, then at most every 400 ms.
+var circuitConfig = worker.CircuitConfig{Failures: 3, Window: 10 * time.Second, MaxProbeInterval: 400 * time.Millisecond}
+
+// TestCircuitOpensAndCloses: a Go handler whose downstream is down
+// (worker.Unavailable) opens the circuit after the threshold: the handler
+// is called no more than the threshold, the messages that were in flight
+// and the probes; the messages wait in the queue, none is dead and only
+// those that failed before it opened went to a retry queue; /readyz says
+// why; the metrics say so. Once the downstream is back, a probe closes
+// it and every message is handled, none past its second attempt.
+// Without the circuit (TestCircuitStaysClosed/circuit_off) they all die.
+func TestCircuitOpensAndCloses(t *testing.T) {
+	q := brokertest.Queue(t)
+	var down atomic.Bool
+	down.Store(true)
+	var mu sync.Mutex
+	attempts := map[string]int{} // the highest attempt seen, by body
+	rec := newRecorder(func(_ context.Context, m *worker.Message, _ int) error {
+		mu.Lock()
+		attempts[string(m.Body)] = max(attempts[string(m.Body)], m.Attempt)
+		mu.Unlock()
+		if down.Load() {
+			return worker.Unavailable(errors.New("connection refused"))
+		}
+		return nil
+	})
+	const concurrency = 2
+	h := start(t, worker.Config{Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{time.Second}},
+		Handler: rec, Concurrency: concurrency, Circuit: circuitConfig})
+	h.waitReady(t)
+	bodies := brokertest.Bodies("m", 30)
+	brokertest.Publish(t, q, bodies...)
+
+	brokertest.WaitFor(t, 10*time.Second, "the circuit open", func() bool { return h.metric(t, "warren_circuit_open") == 1 })
+	if err := h.w.Ready(); err == nil || !strings.HasPrefix(err.Error(), "circuit open: ") || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Ready() = %v, want circuit open: connection refused", err)
+	}
+	// A few probes go by, and the retried ones come back from their queue.
+	brokertest.WaitFor(t, 10*time.Second, "three probes", func() bool {
+		return h.logs.FilterMessageSnippet("circuit half-open").Len() >= 3
+	})
+	time.Sleep(1500 * time.Millisecond) // the 1 s retry queue gives back what it holds
+	probes := h.logs.FilterMessageSnippet("circuit half-open").Len()
+	calls := rec.calls()
+	if limit := circuitConfig.Failures + concurrency + probes; calls > limit {
+		t.Errorf("handler called %d times while down, want at most %d (threshold %d + in flight %d + probes %d)",
+			calls, limit, circuitConfig.Failures, concurrency, probes)
+	}
+	if n := h.metric(t, "warren_messages_total", "outcome", "retry"); n >= float64(circuitConfig.Failures) {
+		t.Errorf("%v messages retried, want fewer than the threshold %d: the rest are handed back untried", n, circuitConfig.Failures)
+	}
+	if n := h.metric(t, "warren_messages_total", "outcome", "dead"); n != 0 {
+		t.Errorf("%v messages dead while the circuit is open, want 0", n)
+	}
+	if n := brokertest.Ready(t, q+".dead"); n != 0 {
+		t.Errorf("%s holds %d messages, want 0", q+".dead", n)
+	}
+	if n := brokertest.Ready(t, q); n < len(bodies)-2 {
+		t.Errorf("%s holds %d ready messages while the circuit is open, want at least %d", q, n, len(bodies)-2)
+	}
+	t.Logf("while down: %d handler calls, %d probes, %d messages waiting", calls, probes, brokertest.Ready(t, q))
+
+	down.Store(false)
+	brokertest.WaitFor(t, 10*time.Second, "every message handled", func() bool {
+		return h.metric(t, "warren_messages_total", "outcome", "ack") == float64(len(bodies))
+	})
+	if m := rec.missing(bodies); len(m) > 0 {
+		t.Errorf("never handled: %v", m)
+	}
+	// A probe that fails hands its message back untried: the same one
+	// may be probed many times, and is still on its first attempt.
+	mu.Lock()
+	for _, b := range bodies {
+		if n := attempts[b]; n > 2 {
+			t.Errorf("%s reached attempt %d, want at most 2 (a failure before the circuit opened, then the success)", b, n)
+		}
+	}
+	mu.Unlock()
+	if got := h.metric(t, "warren_circuit_open"); got != 0 {
+		t.Errorf("warren_circuit_open = %v after recovery, want 0", got)
+	}
+	if got := h.metric(t, "warren_circuit_openings_total"); got != 1 {
+		t.Errorf("warren_circuit_openings_total = %v, want 1", got)
+	}
+	if err := h.w.Ready(); err != nil {
+		t.Errorf("Ready() = %v after recovery, want nil", err)
+	}
+	for _, msg := range []string{"circuit open", "circuit half-open", "circuit closed"} {
+		if h.logs.FilterMessageSnippet(msg).Len() == 0 {
+			t.Errorf("no log line %q", msg)
+		}
+	}
+	if n := brokertest.Ready(t, q+".dead"); n != 0 {
+		t.Errorf("%s holds %d messages, want 0", q+".dead", n)
+	}
+}
+
+// TestCircuitStaysClosed: failures that do not say the downstream is down
+// (a Permanent verdict on one message, a plain error) never open the
+// circuit, and with the circuit off even Unavailable ones go their usual
+// way: every message is dead after its one attempt.
+func TestCircuitStaysClosed(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		give    error
+		circuit worker.CircuitConfig
+	}{
+		{"permanent", worker.Permanent(errors.New("422 bad message")), circuitConfig},
+		{"permanent and unavailable", worker.Permanent(worker.Unavailable(errors.New("bad"))), circuitConfig},
+		{"plain error", errors.New("exit status 1"), circuitConfig},
+		{"circuit off", worker.Unavailable(errors.New("connection refused")), worker.CircuitConfig{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := brokertest.Queue(t)
+			rec := newRecorder(func(context.Context, *worker.Message, int) error { return tt.give })
+			h := start(t, worker.Config{Topology: topology(q), Handler: rec, MaxAttempts: 1, Circuit: tt.circuit})
+			h.waitReady(t)
+			bodies := brokertest.Bodies("m", 10)
+			brokertest.Publish(t, q, bodies...)
+			brokertest.WaitFor(t, 10*time.Second, "every message dead", func() bool {
+				return h.metric(t, "warren_messages_total", "outcome", "dead") == float64(len(bodies))
+			})
+			if got := h.metric(t, "warren_circuit_openings_total"); got != 0 {
+				t.Errorf("warren_circuit_openings_total = %v, want 0", got)
+			}
+			if err := h.w.Ready(); err != nil {
+				t.Errorf("Ready() = %v, want nil", err)
+			}
+		})
+	}
+}
+
+// TestCircuitOpenDrainsAtOnce: a shutdown while the circuit is open, the
+// worker waiting to probe, returns at once and leaves every message in
+// the queue.
+func TestCircuitOpenDrainsAtOnce(t *testing.T) {
+	q := brokertest.Queue(t)
+	rec := newRecorder(func(context.Context, *worker.Message, int) error {
+		return worker.Unavailable(errors.New("503"))
+	})
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Concurrency: 1,
+		Circuit: worker.CircuitConfig{Failures: 1, MaxProbeInterval: time.Minute}})
+	h.waitReady(t)
+	brokertest.Publish(t, q, brokertest.Bodies("m", 5)...)
+	brokertest.WaitFor(t, 10*time.Second, "the circuit open", func() bool { return h.metric(t, "warren_circuit_open") == 1 })
+	// The first probe comes after a second: stop before it, and after.
+	start := time.Now()
+	if err := h.stop(t); err != nil {
+		t.Fatalf("Run = %v, want nil", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("stopping with the circuit open took %s, want under 2s", d)
+	}
+	if n := brokertest.Ready(t, q); n != 5 {
+		t.Errorf("%s holds %d messages after the stop, want all 5", q, n)
+	}
+	if n := brokertest.Ready(t, q+".dead"); n != 0 {
+		t.Errorf("%s holds %d messages, want 0", q+".dead", n)
+	}
+}
