@@ -177,6 +177,9 @@ func (s *suite) faults(t *testing.T, qt string) {
 			"WARREN_MAX_ATTEMPTS=50",
 			"WARREN_HEARTBEAT=1s",
 			"WARREN_SHUTDOWN_TIMEOUT=10s",
+			// The endpoint's outage opens the circuit (on by default);
+			// probes at most 2 s apart keep the suite short once it is back.
+			"WARREN_CIRCUIT_MAX_PROBE_INTERVAL=2s",
 		}
 		rs = append(rs, newReplica(t, name, s.bin, env, s.seen))
 	}
@@ -215,7 +218,9 @@ func (s *suite) faults(t *testing.T, qt string) {
 		}
 		return n
 	}
-	waitHealed := func(what string, before []int, which ...int) {
+	// heal waits until each replica of which (all if none) lost a
+	// connection since before, then until every replica is settled.
+	heal := func(what string, settled func() bool, before []int, which ...int) {
 		t.Helper()
 		if which == nil {
 			which = []int{0, 1, 2}
@@ -226,8 +231,19 @@ func (s *suite) faults(t *testing.T, qt string) {
 					return false
 				}
 			}
-			return allReady()
+			return settled()
 		})
+	}
+	waitHealed := func(what string, before []int, which ...int) { t.Helper(); heal(what, allReady, before, which...) }
+	// While the endpoint is down a replica connected again may hold back
+	// with its circuit open, probing: that is as healed as it can be.
+	allProbing := func() bool {
+		for _, r := range rs {
+			if !r.ReadyOrCircuitOpen() {
+				return false
+			}
+		}
+		return true
 	}
 	record := func(fault string, depth int, start time.Time, detect time.Duration) {
 		report = append(report, healed{fault: fault, backlog: depth, detect: detect, heal: time.Since(start)})
@@ -322,14 +338,14 @@ func (s *suite) faults(t *testing.T, qt string) {
 	time.Sleep(2 * time.Second)
 	before = lost()
 	s.node.CloseAllConnections(t)
-	waitHealed("close_all_connections while the endpoint fails", before)
+	heal("close_all_connections while the endpoint fails", allProbing, before)
 	time.Sleep(time.Second)
 	e.SetMode(warrentest.Hang)
 	if qt == "quorum" {
 		before = lost()
 		s.node.StopApp(t)
 		s.node.StartApp(t)
-		waitHealed("stop_app/start_app while the endpoint hangs", before)
+		heal("stop_app/start_app while the endpoint hangs", allProbing, before)
 	}
 	time.Sleep(3 * time.Second)
 	e.SetMode(warrentest.Answer)

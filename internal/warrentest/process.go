@@ -215,6 +215,15 @@ func (p *Process) Ready() bool {
 	return code == http.StatusOK
 }
 
+// ReadyOrCircuitOpen reports whether /readyz answers 200, or 503 only
+// because the circuit breaker is open: connected, holding messages back
+// from an endpoint that is down and probing it.
+func (p *Process) ReadyOrCircuitOpen() bool {
+	code, body := p.Get("/readyz")
+	p.seen.Add(p.Name+" /readyz", body)
+	return code == http.StatusOK || strings.HasPrefix(body, "not ready: circuit open: ")
+}
+
 // Metrics returns the process's /metrics, "" if it does not answer 200.
 func (p *Process) Metrics() string {
 	code, body := p.Get("/metrics")
