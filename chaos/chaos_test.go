@@ -196,14 +196,18 @@ func (s *suite) faults(t *testing.T, qt string) {
 	for _, r := range rs {
 		r.Start(t)
 	}
-	allReady := func() bool {
-		for _, r := range rs {
-			if !r.Ready() {
-				return false
+	// every reports whether ok holds for every replica.
+	every := func(ok func(*warrentest.Process) bool) func() bool {
+		return func() bool {
+			for _, r := range rs {
+				if !ok(r) {
+					return false
+				}
 			}
+			return true
 		}
-		return true
 	}
+	allReady := every((*warrentest.Process).Ready)
 	brokertest.WaitFor(t, 60*time.Second, "every replica consuming", allReady)
 
 	var report []healed
@@ -237,14 +241,7 @@ func (s *suite) faults(t *testing.T, qt string) {
 	waitHealed := func(what string, before []int, which ...int) { t.Helper(); heal(what, allReady, before, which...) }
 	// While the endpoint is down a replica connected again may hold back
 	// with its circuit open, probing: that is as healed as it can be.
-	allProbing := func() bool {
-		for _, r := range rs {
-			if !r.ReadyOrCircuitOpen() {
-				return false
-			}
-		}
-		return true
-	}
+	allProbing := every((*warrentest.Process).ReadyOrCircuitOpen)
 	record := func(fault string, depth int, start time.Time, detect time.Duration) {
 		report = append(report, healed{fault: fault, backlog: depth, detect: detect, heal: time.Since(start)})
 		if depth == 0 {

@@ -210,8 +210,7 @@ func (p *Process) Get(path string) (int, string) {
 
 // Ready reports whether /readyz answers 200.
 func (p *Process) Ready() bool {
-	code, body := p.Get("/readyz")
-	p.seen.Add(p.Name+" /readyz", body)
+	code, _ := p.readyz()
 	return code == http.StatusOK
 }
 
@@ -219,9 +218,15 @@ func (p *Process) Ready() bool {
 // because the circuit breaker is open: connected, holding messages back
 // from an endpoint that is down and probing it.
 func (p *Process) ReadyOrCircuitOpen() bool {
+	code, body := p.readyz()
+	return code == http.StatusOK || strings.HasPrefix(body, "not ready: circuit open: ")
+}
+
+// readyz returns /readyz's status and body, kept among what was seen.
+func (p *Process) readyz() (int, string) {
 	code, body := p.Get("/readyz")
 	p.seen.Add(p.Name+" /readyz", body)
-	return code == http.StatusOK || strings.HasPrefix(body, "not ready: circuit open: ")
+	return code, body
 }
 
 // Metrics returns the process's /metrics, "" if it does not answer 200.
