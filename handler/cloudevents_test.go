@@ -3,6 +3,7 @@ package handler
 import (
 	"context"
 	"encoding/base64"
+	"io"
 	"maps"
 	"net/http"
 	"strings"
@@ -12,7 +13,10 @@ import (
 
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.uber.org/zap/zaptest"
 
+	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/internal/brokertest"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -480,5 +484,147 @@ func TestPercentEncode(t *testing.T) {
 		if back, err := percentDecode(got); strings.ContainsAny(tt.give, "\t\x7f") == (err == nil) || err == nil && back != tt.give {
 			t.Errorf("percentDecode(%q) = %q, %v, want %q (an error for control characters)", got, back, err, tt.give)
 		}
+	}
+}
+
+// runWorker runs a worker that consumes q with h against the test broker
+// until the test ends, and waits until it is ready.
+func runWorker(t *testing.T, q string, h worker.Handler) {
+	t.Helper()
+	w, err := worker.New(worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{brokertest.URL()}, Name: brokertest.Name(t)},
+		Topology: broker.Topology{Queue: q, Declare: true},
+		Handler:  h,
+		Logger:   zaptest.NewLogger(t),
+	})
+	if err != nil {
+		t.Fatalf("worker.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("worker.Run = %v, want nil", err)
+			}
+		case <-time.After(time.Minute):
+			t.Error("worker did not stop within a minute")
+		}
+	})
+	brokertest.WaitFor(t, 20*time.Second, "worker ready", func() bool { return w.Ready() == nil })
+}
+
+// publish publishes ps to q, persistent and confirmed.
+func publish(t *testing.T, q string, ps ...amqp.Publishing) {
+	t.Helper()
+	ch := brokertest.Channel(t)
+	if err := ch.Confirm(false); err != nil {
+		t.Fatalf("confirm mode: %v", err)
+	}
+	for _, p := range ps {
+		p.DeliveryMode = amqp.Persistent
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", q, false, false, p)
+		if err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+		if !dc.Wait() {
+			t.Fatal("publish: broker did not confirm")
+		}
+	}
+}
+
+// TestCloudEventThroughBroker: through the broker and the worker, a
+// binary-mode message reaches the CloudEvents Go SDK as the event it
+// carries (id, source, type, subject, time from an AMQP timestamp, an
+// extension from an AMQP integer, data), a structured one too; one that
+// lacks a required attribute is dead-lettered at once with a reason
+// naming it; a plain message is posted as always.
+func TestCloudEventThroughBroker(t *testing.T) {
+	verifyNoLeaks(t)
+	events := make(chan sdkEvent, 10)
+	plain := make(chan request, 10)
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("ce-specversion") == "" && !hasPrefixFold(r.Header.Get("Content-Type"), "application/cloudevents") {
+			body, _ := io.ReadAll(r.Body)
+			plain <- request{method: r.Method, header: r.Header.Clone(), body: body}
+			return
+		}
+		e, err := cehttp.NewEventFromHTTPRequest(r)
+		if err == nil {
+			err = e.Validate()
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		events <- sdkEvent{
+			id: e.ID(), source: e.Source(), typ: e.Type(), subject: e.Subject(), time: e.Time(),
+			dataContentType: e.DataContentType(), data: string(e.Data()), extensions: e.Extensions(),
+		}
+	})
+	q := brokertest.Queue(t)
+	h := NewHTTP(srv.URL, 4)
+	t.Cleanup(h.client.CloseIdleConnections)
+	runWorker(t, q, h)
+
+	publish(t, q,
+		amqp.Publishing{ContentType: "application/json", Body: []byte(`{"order":42}`), Headers: amqp.Table{
+			"cloudEvents:specversion": "1.0", "cloudEvents:id": "ev-binary", "cloudEvents:source": "/shop/orders",
+			"cloudEvents:type": "com.example.order.created", "cloudEvents:subject": "orders/42",
+			"cloudEvents:time": specTime, "cloudEvents:priority": int32(3),
+		}},
+		amqp.Publishing{ContentType: "application/cloudevents+json", Body: []byte(structuredBody)},
+		amqp.Publishing{ContentType: "text/plain", Body: []byte("no source"), Headers: amqp.Table{
+			"cloudEvents_specversion": "1.0", "cloudEvents_id": "ev-bad", "cloudEvents_type": "com.example.order.created",
+		}},
+		amqp.Publishing{ContentType: "text/plain", MessageId: "p-1", Body: []byte("plain"), Headers: amqp.Table{"cloudEvents_id": "not an event"}},
+	)
+
+	got := map[string]sdkEvent{}
+	deadline := time.After(20 * time.Second)
+	for len(got) < 2 {
+		select {
+		case e := <-events:
+			got[e.id] = e
+		case <-deadline:
+			t.Fatalf("the SDK got %d events in 20s, want 2: %v", len(got), got)
+		}
+	}
+	checkSDKEvent(t, got["ev-binary"], sdkEvent{
+		id: "ev-binary", source: "/shop/orders", typ: "com.example.order.created", subject: "orders/42", time: specTime,
+		dataContentType: "application/json", data: `{"order":42}`, extensions: map[string]any{"priority": "3"},
+	})
+	checkSDKEvent(t, got["A234-1234-1234"], sdkEvent{
+		id: "A234-1234-1234", source: "/mycontext", typ: "com.example.someevent", time: time.Date(2018, 4, 5, 17, 31, 0, 0, time.UTC),
+		dataContentType: "application/json", data: `{"appinfoA":"abc"}`, extensions: map[string]any{"comexampleextension1": "value"},
+	})
+
+	select {
+	case r := <-plain:
+		if string(r.body) != "plain" || r.header.Get("Content-Type") != "text/plain" || r.header.Get("X-Warren-Message-Id") != "p-1" ||
+			r.header.Get("X-Warren-Header-Cloudevents_id") != "not an event" || r.header.Get("ce-id") != "" {
+			t.Errorf("the plain message arrived as %q with %v, want it as always", r.body, r.header)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the plain message did not arrive in 20s")
+	}
+
+	brokertest.WaitFor(t, 20*time.Second, "a message in "+q+".dead", func() bool { return brokertest.Ready(t, q+".dead") >= 1 })
+	dead := brokertest.Get(t, q+".dead", 10)
+	if len(dead) != 1 || string(dead[0].Body) != "no source" {
+		t.Fatalf("%s.dead holds %d messages, want the one without a source", q, len(dead))
+	}
+	reason, _ := dead[0].Headers[broker.HeaderReason].(string)
+	if !strings.Contains(reason, "required attribute source missing") {
+		t.Errorf("dead reason = %q, want it to name the missing source", reason)
+	}
+	if id, _ := dead[0].Headers["cloudEvents_id"].(string); id != "ev-bad" {
+		t.Errorf("dead copy's cloudEvents_id = %q, want the event's properties kept", id)
+	}
+	if len(events) != 0 || len(plain) != 0 {
+		t.Errorf("endpoint got %d more events and %d more plain requests, want none", len(events), len(plain))
 	}
 }
