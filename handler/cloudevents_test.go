@@ -628,3 +628,29 @@ func TestCloudEventThroughBroker(t *testing.T) {
 		t.Errorf("endpoint got %d more events and %d more plain requests, want none", len(events), len(plain))
 	}
 }
+
+// FuzzCloudEventCoding: whatever an attribute holds, its header value is
+// printable ASCII without space, and a valid string decodes back to
+// itself; whatever a response holds, reading it as a reply does not
+// panic.
+func FuzzCloudEventCoding(f *testing.F) {
+	f.Add("Euro \u20ac \U0001F600", []byte(structuredBody))
+	f.Add(`"a \"b\"" %C0%A0 %`, []byte(`{"specversion":"1.0","id":{}}`))
+	f.Add("", []byte("null"))
+	f.Fuzz(func(t *testing.T, s string, body []byte) {
+		enc := percentEncode(s)
+		for i := 0; i < len(enc); i++ {
+			if enc[i] <= ' ' || enc[i] >= 0x7f {
+				t.Fatalf("percentEncode(%q) = %q, holds byte %#x", s, enc, enc[i])
+			}
+		}
+		if checkString(s) == nil {
+			if back, err := percentDecode(enc); err != nil || back != s {
+				t.Fatalf("percentDecode(percentEncode(%q)) = %q, %v", s, back, err)
+			}
+		}
+		h := http.Header{"Ce-Specversion": {"1.0"}, "Ce-Id": {s}, "Ce-Source": {"/s"}, "Ce-Type": {"t"}}
+		_, _, _ = CloudEventReplyOf(h, body)
+		_, _, _ = CloudEventReplyOf(http.Header{"Content-Type": {"application/cloudevents+json"}}, body)
+	})
+}
