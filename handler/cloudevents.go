@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"mime"
 	"net/http"
 	"net/url"
@@ -207,8 +208,20 @@ func attributeString(name string, v any) (s string, present bool, err error) {
 		return v.UTC().Format(time.RFC3339Nano), true, nil
 	case bool:
 		return strconv.FormatBool(v), true, nil
-	case int8, int16, int32, int64, int, uint8, uint16, uint32, uint64:
-		return fmt.Sprint(v), true, nil
+	case int8:
+		return strconv.Itoa(int(v)), true, nil
+	case uint8:
+		return strconv.Itoa(int(v)), true, nil
+	case int16:
+		return strconv.Itoa(int(v)), true, nil
+	case uint16:
+		return strconv.Itoa(int(v)), true, nil
+	case int32:
+		return strconv.Itoa(int(v)), true, nil
+	case uint32:
+		return integerString(int64(v))
+	case int64:
+		return integerString(v)
 	case float32, float64, amqp.Decimal:
 		// No such CloudEvents type; its text is a fine String.
 		return headerString(v), true, nil
@@ -222,25 +235,42 @@ func attributeString(name string, v any) (s string, present bool, err error) {
 	return s, true, checkString(s)
 }
 
-// checkString checks a String value: UTF-8 without the control
-// characters the spec disallows (U+0000-U+001F, U+007F-U+009F).
+// integerString renders an AMQP long (or unsigned int) as the spec's
+// Integer, which holds 32 bits only.
+func integerString(v int64) (string, bool, error) {
+	if v < math.MinInt32 || v > math.MaxInt32 {
+		return "", false, fmt.Errorf("%d is outside the range of a CloudEvents Integer (32 bits)", v)
+	}
+	return strconv.FormatInt(v, 10), true, nil
+}
+
+// checkString checks a String value: UTF-8 (so no lone surrogate)
+// without the characters the spec disallows: the control characters
+// U+0000-U+001F and U+007F-U+009F, and Unicode's noncharacters.
 func checkString(s string) error {
 	if !utf8.ValidString(s) {
 		return errors.New("not UTF-8")
 	}
 	for _, r := range s {
-		if r < 0x20 || r >= 0x7f && r <= 0x9f {
+		switch {
+		case r < 0x20 || r >= 0x7f && r <= 0x9f:
 			return fmt.Errorf("control character %U", r)
+		case r >= 0xfdd0 && r <= 0xfdef || r&0xfffe == 0xfffe:
+			return fmt.Errorf("noncharacter %U", r)
 		}
 	}
 	return nil
 }
 
-// checkAttributeName enforces the spec's MUST: lower-case ASCII letters
-// and digits. Its SHOULD of at most 20 characters is not enforced.
+// checkAttributeName enforces the spec's MUSTs: lower-case ASCII letters
+// and digits, and not data, which event formats reserve. Its SHOULD of at
+// most 20 characters is not enforced.
 func checkAttributeName(name string) error {
 	if name == "" {
 		return errors.New("empty attribute name")
+	}
+	if name == "data" {
+		return errors.New(`attribute name "data": reserved`)
 	}
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') {

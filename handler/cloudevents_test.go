@@ -230,6 +230,11 @@ func TestCloudEventInvalid(t *testing.T) {
 		{"subject empty", &worker.Message{Headers: with("cloudEvents:subject", "")}, "attribute subject"},
 		{"control character", &worker.Message{Headers: with("cloudEvents:subject", "a\nb")}, "attribute subject: control character"},
 		{"not UTF-8", &worker.Message{Headers: with("cloudEvents:subject", "caf\xe9")}, "attribute subject: not UTF-8"},
+		{"named data", &worker.Message{Headers: with("cloudEvents:data", "v")}, `attribute name "data": reserved`},
+		{"integer past 32 bits", &worker.Message{Headers: with("cloudEvents:big", int64(1)<<31)}, "attribute big: 2147483648 is outside"},
+		{"unsigned past 32 bits", &worker.Message{Headers: with("cloudEvents:big", uint32(1)<<31)}, "attribute big: 2147483648 is outside"},
+		{"integer at the bound", &worker.Message{Headers: with("cloudEvents:small", int64(-1)<<31)}, ""},
+		{"noncharacter", &worker.Message{Headers: with("cloudEvents:subject", "a\uFFFEb")}, "attribute subject: noncharacter U+FFFE"},
 		{"a table", &worker.Message{Headers: with("cloudEvents:nested", amqp.Table{"a": 1})}, "attribute nested: a table"},
 		{"an array", &worker.Message{Headers: with("cloudEvents:list", []any{"a"})}, "attribute list: an array"},
 		{"bad datacontenttype", &worker.Message{ContentType: "not a type", Headers: specEvent("cloudEvents:", nil)}, "attribute datacontenttype"},
@@ -415,6 +420,9 @@ func TestCloudEventReplyOf(t *testing.T) {
 		},
 		{
 			name: "binary, a bad name", header: specHeaders("ce-my_ext", "v"), wantOK: true, wantError: `attribute name "my_ext"`,
+		},
+		{
+			name: "binary, named data", header: specHeaders("ce-data", "v"), wantOK: true, wantError: `attribute name "data": reserved`,
 		},
 		{
 			name: "structured, no source", header: http.Header{"Content-Type": {"application/cloudevents+json"}}, body: `{"specversion":"1.0","id":"1","type":"t"}`,
