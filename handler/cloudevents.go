@@ -99,7 +99,7 @@ func setCloudEventHeaders(h http.Header, m *worker.Message, mode eventMode) (*wo
 				h.Set("Content-Type", sanitizeHeaderValue(v))
 				continue
 			}
-			h[cloudEventsHeaderPrefix+name] = []string{percentEncode(v)}
+			h.Set(cloudEventsHeaderPrefix+name, percentEncode(v))
 		}
 	}
 	return withoutCloudEventProperties(m), nil

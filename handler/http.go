@@ -109,11 +109,11 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 // error when m claims to be one and is not a valid one.
 func setRequestHeaders(h http.Header, m *worker.Message) error {
 	if mode := cloudEventMode(m); mode != notEvent {
-		m, err := setCloudEventHeaders(h, m, mode)
+		rest, err := setCloudEventHeaders(h, m, mode)
 		if err != nil {
 			return err
 		}
-		setMessageHeaders(h, m)
+		setMessageHeaders(h, rest)
 		return nil
 	}
 	ct := m.ContentType
