@@ -72,12 +72,11 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	if err != nil {
 		return worker.Permanent(fmt.Errorf("build request: %w", err))
 	}
-	ct := m.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
+	if err := setRequestHeaders(req.Header, m); err != nil {
+		// A message that claims to be a CloudEvent and is not a valid
+		// one stays invalid, however often it is tried.
+		return worker.Permanent(err)
 	}
-	req.Header.Set("Content-Type", sanitizeHeaderValue(ct))
-	setMessageHeaders(req.Header, m)
 	tracing.InjectHTTP(ctx, req.Header) // traceparent, tracestate, baggage
 	resp, err := h.client.Do(req)
 	if err != nil {
@@ -102,6 +101,28 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 		return worker.RetryAfter(err, d)
 	}
 	return err
+}
+
+// setRequestHeaders sets the Content-Type and the headers that carry m's
+// properties. A CloudEvent (cloudevents.go) has its attributes as ce-
+// headers, or in its body, and not again as X-Warren-Header-*; it is an
+// error when m claims to be one and is not a valid one.
+func setRequestHeaders(h http.Header, m *worker.Message) error {
+	if mode := cloudEventMode(m); mode != notEvent {
+		rest, err := setCloudEventHeaders(h, m, mode)
+		if err != nil {
+			return err
+		}
+		setMessageHeaders(h, rest)
+		return nil
+	}
+	ct := m.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h.Set("Content-Type", sanitizeHeaderValue(ct))
+	setMessageHeaders(h, m)
+	return nil
 }
 
 // setMessageHeaders maps the message's properties and AMQP headers to
