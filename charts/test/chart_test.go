@@ -428,7 +428,7 @@ func TestScenarios(t *testing.T) {
 				}
 			}
 			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors",
-				"WarrenMessagesStuck", "WarrenNotReady", "WarrenCopyFailures", "WarrenNotConsuming"}
+				"WarrenMessagesStuck", "WarrenNotReady", "WarrenCopyFailures", "WarrenCircuitOpen", "WarrenNotConsuming"}
 			if !slices.Equal(alerts, want) {
 				t.Errorf("alerts = %v, want %v", alerts, want)
 			}
