@@ -44,6 +44,9 @@ const (
 	// Duration is nanoseconds, written as Go durations without their
 	// zero parts: 1ms, 10m, 168h.
 	Duration
+	// Rate is events per second: the value may have a fraction (0.5),
+	// its bounds are whole and written as Count's.
+	Rate
 )
 
 // bounds are warren's bounded settings. A new one is a line here and a
@@ -73,6 +76,9 @@ var bounds = []Bound{
 		want: "a duration from %[1]s to %[2]s, such as %[3]s"},
 	{Var: "WARREN_CIRCUIT_MAX_PROBE_INTERVAL", Unit: Duration, Min: int64(10 * time.Millisecond), Max: int64(time.Hour),
 		want: "a duration from %[1]s to %[2]s, such as %[3]s"},
+	// 0 is no limit; a fraction is a call every few seconds.
+	{Var: "WARREN_RATE_LIMIT", Unit: Rate, Min: 0, Max: 100000,
+		want: "0 (no limit), or messages per second up to %[2]s, fractions allowed, such as 20 or 0.5"},
 	{Var: "WARREN_HEARTBEAT", Unit: Duration, Min: int64(time.Second), Max: int64(10 * time.Minute),
 		want: "a duration from %[1]s to %[2]s, such as %[3]s"},
 }
@@ -100,10 +106,13 @@ func boundOf(name string) Bound {
 	panic("config: no bound for " + name)
 }
 
-// within reports whether v is in the range of the variable name.
-func within[T ~int | ~int64](name string, v T) bool {
+// within reports whether v is in the range of the variable name; NaN is
+// in none.
+func within[T ~int | ~int64 | ~float64](name string, v T) bool {
 	b := boundOf(name)
-	return b.Min <= int64(v) && int64(v) <= b.Max
+	// Compared as float64: exact for the bounds (below 2^53), and a
+	// fraction such as 0.5 is not truncated into range.
+	return float64(b.Min) <= float64(v) && float64(v) <= float64(b.Max)
 }
 
 // Format writes v as the variable is written.

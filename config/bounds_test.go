@@ -32,13 +32,14 @@ func TestBoundWants(t *testing.T) {
 		{"WARREN_CIRCUIT_FAILURES", "an integer from 1 to 10000"},
 		{"WARREN_CIRCUIT_WINDOW", "a duration from 1s to 24h, such as 30s"},
 		{"WARREN_CIRCUIT_MAX_PROBE_INTERVAL", "a duration from 10ms to 1h, such as 1m"},
+		{"WARREN_RATE_LIMIT", "0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5"},
 	} {
 		if got := wants[tt.give]; got != tt.want {
 			t.Errorf("wants[%s] = %q, want %q", tt.give, got, tt.want)
 		}
 	}
-	if n := len(Bounds()); n != 14 {
-		t.Errorf("Bounds() has %d settings, want the 14 above", n)
+	if n := len(Bounds()); n != 15 {
+		t.Errorf("Bounds() has %d settings, want the 15 above", n)
 	}
 }
 
@@ -102,6 +103,7 @@ func TestBoundFormat(t *testing.T) {
 		{Duration, int64(90 * time.Minute), "1h30m"},
 		{Duration, int64(90 * time.Second), "1m30s"},
 		{Duration, int64(time.Hour + time.Second), "1h0m1s"},
+		{Rate, 100000, "100000"},
 	} {
 		if got := (Bound{Unit: tt.unit}).Format(tt.give); got != tt.want {
 			t.Errorf("Bound{Unit: %d}.Format(%d) = %q, want %q", tt.unit, tt.give, got, tt.want)

@@ -75,6 +75,7 @@ type Config struct {
 	CircuitFailures         int           `split_words:"true" default:"5" desc:"failures in a row saying the downstream is down, within WARREN_CIRCUIT_WINDOW, that open the circuit"`
 	CircuitWindow           time.Duration `split_words:"true" default:"30s" desc:"how recent those failures must be to count"`
 	CircuitMaxProbeInterval time.Duration `split_words:"true" default:"1m" desc:"longest wait between probes while the circuit is open; they start 1s apart and double"`
+	RateLimit               float64       `split_words:"true" default:"0" desc:"most handler calls this replica starts a second, for endpoints with quotas; evenly spaced (one every 1/limit s), retries included; fractions allowed (0.5: one every 2 s); 0: no limit"`
 	ShutdownTimeout         time.Duration `split_words:"true" default:"25s" desc:"how long SIGTERM waits for in-flight messages; more than 0"`
 	Heartbeat               time.Duration `default:"10s" desc:"AMQP heartbeat interval; detects a dead link"`
 	ConnectionName          string        `split_words:"true" desc:"connection name shown by the broker; default the host name (the pod name)"`
@@ -298,6 +299,8 @@ func (c *Config) Validate() error {
 		return bad("WARREN_CIRCUIT_WINDOW", c.CircuitWindow.String())
 	case !within("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", c.CircuitMaxProbeInterval):
 		return bad("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", c.CircuitMaxProbeInterval.String())
+	case !within("WARREN_RATE_LIMIT", c.RateLimit):
+		return bad("WARREN_RATE_LIMIT", strconv.FormatFloat(c.RateLimit, 'g', -1, 64))
 	case c.ShutdownTimeout <= 0:
 		// The worker takes 0 for its default, 25s: "0s" would mean the
 		// opposite of what it says.

@@ -208,6 +208,15 @@ func TestLoad(t *testing.T) {
 			},
 		},
 		{
+			name: "rate limit a fraction",
+			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_RATE_LIMIT": "0.5"},
+			check: func(t *testing.T, c *Config) {
+				if c.RateLimit != 0.5 {
+					t.Errorf("RateLimit = %v, want 0.5", c.RateLimit)
+				}
+			},
+		},
+		{
 			name: "comma-separated urls",
 			give: map[string]string{"WARREN_QUEUE": "q", "WARREN_AMQP_URL": " amqp://a:5672/ , amqps://b/ ,,amqp://c/"},
 			check: func(t *testing.T, c *Config) {
@@ -496,6 +505,11 @@ func TestLoadErrors(t *testing.T) {
 		{"circuit window short", with("WARREN_CIRCUIT_WINDOW", "500ms"), `WARREN_CIRCUIT_WINDOW="500ms": want a duration from 1s to 24h, such as 30s`},
 		{"circuit window no unit", with("WARREN_CIRCUIT_WINDOW", "30"), `WARREN_CIRCUIT_WINDOW="30": want a duration from 1s to 24h, such as 30s`},
 		{"circuit probe interval long", with("WARREN_CIRCUIT_MAX_PROBE_INTERVAL", "2h"), `WARREN_CIRCUIT_MAX_PROBE_INTERVAL="2h0m0s": want a duration from 10ms to 1h, such as 1m`},
+		{"rate limit negative", with("WARREN_RATE_LIMIT", "-1"), `WARREN_RATE_LIMIT="-1": want 0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5`},
+		{"rate limit too high", with("WARREN_RATE_LIMIT", "1e6"), `WARREN_RATE_LIMIT="1e+06": want 0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5`},
+		{"rate limit not a number", with("WARREN_RATE_LIMIT", "NaN"), `WARREN_RATE_LIMIT="NaN": want 0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5`},
+		{"rate limit infinite", with("WARREN_RATE_LIMIT", "Inf"), `WARREN_RATE_LIMIT="+Inf": want 0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5`},
+		{"rate limit per minute", with("WARREN_RATE_LIMIT", "100/m"), `WARREN_RATE_LIMIT="100/m": want 0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5`},
 		{"dead exit code 0", with("WARREN_EXEC_DEAD_EXIT_CODES", "0"), `WARREN_EXEC_DEAD_EXIT_CODES="0": want exit codes from 1 to 255, comma-separated`},
 		{"dead exit code 300", with("WARREN_EXEC_DEAD_EXIT_CODES", "3,300"), `WARREN_EXEC_DEAD_EXIT_CODES="3,300": want exit codes from 1 to 255, comma-separated`},
 		{"exec env of warren's own", with("WARREN_EXEC_ENV", "HOME2,WARREN_AMQP_URL"), `WARREN_EXEC_ENV="HOME2,WARREN_AMQP_URL": want names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)`},

@@ -77,6 +77,7 @@ type circuit struct {
 	last     error       // the last downstream-down failure
 	interval time.Duration
 	floor    time.Duration // a Retry-After of the last failure, up to the ceiling
+	openc    chan struct{} // closed when the circuit opens; a new one once it closes
 }
 
 func newCircuit(cfg CircuitConfig, log *zap.Logger, m *metrics) *circuit {
@@ -89,7 +90,8 @@ func newCircuit(cfg CircuitConfig, log *zap.Logger, m *metrics) *circuit {
 	if cfg.MaxProbeInterval <= 0 {
 		cfg.MaxProbeInterval = DefaultCircuitMaxProbeInterval
 	}
-	return &circuit{cfg: cfg, log: log, gauge: m.circuitOpen, opening: m.circuitOpenings, trips: make(chan struct{}, 1)}
+	return &circuit{cfg: cfg, log: log, gauge: m.circuitOpen, opening: m.circuitOpenings, trips: make(chan struct{}, 1),
+		openc: make(chan struct{})}
 }
 
 // tripped returns a channel signalled when the circuit opens; nil (never)
@@ -99,6 +101,18 @@ func (c *circuit) tripped() <-chan struct{} {
 		return nil
 	}
 	return c.trips
+}
+
+// openedChan returns a channel closed once the circuit is open (at once
+// if it is), for goroutines that wait to stop waiting; nil (never) when
+// the breaker is off.
+func (c *circuit) openedChan() <-chan struct{} {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.openc
 }
 
 // isOpen reports whether messages must wait in the queue.
@@ -140,6 +154,9 @@ func (c *circuit) observe(o Outcome, err error, now time.Time) Outcome {
 		c.failures = c.failures[:0]
 		c.counting.Store(false)
 		wasOpen := c.open
+		if wasOpen {
+			c.openc = make(chan struct{})
+		}
 		c.open = false
 		c.opened.Store(false)
 		c.mu.Unlock()
@@ -174,6 +191,7 @@ func (c *circuit) observe(o Outcome, err error, now time.Time) Outcome {
 	}
 	c.open = true
 	c.opened.Store(true)
+	close(c.openc)
 	c.failures = c.failures[:0]
 	c.counting.Store(false)
 	c.interval = min(firstProbe, c.cfg.MaxProbeInterval)

@@ -72,3 +72,39 @@ func TestCircuitProbeIntervals(t *testing.T) {
 		t.Errorf("probe after a Retry-After of 1h: %s, want the ceiling 5s", got)
 	}
 }
+
+// TestCircuitOpenedChan: the channel that cuts a wait for a rate-limit
+// turn short is closed when the circuit opens, and a new, open one is
+// handed out once it closes; an off breaker never closes one.
+func TestCircuitOpenedChan(t *testing.T) {
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	c := newTestCircuit(t, CircuitConfig{Failures: 1})
+	before := c.openedChan()
+	if closed(before) {
+		t.Fatal("openedChan closed while the circuit is closed")
+	}
+	c.observe(Retry, Unavailable(errors.New("refused")), time.Now())
+	if !closed(before) || !closed(c.openedChan()) {
+		t.Fatal("openedChan not closed once the circuit opened")
+	}
+	c.observe(Ack, nil, time.Now())
+	after := c.openedChan()
+	if closed(after) {
+		t.Fatal("openedChan closed after the circuit closed again")
+	}
+	c.observe(Retry, Unavailable(errors.New("refused")), time.Now())
+	if !closed(after) {
+		t.Fatal("openedChan not closed when the circuit opened a second time")
+	}
+	var off *circuit
+	if off.openedChan() != nil {
+		t.Error("an off breaker's openedChan is not nil")
+	}
+}

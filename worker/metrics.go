@@ -25,6 +25,9 @@ type metrics struct {
 	circuitOpen     prometheus.Gauge
 	circuitOpenings prometheus.Counter
 	brokerInfo      *prometheus.GaugeVec
+	// rateLimitWait counts the seconds deliveries waited for their turn
+	// under the rate limit.
+	rateLimitWait prometheus.Counter
 	// copyFailures counts copies the broker did not take, by reason.
 	copyFailures *prometheus.CounterVec
 }
@@ -90,6 +93,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_circuit_openings_total",
 			Help: "Times the circuit breaker opened: WARREN_CIRCUIT_FAILURES failures meaning the downstream is down within WARREN_CIRCUIT_WINDOW.",
 		}),
+		rateLimitWait: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "warren_rate_limit_wait_seconds_total",
+			Help: "Seconds deliveries waited, held in a handler's slot, for their turn under WARREN_RATE_LIMIT, summed over the slots: rising by about WARREN_CONCURRENCY a second when the limit, not the handlers, sets the pace.",
+		}),
 		brokerInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "warren_broker_info",
 			Help: "1 for the broker node (host:port) warren is connected to, 0 for the one it last lost; other nodes have no series.",
@@ -103,7 +110,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.brokerInfo, m.copyFailures} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.rateLimitWait, m.brokerInfo, m.copyFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

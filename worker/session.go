@@ -124,7 +124,7 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		w.recovered()
 		w.metrics.prefetch.Set(float64(s.window))
 		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency),
-			zap.Int64("max_inflight_bytes", w.cfg.MaxInflightBytes))
+			zap.Int64("max_inflight_bytes", w.cfg.MaxInflightBytes), zap.Float64("rate_limit", w.cfg.RateLimit))
 		resize := 0 // the window asked for once tag is cancelled to change it; 0 when none is
 		// cancelled receives the result of the cancel of tag that warren
 		// asked for (to change the window, or because the circuit
@@ -529,6 +529,12 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 			continue
 		}
 		if at, ok := broker.RetryAt(j.d.Headers); ok && j.s.deferUntil(ctx, &j.d, at) {
+			continue
+		}
+		if !w.awaitToken(&j) || (!j.probe && w.circuit.isOpen()) {
+			// The drain began, the channel closed or the circuit opened
+			// while it waited for its turn: back to the queue untried.
+			j.s.settle(&j.d, Requeue)
 			continue
 		}
 		start := time.Now()

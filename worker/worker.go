@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -19,6 +20,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/warren-mq/warren/broker"
 	"github.com/warren-mq/warren/tracing"
@@ -109,6 +111,11 @@ type Config struct {
 	MaxRetryAfter time.Duration
 	// Circuit sets the circuit breaker; its zero value is off.
 	Circuit CircuitConfig
+	// RateLimit is the most handler calls that start a second, for
+	// endpoints with quotas; 0 means no limit. A retry takes its turn
+	// like a first attempt. The calls start evenly spaced (a burst of
+	// one); a delivery waits for its turn in its handler's slot.
+	RateLimit float64
 	// ConsumerTag prefixes the tags of the worker's consumers on the
 	// broker; empty means "warren-" and a random suffix.
 	ConsumerTag string
@@ -142,6 +149,9 @@ type Worker struct {
 
 	// circuit stops consumption while the downstream is down; nil when off.
 	circuit *circuit
+
+	// limiter spaces the handlers' starts; nil when there is no limit.
+	limiter *rate.Limiter
 }
 
 // New checks cfg and returns a Worker that is not yet running.
@@ -161,6 +171,8 @@ func New(cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("worker: max prefetch %d out of range 0-65535", cfg.MaxPrefetch)
 	case cfg.MaxInflightBytes < 0:
 		return nil, fmt.Errorf("worker: max inflight bytes %d below 0", cfg.MaxInflightBytes)
+	case !(cfg.RateLimit >= 0) || math.IsInf(cfg.RateLimit, 1): // NaN too
+		return nil, fmt.Errorf("worker: rate limit %v not a number of 0 or more", cfg.RateLimit)
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = DefaultConcurrency
@@ -203,6 +215,7 @@ func New(cfg Config) (*Worker, error) {
 		copyFail: newCopyFailures(),
 	}
 	w.circuit = newCircuit(cfg.Circuit, w.log, m)
+	w.limiter = newLimiter(cfg.RateLimit)
 	if cfg.Prefetch == 0 {
 		w.adaptive = newPrefetchController(cfg.Concurrency, cfg.MaxPrefetch, cfg.MaxInflightBytes)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"strings"
 	"sync"
@@ -739,6 +740,9 @@ func TestNewRejectsIncompleteConfig(t *testing.T) {
 		{"no handler", worker.Config{Dialer: d, Topology: topology("q"), Logger: zap.NewNop()}, "Handler"},
 		{"no logger", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop()}, "Logger"},
 		{"prefetch too big", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop(), Logger: zap.NewNop(), Prefetch: 70000}, "prefetch"},
+		{"rate limit negative", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop(), Logger: zap.NewNop(), RateLimit: -1}, "rate limit"},
+		{"rate limit NaN", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop(), Logger: zap.NewNop(), RateLimit: math.NaN()}, "rate limit"},
+		{"rate limit infinite", worker.Config{Dialer: d, Topology: topology("q"), Handler: handler.Noop(), Logger: zap.NewNop(), RateLimit: math.Inf(1)}, "rate limit"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := worker.New(tt.give)

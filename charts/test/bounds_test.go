@@ -59,10 +59,11 @@ func schemaBounds(t *testing.T) map[string][]intBounds {
 }
 
 // integerNodes returns the schemas of the integers a property holds:
-// itself, its items, or its alternatives.
+// itself, its items, or its alternatives; a number too (a rate, with a
+// fraction), whose bounds are whole.
 func integerNodes(node map[string]any) []map[string]any {
 	var nodes []map[string]any
-	if node["type"] == "integer" {
+	if node["type"] == "integer" || node["type"] == "number" {
 		nodes = append(nodes, node)
 	}
 	if items, ok := node["items"].(map[string]any); ok && items["type"] == "integer" {

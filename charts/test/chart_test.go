@@ -286,6 +286,7 @@ func TestScenarios(t *testing.T) {
 				"WARREN_CIRCUIT_FAILURES":           "10",
 				"WARREN_CIRCUIT_WINDOW":             "20s",
 				"WARREN_CIRCUIT_MAX_PROBE_INTERVAL": "15s",
+				"WARREN_RATE_LIMIT":                 "12.5",
 			})
 			// tracing.endpoint alone: the service is named after the
 			// release, the rest left to warren's defaults.
@@ -427,7 +428,7 @@ func TestScenarios(t *testing.T) {
 				}
 			}
 			want := []string{"WarrenDeadLetters", "WarrenNotConnected", "WarrenHandlerErrors",
-				"WarrenMessagesStuck", "WarrenNotReady", "WarrenCopyFailures", "WarrenNotConsuming"}
+				"WarrenMessagesStuck", "WarrenNotReady", "WarrenCopyFailures", "WarrenCircuitOpen", "WarrenNotConsuming"}
 			if !slices.Equal(alerts, want) {
 				t.Errorf("alerts = %v, want %v", alerts, want)
 			}
@@ -641,6 +642,9 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"circuit.failures=0"}, want: "/circuit/failures"},
 		{give: []string{"circuit.window=30"}, want: "/circuit/window"},
 		{give: []string{"circuit.maxProbeInterval=soon"}, want: "/circuit/maxProbeInterval"},
+		{give: []string{"rateLimit=-1"}, want: "/rateLimit"},
+		{give: []string{"rateLimit=200000"}, want: "/rateLimit"},
+		{give: []string{"rateLimit=fast"}, want: "/rateLimit"},
 		// warren refuses 0: it would not mean "at once".
 		{give: []string{"shutdownTimeout=0s"}, want: "shutdownTimeout must be more than 0s"},
 		{give: []string{"shutdownTimeout=0h0m0s"}, want: "shutdownTimeout must be more than 0s"},

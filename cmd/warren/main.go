@@ -159,6 +159,7 @@ func runWorker(stderr io.Writer) int {
 			Window:           cfg.CircuitWindow,
 			MaxProbeInterval: cfg.CircuitMaxProbeInterval,
 		},
+		RateLimit:   cfg.RateLimit,
 		ConsumerTag: "warren-" + name,
 	})
 	if err != nil {

@@ -230,6 +230,8 @@ func TestBadConfigurationExits2BeforeConnecting(t *testing.T) {
 		{"exec without command", []string{"WARREN_QUEUE=q", "WARREN_HANDLER=exec"}, `WARREN_EXEC_COMMAND is not set`},
 		{"declare not a bool", []string{"WARREN_QUEUE=q", "WARREN_DECLARE=maybe"}, `WARREN_DECLARE="maybe": want true or false`},
 		{"log format", []string{"WARREN_QUEUE=q", "WARREN_LOG_FORMAT=xml"}, `WARREN_LOG_FORMAT="xml": want json or console`},
+		{"rate limit negative", []string{"WARREN_QUEUE=q", "WARREN_RATE_LIMIT=-5"}, `WARREN_RATE_LIMIT="-5": want 0 (no limit), or messages per second up to 100000`},
+		{"rate limit with a unit", []string{"WARREN_QUEUE=q", "WARREN_RATE_LIMIT=20/s"}, `WARREN_RATE_LIMIT="20/s": want 0 (no limit), or messages per second up to 100000`},
 		{"url file missing", []string{"WARREN_QUEUE=q", "WARREN_AMQP_URL_FILE=/nonexistent/url"}, `WARREN_AMQP_URL_FILE="/nonexistent/url"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

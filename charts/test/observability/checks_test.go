@@ -22,7 +22,7 @@ var panelChecks = map[string]func(t *testing.T, r panelResult, f facts){
 		wantLast(t, r, "", 1)
 	},
 	"Handled in range": func(t *testing.T, r panelResult, _ facts) {
-		wantLast(t, r, "", oks+flakies+1+backlog+tail)
+		wantLast(t, r, "", oks+flakies+1+backlog+down+tail)
 	},
 	"Dead-lettered in range": func(t *testing.T, r panelResult, _ facts) {
 		wantLast(t, r, "", poisons+1)
@@ -126,6 +126,22 @@ var panelChecks = map[string]func(t *testing.T, r panelResult, f facts){
 		}
 		if m := r.legend(t, f.pod+" blocked").max(); m != 0 {
 			t.Errorf("blocked peaks at %v, want 0", m)
+		}
+	},
+	"Circuit breaker": func(t *testing.T, r panelResult, f facts) {
+		open := r.legend(t, f.pod+" open")
+		if open.max() != 1 || open.last() != 0 {
+			t.Errorf("open peaks at %v, ends %v, want 1 while the endpoint was down and 0 at the end", open.max(), open.last())
+		}
+		if got := r.legend(t, f.pod+" openings since start").last(); got < 1 {
+			t.Errorf("openings end at %v, want at least 1: the endpoint went down", got)
+		}
+	},
+	"Rate limit wait": func(t *testing.T, r panelResult, f facts) {
+		// 28 messages at once through 4 handlers at 50 a second: the
+		// handlers wait for their turns, at most all 4 at a time.
+		if m := r.legend(t, f.pod+" slots waiting").max(); m <= 0 || m > 4 {
+			t.Errorf("slots waiting peak at %v, want above 0 and at most the 4 handlers", m)
 		}
 	},
 	"Queue depth (RabbitMQ exporter)": func(t *testing.T, r panelResult, f facts) {

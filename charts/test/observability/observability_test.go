@@ -1,7 +1,8 @@
 // Package observability proves the chart's Grafana dashboard and its
 // PrometheusRule alerts with Prometheus itself: the real warren binary
 // runs a short scenario against a RabbitMQ node (successes, retries, dead
-// letters, a copy the broker refused, a hung handler, a cut link), its
+// letters, a copy the broker refused, a hung handler, a cut link, its
+// endpoint down, all under a rate limit), its
 // /metrics and the node's are scraped every second into Prometheus's TSDB,
 // and every panel's queries and every alert are evaluated by Prometheus's
 // PromQL engine and rule manager. It is a module of its own, so that
@@ -55,8 +56,12 @@ const (
 	flakies  = 5  // 503 on their first attempt, then 2xx: one retry each
 	poisons  = 3  // 422: dead at once
 	backlog  = 10 // published while warren is cut off
-	tail     = 5  // published after the reconnect
+	down     = 10 // published while the endpoint is down: they wait for it
+	tail     = 5  // published after the endpoint is back
 	prefetch = 10
+	// rateLimit paces the worker under test: 28 messages at once wait for
+	// their turns for half a second, and the rate limit panel shows it.
+	rateLimit = 50
 )
 
 // phase is a stretch of the scenario, drawn on the picture.
@@ -104,6 +109,9 @@ func TestDashboardAndAlerts(t *testing.T) {
 		"WARREN_HANDLER=http", "WARREN_HTTP_URL=" + epA.URL("a"),
 		fmt.Sprint("WARREN_PREFETCH=", prefetch), "WARREN_CONCURRENCY=4",
 		"WARREN_RETRY_DELAYS=300ms", "WARREN_MAX_ATTEMPTS=3", "WARREN_HANDLER_TIMEOUT=8s",
+		// Probes at most a second apart: the circuit closes soon after
+		// the endpoint is back.
+		"WARREN_CIRCUIT_MAX_PROBE_INTERVAL=1s", fmt.Sprint("WARREN_RATE_LIMIT=", rateLimit),
 	}})
 	qHealthy := brokertest.Queue(t)
 	epB := warrentest.NewEndpoint(t, warrentest.EndpointOptions{Work: 10 * time.Millisecond})
@@ -231,10 +239,22 @@ func TestDashboardAndAlerts(t *testing.T) {
 	waitSeen("the backlog acked", outcome("ack"), is(oks+flakies+1+backlog))
 	end()
 
+	// The endpoint down: the circuit opens and the messages wait in the
+	// queue, untried, until a probe finds the endpoint back.
+	end = begin("down")
+	epA.SetMode(warrentest.Fail)
+	onNode.Publish(t, q, brokertest.Bodies("down", down))
+	waitSeen("the circuit open", fmt.Sprintf(`warren_circuit_open{job=%q}`, jobA), is(1))
+	waitSeen("5 s of scrapes with the circuit open", fmt.Sprintf(`min_over_time(warren_circuit_open{job=%q}[5s])`, jobA), is(1))
+	epA.SetMode(warrentest.Answer)
+	waitSeen("the circuit closed", fmt.Sprintf(`warren_circuit_open{job=%q}`, jobA), is(0))
+	waitSeen("the messages of the outage acked", outcome("ack"), is(oks+flakies+1+backlog+down))
+	end()
+
 	// The tail: back to work.
 	end = begin("tail")
 	onNode.Publish(t, q, brokertest.Bodies("tail", tail))
-	waitSeen("the tail acked", outcome("ack"), is(oks+flakies+1+backlog+tail))
+	waitSeen("the tail acked", outcome("ack"), is(oks+flakies+1+backlog+down+tail))
 	waitSeen("the queue empty in RabbitMQ's metrics", fmt.Sprintf(`rabbitmq_queue_messages_ready{queue=%q}`, q), is(0))
 	// A few quiet scrapes: the panels' last points show the calm.
 	quiet := sc.rounds() + 3
@@ -318,6 +338,7 @@ func TestDashboardAndAlerts(t *testing.T) {
 			"metrics.prometheusRule.notReady.for=2s",
 			"metrics.prometheusRule.copyFailures.window=3s",
 			"metrics.prometheusRule.copyFailures.for=0s",
+			"metrics.prometheusRule.circuitOpen.for=3s",
 		}
 		files := []string{
 			renderRules(t, namespace, append([]string{"fullnameOverride=obs", "queue.name=" + q}, short...)...),
@@ -339,6 +360,7 @@ func TestDashboardAndAlerts(t *testing.T) {
 			{"WarrenMessagesStuck", "stuck"},
 			{"WarrenNotConnected", "cut"},
 			{"WarrenNotReady", "cut"},
+			{"WarrenCircuitOpen", "down"},
 		} {
 			p := byName[tt.phase]
 			times := got[tt.alert+" "+jobA]

@@ -12,12 +12,12 @@ import (
 
 // pictured are the panels drawn in docs/dashboard.svg, in that order.
 var pictured = []string{
-	"Throughput by outcome", "Handler latency", "In flight against prefetch",
-	"Readiness of each replica", "Queue depth (RabbitMQ exporter)", "Memory",
+	"Throughput by outcome", "Handler latency", "In flight against prefetch", "Readiness of each replica",
+	"Queue depth (RabbitMQ exporter)", "Circuit breaker", "Rate limit wait", "Memory",
 }
 
 // phaseShades colour the phases of the scenario drawn on the panels.
-var phaseShades = map[string]string{"refused": "#eab839", "stuck": "#ef843c", "cut": "#e24d42"}
+var phaseShades = map[string]string{"refused": "#eab839", "stuck": "#ef843c", "cut": "#e24d42", "down": "#ba43a9"}
 
 var palette = []string{"#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#ba43a9", "#705da0"}
 
@@ -28,7 +28,7 @@ var palette = []string{"#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#
 // the one of a user, say).
 func drawDashboard(results []panelResult, phases []phase, from, to time.Time, rename *strings.Replacer) []byte {
 	const (
-		cols, pw, ph, gap = 3, 420, 262, 10
+		cols, pw, ph, gap = 4, 420, 262, 10
 		left, right, top  = 52, 10, 42
 		plotH             = 150
 	)
