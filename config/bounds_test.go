@@ -32,13 +32,14 @@ func TestBoundWants(t *testing.T) {
 		{"WARREN_CIRCUIT_FAILURES", "an integer from 1 to 10000"},
 		{"WARREN_CIRCUIT_WINDOW", "a duration from 1s to 24h, such as 30s"},
 		{"WARREN_CIRCUIT_MAX_PROBE_INTERVAL", "a duration from 10ms to 1h, such as 1m"},
+		{"WARREN_REPLY_MAX_BYTES", "a size from 1Ki to 128Mi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 1Mi"},
 	} {
 		if got := wants[tt.give]; got != tt.want {
 			t.Errorf("wants[%s] = %q, want %q", tt.give, got, tt.want)
 		}
 	}
-	if n := len(Bounds()); n != 14 {
-		t.Errorf("Bounds() has %d settings, want the 14 above", n)
+	if n := len(Bounds()); n != 15 {
+		t.Errorf("Bounds() has %d settings, want the 15 above", n)
 	}
 }
 

@@ -62,6 +62,11 @@ type Exec struct {
 	// Grace is how long the command has to exit after SIGTERM, at its
 	// timeout, before SIGKILL; 0 means 5s.
 	Grace time.Duration
+	// ReplyMaxBytes bounds the answer to a request with reply_to: the
+	// command's standard output, which then is the reply instead of going
+	// to the log (standard error still does). A longer one makes the
+	// message dead. 0 means DefaultReplyMaxBytes.
+	ReplyMaxBytes int64
 
 	mu     sync.Mutex
 	groups map[int]bool // process groups of the commands running
@@ -344,11 +349,24 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		return fmt.Errorf("start command: %w", err)
 	}
 	// The output pipe, when any output goes to the log; an output sent to
-	// /dev/null is left nil, which os/exec opens as the null device.
-	var outR, outW *os.File
-	if p.out.logged() {
-		if outR, outW, err = os.Pipe(); err != nil {
+	// /dev/null is left nil, which os/exec opens as the null device. A
+	// request with reply_to has its standard output on a pipe of its own:
+	// the reply.
+	out := p.out
+	var repR, repW *os.File
+	if m.ReplyTo != "" && out.stdout == sinkLog {
+		if repR, repW, err = os.Pipe(); err != nil {
 			stdin.Close() // the writer, if any, ends with EPIPE
+			body.wait()
+			return fmt.Errorf("start command: %w", err)
+		}
+		out.stdout = sinkNull // not to the log
+	}
+	var outR, outW *os.File
+	if out.logged() {
+		if outR, outW, err = os.Pipe(); err != nil {
+			stdin.Close()
+			closeAll(repR, repW)
 			body.wait()
 			return fmt.Errorf("start command: %w", err)
 		}
@@ -363,37 +381,36 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		// drains.
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
-	if p.out.stdout == sinkLog {
+	switch {
+	case repW != nil:
+		cmd.Stdout = repW
+	case out.stdout == sinkLog:
 		cmd.Stdout = outW
 	}
-	if p.out.stderr == sinkLog {
+	if out.stderr == sinkLog {
 		cmd.Stderr = outW
 	}
 	err = cmd.Start()
 	// The command holds its own copies of these ends.
 	stdin.Close()
-	if outW != nil {
-		outW.Close()
-	}
+	closeAll(outW, repW)
 	if err != nil {
-		if outR != nil {
-			outR.Close()
-		}
+		closeAll(outR, repR)
 		body.wait()
 		return fmt.Errorf("start command: %w", err)
 	}
 	pgid := cmd.Process.Pid
 	e.track(pgid)
-	out := &boundedBuffer{limit: execOutputBytes}
-	outDone := make(chan struct{})
-	if outR != nil {
-		go func() {
-			defer close(outDone)
-			out.readAll(outR)
-		}()
-	} else {
-		close(outDone)
+	logged := &boundedBuffer{limit: execOutputBytes}
+	outDone := readInto(logged, outR)
+	limit := e.ReplyMaxBytes
+	if limit <= 0 {
+		limit = DefaultReplyMaxBytes
 	}
+	// Read to its end past the limit, so that the command never blocks
+	// on a full pipe: what is over is counted.
+	reply := &boundedBuffer{limit: int(limit)}
+	repDone := readInto(reply, repR)
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
@@ -419,25 +436,40 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 	// hold its output or stdin open as long as it lives: give it the
 	// grace to close them, then stop reading and writing.
 	deadline := time.Now().Add(grace)
-	if outR != nil {
-		_ = outR.SetReadDeadline(deadline)
+	for _, r := range []*os.File{outR, repR} {
+		if r != nil {
+			_ = r.SetReadDeadline(deadline)
+		}
 	}
 	body.stop(deadline)
 	<-outDone
-	if outR != nil {
-		outR.Close()
-	}
+	<-repDone
+	closeAll(outR, repR)
 	body.wait()
 
-	if out.Len() > 0 || out.dropped > 0 {
-		logger := e.Logger
-		if logger == nil {
-			logger = zap.NewNop()
-		}
+	logger := e.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	if logged.Len() > 0 || logged.dropped > 0 {
 		logger.Info("command output", zap.String("message_id", m.MessageID), zap.Int("pid", pgid),
-			zap.ByteString("output", out.Bytes()), zap.Int("dropped_bytes", out.dropped))
+			zap.ByteString("output", logged.Bytes()), zap.Int("dropped_bytes", logged.dropped))
+	}
+	if err != nil && reply.Len() > 0 {
+		// A failed attempt sends no reply: what it wrote goes to the log,
+		// as it would without reply_to.
+		kept := reply.Bytes()[:min(reply.Len(), execOutputBytes)]
+		logger.Info("command standard output, not sent as a reply: the command failed", zap.String("message_id", m.MessageID),
+			zap.Int("pid", pgid), zap.ByteString("output", kept), zap.Int("dropped_bytes", reply.Len()-len(kept)+reply.dropped))
 	}
 	if err == nil {
+		if m.ReplyTo == "" {
+			return nil
+		}
+		if reply.dropped > 0 {
+			return replyTooLarge(limit)
+		}
+		m.Reply = &worker.Reply{Body: bytes.Clone(reply.Bytes())}
 		return nil
 	}
 	var exitErr *exec.ExitError
@@ -452,6 +484,30 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		return fmt.Errorf("command exited with code %d", code)
 	}
 	return err
+}
+
+// readInto reads r, if not nil, into b on a goroutine of its own, and
+// returns a channel closed once it is done.
+func readInto(b *boundedBuffer, r *os.File) <-chan struct{} {
+	done := make(chan struct{})
+	if r == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		b.readAll(r)
+	}()
+	return done
+}
+
+// closeAll closes the files that are not nil.
+func closeAll(fs ...*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // bodyPipe returns the read end of a pipe that holds body, for the

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/warren-mq/warren/tracing"
 	"github.com/warren-mq/warren/worker"
 )
@@ -30,6 +32,14 @@ type HTTP struct {
 	// is bad: it goes to the dead-letter queue at once. Every other
 	// status but 2xx retries. NewHTTP sets DefaultHTTPDeadStatuses.
 	DeadStatuses []int
+	// ReplyMaxBytes bounds the answer to a request with reply_to: the
+	// body of a 2xx response. A longer one makes the message dead (the
+	// request was handled; a truncated answer would be a wrong one). 0
+	// means DefaultReplyMaxBytes.
+	ReplyMaxBytes int64
+	// ReplyHeaders are the response headers that a reply carries as AMQP
+	// headers, named in lower case.
+	ReplyHeaders []string
 
 	url    string
 	client *http.Client
@@ -86,6 +96,9 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		if m.ReplyTo != "" {
+			return h.reply(resp, m)
+		}
 		// Read what is left so the connection is reused, within reason.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil
@@ -102,6 +115,41 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 		return worker.RetryAfter(err, d)
 	}
 	return err
+}
+
+// reply makes the 2xx response resp the answer to m: its body, its
+// Content-Type, and the headers of ReplyHeaders.
+func (h *HTTP) reply(resp *http.Response, m *worker.Message) error {
+	limit := h.ReplyMaxBytes
+	if limit <= 0 {
+		limit = DefaultReplyMaxBytes
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return fmt.Errorf("read the response body: %w", err)
+	}
+	if int64(len(body)) > limit {
+		return replyTooLarge(limit)
+	}
+	m.Reply = &worker.Reply{Body: body, ContentType: resp.Header.Get("Content-Type"), Headers: h.replyHeaders(resp.Header)}
+	return nil
+}
+
+// replyHeaders returns the AMQP headers of a reply from the response
+// headers rh: the one place where response headers become reply headers.
+// Each header of ReplyHeaders present is one string, its values joined
+// with ", " as HTTP allows, named in lower case.
+func (h *HTTP) replyHeaders(rh http.Header) amqp.Table {
+	if len(h.ReplyHeaders) == 0 {
+		return nil
+	}
+	t := make(amqp.Table, len(h.ReplyHeaders))
+	for _, name := range h.ReplyHeaders {
+		if vs := rh.Values(name); len(vs) > 0 {
+			t[strings.ToLower(name)] = strings.Join(vs, ", ")
+		}
+	}
+	return t
 }
 
 // setMessageHeaders maps the message's properties and AMQP headers to

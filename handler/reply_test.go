@@ -1,0 +1,140 @@
+package handler
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/warren-mq/warren/worker"
+)
+
+// TestHTTPReply: with reply_to, a 2xx response's body and Content-Type
+// are the reply, and the headers of ReplyHeaders (several values joined)
+// its AMQP headers; a body over ReplyMaxBytes makes the message dead, not
+// a truncated reply; without reply_to there is no reply; a failure has
+// none.
+func TestHTTPReply(t *testing.T) {
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Request-Id", "r-1")
+		w.Header().Add("Etag", `"a"`)
+		w.Header().Add("Etag", `"b"`)
+		w.Header().Set("X-Secret", "not copied")
+		if string(body) == "fail" {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte(`{"answer":"` + strings.ToUpper(string(body)) + `"}`))
+	})
+	for _, tt := range []struct {
+		name      string
+		body      string
+		replyTo   string
+		max       int64
+		wantReply string // "" for none
+		wantDead  bool
+		wantErr   bool
+	}{
+		{name: "answer", body: "hi", replyTo: "callback", wantReply: `{"answer":"HI"}`},
+		{name: "no reply_to", body: "hi"},
+		{name: "at the limit", body: "hi", replyTo: "callback", max: 15, wantReply: `{"answer":"HI"}`},
+		{name: "over the limit", body: "hi", replyTo: "callback", max: 14, wantDead: true, wantErr: true},
+		{name: "failure", body: "fail", replyTo: "callback", wantErr: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHTTP(t, srv.URL)
+			h.ReplyMaxBytes = tt.max
+			h.ReplyHeaders = []string{"X-Request-Id", "ETag", "X-Missing"}
+			m := &worker.Message{Body: []byte(tt.body), ReplyTo: tt.replyTo}
+			err := h.Handle(context.Background(), m)
+			if (err != nil) != tt.wantErr || worker.IsPermanent(err) != tt.wantDead {
+				t.Fatalf("Handle() = %v, want error %v, dead %v", err, tt.wantErr, tt.wantDead)
+			}
+			if tt.wantDead && !strings.Contains(err.Error(), "WARREN_REPLY_MAX_BYTES") {
+				t.Errorf("Handle() = %v, want it to name WARREN_REPLY_MAX_BYTES", err)
+			}
+			if tt.wantReply == "" {
+				if m.Reply != nil && !tt.wantErr {
+					t.Errorf("Reply = %+v, want none", m.Reply)
+				}
+				return
+			}
+			r := m.Reply
+			if r == nil {
+				t.Fatal("Reply = nil, want the response")
+			}
+			if string(r.Body) != tt.wantReply || r.ContentType != "application/json" {
+				t.Errorf("Reply = %q, %q; want %q, application/json", r.Body, r.ContentType, tt.wantReply)
+			}
+			want := map[string]any{"x-request-id": "r-1", "etag": `"a", "b"`}
+			if len(r.Headers) != len(want) || r.Headers["x-request-id"] != want["x-request-id"] || r.Headers["etag"] != want["etag"] {
+				t.Errorf("Reply.Headers = %v, want %v", r.Headers, want)
+			}
+		})
+	}
+}
+
+// TestExecReply: with reply_to, the command's standard output is the
+// reply and its standard error goes to the log; output over ReplyMaxBytes
+// makes the message dead; a failed command sends none, its output logged;
+// without reply_to, standard output goes to the log as before.
+func TestExecReply(t *testing.T) {
+	verifyNoLeaks(t)
+	for _, tt := range []struct {
+		name      string
+		command   string
+		body      string
+		replyTo   string
+		max       int64
+		wantReply string
+		wantLog   string // the output logged, "" for none
+		wantDead  bool
+		wantErr   bool
+	}{
+		{name: "plain command", command: "tr a-z A-Z", body: "hello", replyTo: "cb", wantReply: "HELLO"},
+		{name: "shell, stderr logged", command: "tr a-z A-Z; echo oops >&2", body: "hello", replyTo: "cb", wantReply: "HELLO", wantLog: "oops\n"},
+		{name: "stdout to /dev/null", command: "tr a-z A-Z >/dev/null", body: "hello", replyTo: "cb", wantReply: ""},
+		{name: "no reply_to", command: "tr a-z A-Z", body: "hello", wantLog: "HELLO"},
+		{name: "at the limit", command: "head -c 1024 /dev/zero", replyTo: "cb", max: 1024, wantReply: strings.Repeat("\x00", 1024)},
+		{name: "over the limit", command: "head -c 1048577 /dev/zero", replyTo: "cb", max: 1 << 20, wantDead: true, wantErr: true},
+		{name: "failed", command: "echo partial; exit 3", replyTo: "cb", wantErr: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e, logs := newExec(t, tt.command)
+			e.ReplyMaxBytes = tt.max
+			m := &worker.Message{Body: []byte(tt.body), ReplyTo: tt.replyTo}
+			err := e.Handle(context.Background(), m)
+			if (err != nil) != tt.wantErr || worker.IsPermanent(err) != tt.wantDead {
+				t.Fatalf("Handle(%q) = %v, want error %v, dead %v", tt.command, err, tt.wantErr, tt.wantDead)
+			}
+			switch {
+			case tt.wantErr || tt.replyTo == "":
+				if m.Reply != nil {
+					t.Errorf("Handle(%q): Reply = %q, want none", tt.command, m.Reply.Body)
+				}
+			case m.Reply == nil:
+				t.Errorf("Handle(%q): no Reply, want %q", tt.command, tt.wantReply)
+			case string(m.Reply.Body) != tt.wantReply:
+				t.Errorf("Handle(%q): Reply = %.40q, want %.40q", tt.command, m.Reply.Body, tt.wantReply)
+			}
+			var logged []string
+			for _, e := range logs.All() {
+				if out, ok := e.ContextMap()["output"].(string); ok {
+					logged = append(logged, out)
+				}
+			}
+			if tt.name == "failed" {
+				if len(logged) != 1 || logged[0] != "partial\n" {
+					t.Errorf("Handle(%q) logged %q, want the failed command's standard output", tt.command, logged)
+				}
+				return
+			}
+			if want := tt.wantLog; (want == "") != (len(logged) == 0) || want != "" && logged[0] != want {
+				t.Errorf("Handle(%q) logged %q, want %q", tt.command, logged, want)
+			}
+		})
+	}
+}
