@@ -82,12 +82,11 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	if err != nil {
 		return worker.Permanent(fmt.Errorf("build request: %w", err))
 	}
-	ct := m.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
+	if err := setRequestHeaders(req.Header, m); err != nil {
+		// A message that claims to be a CloudEvent and is not a valid
+		// one stays invalid, however often it is tried.
+		return worker.Permanent(err)
 	}
-	req.Header.Set("Content-Type", sanitizeHeaderValue(ct))
-	setMessageHeaders(req.Header, m)
 	tracing.InjectHTTP(ctx, req.Header) // traceparent, tracestate, baggage
 	resp, err := h.client.Do(req)
 	if err != nil {
@@ -131,25 +130,61 @@ func (h *HTTP) reply(resp *http.Response, m *worker.Message) error {
 	if int64(len(body)) > limit {
 		return replyTooLarge(limit)
 	}
-	m.Reply = &worker.Reply{Body: body, ContentType: resp.Header.Get("Content-Type"), Headers: h.replyHeaders(resp.Header)}
+	r := &worker.Reply{Body: body, ContentType: resp.Header.Get("Content-Type")}
+	if err := h.replyHeaders(r, resp.Header, body); err != nil {
+		return err
+	}
+	m.Reply = r
 	return nil
 }
 
-// replyHeaders returns the AMQP headers of a reply from the response
-// headers rh: the one place where response headers become reply headers.
-// Each header of ReplyHeaders present is one string, its values joined
-// with ", " as HTTP allows, named in lower case.
-func (h *HTTP) replyHeaders(rh http.Header) amqp.Table {
-	if len(h.ReplyHeaders) == 0 {
-		return nil
+// replyHeaders sets the content type and AMQP headers of the reply r from
+// the response headers rh and body: the one place where response headers
+// become reply headers. A response that is a CloudEvent keeps its
+// attributes as cloudEvents: properties (CloudEventReplyOf); one that
+// claims to be an event and is not a valid one makes the message dead,
+// as it would be every time. Each header of ReplyHeaders present is one
+// string, its values joined with ", " as HTTP allows, named in lower
+// case.
+func (h *HTTP) replyHeaders(r *worker.Reply, rh http.Header, body []byte) error {
+	ce, ok, err := CloudEventReplyOf(rh, body)
+	if err != nil {
+		return worker.Permanent(fmt.Errorf("reply: %w", err))
 	}
-	t := make(amqp.Table, len(h.ReplyHeaders))
+	if ok {
+		r.ContentType, r.Headers = ce.ContentType, ce.Properties
+	}
 	for _, name := range h.ReplyHeaders {
 		if vs := rh.Values(name); len(vs) > 0 {
-			t[strings.ToLower(name)] = strings.Join(vs, ", ")
+			if r.Headers == nil {
+				r.Headers = make(amqp.Table, len(h.ReplyHeaders))
+			}
+			r.Headers[strings.ToLower(name)] = strings.Join(vs, ", ")
 		}
 	}
-	return t
+	return nil
+}
+
+// setRequestHeaders sets the Content-Type and the headers that carry m's
+// properties. A CloudEvent (cloudevents.go) has its attributes as ce-
+// headers, or in its body, and not again as X-Warren-Header-*; it is an
+// error when m claims to be one and is not a valid one.
+func setRequestHeaders(h http.Header, m *worker.Message) error {
+	if mode := cloudEventMode(m); mode != notEvent {
+		rest, err := setCloudEventHeaders(h, m, mode)
+		if err != nil {
+			return err
+		}
+		setMessageHeaders(h, rest)
+		return nil
+	}
+	ct := m.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h.Set("Content-Type", sanitizeHeaderValue(ct))
+	setMessageHeaders(h, m)
+	return nil
 }
 
 // setMessageHeaders maps the message's properties and AMQP headers to

@@ -138,3 +138,44 @@ func TestExecReply(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPReplyCloudEvent: a response that is a CloudEvent in binary mode
+// answers with its attributes as cloudEvents: properties beside the
+// headers of ReplyHeaders; one that claims to be an event and is not a
+// valid one makes the message dead.
+func TestHTTPReplyCloudEvent(t *testing.T) {
+	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("ce-specversion", "1.0")
+		w.Header().Set("ce-type", "com.example.answer")
+		w.Header().Set("ce-source", "/answers")
+		if string(body) != "invalid" {
+			w.Header().Set("ce-id", "a-1")
+		}
+		w.Header().Set("X-Request-Id", "r-1")
+		_, _ = w.Write([]byte(`{}`))
+	})
+	h := newHTTP(t, srv.URL)
+	h.ReplyHeaders = []string{"X-Request-Id"}
+	m := &worker.Message{Body: []byte("valid"), ReplyTo: "cb"}
+	if err := h.Handle(context.Background(), m); err != nil || m.Reply == nil {
+		t.Fatalf("Handle() = %v, reply %v; want nil and a reply", err, m.Reply)
+	}
+	want := map[string]any{
+		CloudEventsPropertyPrefix + "specversion": "1.0", CloudEventsPropertyPrefix + "type": "com.example.answer",
+		CloudEventsPropertyPrefix + "source": "/answers", CloudEventsPropertyPrefix + "id": "a-1", "x-request-id": "r-1",
+	}
+	if len(m.Reply.Headers) != len(want) || m.Reply.ContentType != "application/json" {
+		t.Errorf("Reply = %v, %q; want %v, application/json", m.Reply.Headers, m.Reply.ContentType, want)
+	}
+	for k, v := range want {
+		if m.Reply.Headers[k] != v {
+			t.Errorf("Reply.Headers[%s] = %v, want %v", k, m.Reply.Headers[k], v)
+		}
+	}
+	m = &worker.Message{Body: []byte("invalid"), ReplyTo: "cb"}
+	if err := h.Handle(context.Background(), m); !worker.IsPermanent(err) || !strings.Contains(err.Error(), "id") {
+		t.Errorf("Handle() of a response event without id = %v, want dead naming id", err)
+	}
+}
