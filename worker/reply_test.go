@@ -217,3 +217,45 @@ func TestReplyOnDead(t *testing.T) {
 		})
 	}
 }
+
+// TestReplyUnconfirmedHandsRequestBack: a reply whose confirm never comes
+// (the link stalls after the reply reached the broker) leaves the request
+// unacked: it comes back, is handled again, and the requester gets its
+// answer; nothing is lost.
+func TestReplyUnconfirmedHandsRequestBack(t *testing.T) {
+	q := brokertest.Queue(t)
+	proxy := brokertest.NewProxy(t)
+	rec := newRecorder(func(_ context.Context, m *worker.Message, attempt int) error {
+		m.Reply = &worker.Reply{Body: []byte("answer")}
+		if attempt == 1 {
+			// The reply will reach the broker; its confirm will not come back.
+			proxy.StallFromBroker(true)
+		}
+		return nil
+	})
+	h := start(t, worker.Config{
+		Dialer:   &broker.Dialer{URLs: []string{proxy.URL()}, Heartbeat: time.Second},
+		Topology: broker.Topology{Queue: q, Declare: true},
+		Handler:  rec,
+	})
+	h.waitReady(t)
+	c := brokertest.NewRPCClient(t)
+	id := c.Call(t, q, "req", amqp.Persistent)
+	brokertest.WaitFor(t, 15*time.Second, "the dead link noticed", func() bool {
+		return h.metric(t, "warren_connected") == 0
+	})
+	proxy.StallFromBroker(false)
+	brokertest.WaitFor(t, 30*time.Second, "the request handled again and acked", func() bool {
+		return rec.count("req") >= 2 && h.metric(t, "warren_messages_total", "outcome", "ack") >= 1
+	})
+	if got := h.metric(t, "warren_replies_total", "outcome", "unconfirmed"); got < 1 {
+		t.Errorf("warren_replies_total{outcome=unconfirmed} = %v, want at least 1", got)
+	}
+	r, ok := c.Reply(t, 10*time.Second)
+	if !ok || r.CorrelationId != id || string(r.Body) != "answer" {
+		t.Errorf("reply = %q, %q, %v; want answer, %q", r.Body, r.CorrelationId, ok, id)
+	}
+	brokertest.WaitFor(t, 10*time.Second, "the queue empty", func() bool {
+		return brokertest.Ready(t, q) == 0 && h.metric(t, "warren_inflight_messages") == 0
+	})
+}
