@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -177,5 +179,45 @@ func TestHTTPReplyCloudEvent(t *testing.T) {
 	m = &worker.Message{Body: []byte("invalid"), ReplyTo: "cb"}
 	if err := h.Handle(context.Background(), m); !worker.IsPermanent(err) || !strings.Contains(err.Error(), "id") {
 		t.Errorf("Handle() of a response event without id = %v, want dead naming id", err)
+	}
+}
+
+// TestExecReplyRedirections: for a request with reply_to, standard output
+// is the reply and the redirections apply from there as sh's would,
+// whether warren sets them up itself or sh does: 2>&1 sends standard
+// error into the reply too, 1>&2 sends standard output to the log.
+func TestExecReplyRedirections(t *testing.T) {
+	verifyNoLeaks(t)
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "emit"), []byte("#!/bin/sh\necho out\necho err >&2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		command   string
+		wantReply string
+		wantLog   string
+	}{
+		{"emit", "out\n", "err\n"},
+		{"emit 2>&1", "out\nerr\n", ""},
+		{"emit 1>&2", "", "out\nerr\n"},
+		{"emit 2>/dev/null", "out\n", ""},
+		{"emit >/dev/null", "", "err\n"},
+		{"emit 2>&1; true", "out\nerr\n", ""}, // through sh
+		{"emit; true", "out\n", "err\n"},
+	} {
+		t.Run(tt.command, func(t *testing.T) {
+			e, logs := newExec(t, tt.command, "PATH="+bin+":"+os.Getenv("PATH"))
+			m := &worker.Message{ReplyTo: "cb"}
+			if err := e.Handle(context.Background(), m); err != nil || m.Reply == nil {
+				t.Fatalf("Handle(%q) = %v, reply %v; want nil and a reply", tt.command, err, m.Reply)
+			}
+			var logged string
+			for _, e := range logs.FilterMessage("command output").All() {
+				logged += e.ContextMap()["output"].(string)
+			}
+			if string(m.Reply.Body) != tt.wantReply || logged != tt.wantLog {
+				t.Errorf("Handle(%q): reply %q, logged %q; want %q, %q", tt.command, m.Reply.Body, logged, tt.wantReply, tt.wantLog)
+			}
+		})
 	}
 }
