@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"iter"
 	"maps"
+	"strings"
 	"sync"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -151,6 +152,37 @@ type Pending struct {
 // earlier hop, is replaced); its headers are copied, not changed.
 func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Publishing) (*Pending, error) {
 	msg.DeliveryMode = amqp.Persistent
+	return p.send(ctx, exchange, key, msg, true)
+}
+
+// DirectReplyTo is the pseudo-queue of RabbitMQ's direct reply-to: a
+// requester consumes it, and a reply_to that starts with it names the
+// requester's channel.
+const DirectReplyTo = "amq.rabbitmq.reply-to"
+
+// IsDirectReplyTo reports whether a reply_to names a requester of direct
+// reply-to rather than a queue.
+func IsDirectReplyTo(replyTo string) bool {
+	return strings.HasPrefix(replyTo, DirectReplyTo+".")
+}
+
+// PublishReply publishes msg, a reply, to the queue replyTo through the
+// default exchange and waits for its confirm. Unlike Send it keeps msg's
+// delivery mode (a reply is as persistent as its request). It is
+// mandatory, so that a reply to a queue that is gone ends with
+// ErrUnroutable, but for direct reply-to: RabbitMQ 3.10 returns such a
+// reply (312 NO_ROUTE) even when it delivered it, and confirms it
+// whether or not the requester is still there.
+func (p *Publisher) PublishReply(ctx context.Context, replyTo string, msg amqp.Publishing) error {
+	m, err := p.send(ctx, "", replyTo, msg, !IsDirectReplyTo(replyTo))
+	if err != nil {
+		return err
+	}
+	return p.Wait(ctx, m)
+}
+
+// send publishes msg with a message id and a publish token of its own.
+func (p *Publisher) send(ctx context.Context, exchange, key string, msg amqp.Publishing, mandatory bool) (*Pending, error) {
 	if msg.MessageId == "" {
 		msg.MessageId = newID()
 	}
@@ -165,8 +197,8 @@ func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Pub
 	p.pending[token] = false
 	p.mu.Unlock()
 	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key,
-		true,  // mandatory: an unroutable message is returned, not dropped
-		false, // immediate
+		mandatory, // an unroutable message is returned, not dropped
+		false,     // immediate
 		msg)
 	if err != nil {
 		p.forget(token)

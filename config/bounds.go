@@ -71,6 +71,10 @@ var bounds = []Bound{
 		want: "0 (none), or an integer from 1 to %[2]s with WARREN_QUEUE_TYPE=quorum"},
 	{Var: "WARREN_HTTP_DEAD_STATUSES", List: true, Min: 400, Max: 599, want: "HTTP statuses from %[1]s to %[2]s, comma-separated"},
 	{Var: "WARREN_EXEC_DEAD_EXIT_CODES", List: true, Min: 1, Max: 255, want: "exit codes from %[1]s to %[2]s, comma-separated"},
+	// At most RabbitMQ's default max_message_size: a larger reply the
+	// broker refuses.
+	{Var: "WARREN_REPLY_MAX_BYTES", Unit: Size, Min: 1 << 10, Max: 128 << 20,
+		want: "a size from %[1]s to %[2]s: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 1Mi"},
 	{Var: "WARREN_CIRCUIT_FAILURES", Min: 1, Max: 10000, want: "an integer from %[1]s to %[2]s"},
 	{Var: "WARREN_CIRCUIT_WINDOW", Unit: Duration, Min: int64(time.Second), Max: int64(24 * time.Hour),
 		want: "a duration from %[1]s to %[2]s, such as %[3]s"},

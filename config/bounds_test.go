@@ -14,7 +14,7 @@ import (
 // TestBoundWants pins what the error text of each bounded variable asks
 // for, as it read before the bounds were a table.
 func TestBoundWants(t *testing.T) {
-	for _, tt := range []struct {
+	tests := []struct {
 		give string
 		want string
 	}{
@@ -33,13 +33,15 @@ func TestBoundWants(t *testing.T) {
 		{"WARREN_CIRCUIT_WINDOW", "a duration from 1s to 24h, such as 30s"},
 		{"WARREN_CIRCUIT_MAX_PROBE_INTERVAL", "a duration from 10ms to 1h, such as 1m"},
 		{"WARREN_RATE_LIMIT", "0 (no limit), or messages per second up to 100000, fractions allowed, such as 20 or 0.5"},
-	} {
+		{"WARREN_REPLY_MAX_BYTES", "a size from 1Ki to 128Mi: bytes, or a whole number with the suffix Ki, Mi or Gi, such as 1Mi"},
+	}
+	for _, tt := range tests {
 		if got := wants[tt.give]; got != tt.want {
 			t.Errorf("wants[%s] = %q, want %q", tt.give, got, tt.want)
 		}
 	}
-	if n := len(Bounds()); n != 15 {
-		t.Errorf("Bounds() has %d settings, want the 15 above", n)
+	if n := len(Bounds()); n != len(tests) {
+		t.Errorf("Bounds() has %d settings, want the %d above", n, len(tests))
 	}
 }
 

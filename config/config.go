@@ -62,6 +62,8 @@ type Config struct {
 	HTTP             struct {
 		URL          string `desc:"http handler: the URL messages are POSTed to"`
 		DeadStatuses []int  `split_words:"true" default:"400,410,413,415,422" desc:"http handler: response statuses that mean dead, not retry, comma-separated; every other failure retries"`
+		// ReplyHeaders name the response headers that a reply carries.
+		ReplyHeaders []string `split_words:"true" desc:"http handler: names of response headers a reply carries as AMQP headers (lower case), comma-separated; Content-Type is always its content type"`
 	}
 	Exec struct {
 		Command       string `desc:"exec handler: command run per message, body on stdin; a program and its arguments (with trailing redirections to /dev/null or 2>&1) runs without a shell, anything else with /bin/sh -c"`
@@ -69,6 +71,11 @@ type Config struct {
 		// Env names the variables of warren's environment passed on to the
 		// command, beyond the few every program expects.
 		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
+	}
+	// Replies to requests that carry reply_to.
+	Reply struct {
+		MaxBytes Bytes `split_words:"true" default:"1Mi" desc:"largest reply to a request with reply_to (the http handler's response body, the exec command's standard output); a larger one makes the request dead"`
+		OnDead   bool  `split_words:"true" default:"false" desc:"a request with reply_to that goes dead gets an error reply: the reason in its body and in the x-warren-error header, x-warren-outcome: dead"`
 	}
 	// The circuit breaker (worker.CircuitConfig).
 	Circuit                 string        `default:"on" desc:"on or off: the circuit breaker; on, failures that say the downstream is down (http handler: refused, reset, timed out, 5xx, 408, 429) stop consumption, the messages wait in the queue, no attempt spent, and one message probes until the downstream answers"`
@@ -125,26 +132,28 @@ func (e *Error) Error() string {
 // wants says what each variable expects, for both parse and validation
 // errors; what a bounded one expects comes from its Bound.
 var wants = withBounds(map[string]string{
-	"WARREN_AMQP_URL":         "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
-	"WARREN_AMQP_URL_FILE":    "a readable file holding the broker URL",
-	"WARREN_QUEUE":            "the name of the queue to consume",
-	"WARREN_QUEUE_TYPE":       "classic or quorum",
-	"WARREN_DECLARE":          "true or false",
-	"WARREN_EXCHANGE_TYPE":    "direct, fanout, topic or headers",
-	"WARREN_BINDING_KEYS":     "name=value pairs for a headers exchange",
-	"WARREN_HANDLER":          "one of log, noop, http, exec",
-	"WARREN_HANDLER_TIMEOUT":  "a positive duration such as 30s or 5m",
-	"WARREN_HTTP_URL":         "an http:// or https:// URL",
-	"WARREN_EXEC_COMMAND":     "a shell command",
-	"WARREN_EXEC_ENV":         "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
-	"WARREN_CIRCUIT":          "on or off",
-	"WARREN_SHUTDOWN_TIMEOUT": "a positive duration such as 25s",
-	"WARREN_HEALTH_ADDR":      "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
-	"WARREN_LOG_LEVEL":        "one of debug, info, warn, error",
-	"WARREN_LOG_FORMAT":       "json or console",
-	"WARREN_TLS_CA_FILE":      "a readable PEM file of CA certificates",
-	"WARREN_TLS_CERT_FILE":    "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
-	"WARREN_TLS_KEY_FILE":     "a readable PEM key, with WARREN_TLS_CERT_FILE",
+	"WARREN_AMQP_URL":           "amqp:// or amqps:// URLs, comma-separated, such as amqp://user:password@host:5672/vhost",
+	"WARREN_AMQP_URL_FILE":      "a readable file holding the broker URL",
+	"WARREN_QUEUE":              "the name of the queue to consume",
+	"WARREN_QUEUE_TYPE":         "classic or quorum",
+	"WARREN_DECLARE":            "true or false",
+	"WARREN_EXCHANGE_TYPE":      "direct, fanout, topic or headers",
+	"WARREN_BINDING_KEYS":       "name=value pairs for a headers exchange",
+	"WARREN_HANDLER":            "one of log, noop, http, exec",
+	"WARREN_HANDLER_TIMEOUT":    "a positive duration such as 30s or 5m",
+	"WARREN_HTTP_URL":           "an http:// or https:// URL",
+	"WARREN_EXEC_COMMAND":       "a shell command",
+	"WARREN_EXEC_ENV":           "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
+	"WARREN_CIRCUIT":            "on or off",
+	"WARREN_REPLY_ON_DEAD":      "true or false",
+	"WARREN_HTTP_REPLY_HEADERS": "names of HTTP headers, comma-separated, such as X-Request-Id,ETag",
+	"WARREN_SHUTDOWN_TIMEOUT":   "a positive duration such as 25s",
+	"WARREN_HEALTH_ADDR":        "a listen address such as :8080 or 127.0.0.1:8080 (host empty, an IP address or localhost; port 0 to 65535)",
+	"WARREN_LOG_LEVEL":          "one of debug, info, warn, error",
+	"WARREN_LOG_FORMAT":         "json or console",
+	"WARREN_TLS_CA_FILE":        "a readable PEM file of CA certificates",
+	"WARREN_TLS_CERT_FILE":      "a readable PEM certificate, with WARREN_TLS_KEY_FILE",
+	"WARREN_TLS_KEY_FILE":       "a readable PEM key, with WARREN_TLS_CERT_FILE",
 })
 
 func bad(name, value string) *Error {
@@ -210,6 +219,9 @@ func (c *Config) resolve() error {
 	}
 	for i, k := range c.Exec.Env {
 		c.Exec.Env[i] = strings.TrimSpace(k)
+	}
+	for i, k := range c.HTTP.ReplyHeaders {
+		c.HTTP.ReplyHeaders[i] = strings.TrimSpace(k)
 	}
 	c.URLs = broker.ParseURLs(raw)
 	tlsConfig, err := c.loadTLS()
@@ -291,6 +303,8 @@ func (c *Config) Validate() error {
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
 	case !within("WARREN_DELIVERY_LIMIT", c.DeliveryLimit) || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
 		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
+	case !within("WARREN_REPLY_MAX_BYTES", c.Reply.MaxBytes):
+		return bad("WARREN_REPLY_MAX_BYTES", c.Reply.MaxBytes.String())
 	case c.Circuit != "on" && c.Circuit != "off":
 		return bad("WARREN_CIRCUIT", c.Circuit)
 	case !within("WARREN_CIRCUIT_FAILURES", c.CircuitFailures):
@@ -335,6 +349,11 @@ func (c *Config) Validate() error {
 	for _, code := range c.Exec.DeadExitCodes {
 		if !within("WARREN_EXEC_DEAD_EXIT_CODES", code) {
 			return bad("WARREN_EXEC_DEAD_EXIT_CODES", joinInts(c.Exec.DeadExitCodes))
+		}
+	}
+	for _, name := range c.HTTP.ReplyHeaders {
+		if !headerName(name) {
+			return bad("WARREN_HTTP_REPLY_HEADERS", strings.Join(c.HTTP.ReplyHeaders, ","))
 		}
 	}
 	for _, name := range c.Exec.Env {
@@ -408,6 +427,21 @@ func envName(s string) bool {
 		case r == '_', r >= 'A' && r <= 'Z', r >= 'a' && r <= 'z':
 		case r >= '0' && r <= '9' && i > 0:
 		default:
+			return false
+		}
+	}
+	return true
+}
+
+// headerName reports whether s is an HTTP header name (a token).
+func headerName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+		if !ok {
 			return false
 		}
 	}

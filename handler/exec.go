@@ -62,6 +62,11 @@ type Exec struct {
 	// Grace is how long the command has to exit after SIGTERM, at its
 	// timeout, before SIGKILL; 0 means 5s.
 	Grace time.Duration
+	// ReplyMaxBytes bounds the answer to a request with reply_to: the
+	// command's standard output, which then is the reply instead of going
+	// to the log (standard error still does). A longer one makes the
+	// message dead. 0 means DefaultReplyMaxBytes.
+	ReplyMaxBytes int64
 
 	mu     sync.Mutex
 	groups map[int]bool // process groups of the commands running
@@ -77,22 +82,26 @@ type execProgram struct {
 	file          string
 	argv          []string
 	out           execOutputs
+	// replyOut is where the outputs go for a request with reply_to:
+	// standard output, before the redirections, is the reply.
+	replyOut execOutputs
 }
 
 // execSink is where one of a command's outputs goes.
 type execSink uint8
 
 const (
-	sinkLog  execSink = iota // the pipe warren reads, and logs
-	sinkNull                 // /dev/null
+	sinkLog   execSink = iota // the pipe warren reads, and logs
+	sinkNull                  // /dev/null
+	sinkReply                 // the pipe warren reads, the reply to a request
 )
 
 // execOutputs is where a command's standard output and error go.
 type execOutputs struct{ stdout, stderr execSink }
 
-// logged reports whether any output goes to the log: whether the command
-// needs the pipe warren reads.
-func (o execOutputs) logged() bool { return o.stdout == sinkLog || o.stderr == sinkLog }
+// to reports whether any output goes to sink: whether the command needs
+// that pipe.
+func (o execOutputs) to(sink execSink) bool { return o.stdout == sink || o.stderr == sink }
 
 // KillAll kills the process groups of every command running, with
 // SIGKILL and no grace, and of any command started from now on. It is
@@ -131,8 +140,9 @@ func (e *Exec) untrack(pgid int) {
 
 // program returns how Command runs: the program itself, with the
 // redirections it ends with set up by warren, for a plain command line;
-// else /bin/sh, both outputs to the log. The answer is kept, and worked
-// out again only if Command or the PATH changes.
+// else /bin/sh, both outputs to the log (or standard output to the
+// reply). The answer is kept, and worked out again only if Command or the
+// PATH changes.
 func (e *Exec) program() execProgram {
 	path := envPATH(e.Env)
 	e.mu.Lock()
@@ -140,10 +150,12 @@ func (e *Exec) program() execProgram {
 	if p := e.prog; p.argv != nil && p.command == e.Command && p.path == path {
 		return p
 	}
-	p := execProgram{command: e.Command, path: path, file: "/bin/sh", argv: []string{"/bin/sh", "-c", e.Command}}
+	p := execProgram{command: e.Command, path: path, file: "/bin/sh", argv: []string{"/bin/sh", "-c", e.Command},
+		replyOut: execOutputs{stdout: sinkReply, stderr: sinkLog}}
 	if words, out, ok := nativeCommand(e.Command); ok {
 		if f, err := lookPath(words[0], path); err == nil && kernelRuns(f) {
-			p.file, p.argv, p.out = f, words, out
+			_, rs := splitRedirections(e.Command)
+			p.file, p.argv, p.out, p.replyOut = f, words, out, applyRedirections(rs, sinkReply)
 		}
 	}
 	e.prog = p
@@ -169,7 +181,13 @@ func nativeCommand(command string) (words []string, out execOutputs, ok bool) {
 // 2 an argument of cat). Anything else (>>, <, 3>, >&-, a file) stays in
 // the line, and plainArgv sends it to sh.
 func trailingRedirections(command string) (rest string, out execOutputs) {
-	var rs []redirection // last first
+	rest, rs := splitRedirections(command)
+	return rest, applyRedirections(rs, sinkLog)
+}
+
+// splitRedirections returns the line before the trailing redirections
+// that warren sets up itself, and those, last first.
+func splitRedirections(command string) (rest string, rs []redirection) {
 	rest = strings.TrimRight(command, " ")
 	for {
 		i := strings.LastIndexByte(rest, ' ') + 1
@@ -188,7 +206,14 @@ func trailingRedirections(command string) (rest string, out execOutputs) {
 		rs = append(rs, r)
 		rest = strings.TrimRight(rest[:i], " ")
 	}
-	sinks := [3]execSink{1: sinkLog, 2: sinkLog} // by fd
+	return rest, rs
+}
+
+// applyRedirections returns where the outputs go once rs (last first) are
+// applied from left to right, as sh does, to standard output going to
+// stdout and standard error to the log.
+func applyRedirections(rs []redirection, stdout execSink) execOutputs {
+	sinks := [3]execSink{1: stdout, 2: sinkLog} // by fd
 	for _, r := range slices.Backward(rs) {
 		if r.dup == 0 {
 			sinks[r.fd] = sinkNull
@@ -196,7 +221,7 @@ func trailingRedirections(command string) (rest string, out execOutputs) {
 			sinks[r.fd] = sinks[r.dup]
 		}
 	}
-	return rest, execOutputs{stdout: sinks[1], stderr: sinks[2]}
+	return execOutputs{stdout: sinks[1], stderr: sinks[2]}
 }
 
 // redirection is one that warren sets up itself: fd (1 or 2) to
@@ -344,15 +369,30 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		return fmt.Errorf("start command: %w", err)
 	}
 	// The output pipe, when any output goes to the log; an output sent to
-	// /dev/null is left nil, which os/exec opens as the null device.
-	var outR, outW *os.File
-	if p.out.logged() {
-		if outR, outW, err = os.Pipe(); err != nil {
+	// /dev/null is left nil, which os/exec opens as the null device. For
+	// a request with reply_to, standard output goes to a pipe of its own,
+	// the reply, and the redirections apply from there as sh would.
+	out := p.out
+	if m.ReplyTo != "" {
+		out = p.replyOut
+	}
+	var outR, outW, repR, repW *os.File
+	if out.to(sinkReply) {
+		if repR, repW, err = os.Pipe(); err != nil {
 			stdin.Close() // the writer, if any, ends with EPIPE
 			body.wait()
 			return fmt.Errorf("start command: %w", err)
 		}
 	}
+	if out.to(sinkLog) {
+		if outR, outW, err = os.Pipe(); err != nil {
+			stdin.Close()
+			closeAll(repR, repW)
+			body.wait()
+			return fmt.Errorf("start command: %w", err)
+		}
+	}
+	pipe := map[execSink]*os.File{sinkLog: outW, sinkReply: repW}
 	cmd := &exec.Cmd{
 		Path:  p.file,
 		Args:  p.argv,
@@ -363,37 +403,35 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		// drains.
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
-	if p.out.stdout == sinkLog {
-		cmd.Stdout = outW
+	// An *os.File, never a nil one in an interface: os/exec opens the
+	// null device only for a nil interface.
+	if f := pipe[out.stdout]; f != nil {
+		cmd.Stdout = f
 	}
-	if p.out.stderr == sinkLog {
-		cmd.Stderr = outW
+	if f := pipe[out.stderr]; f != nil {
+		cmd.Stderr = f
 	}
 	err = cmd.Start()
 	// The command holds its own copies of these ends.
 	stdin.Close()
-	if outW != nil {
-		outW.Close()
-	}
+	closeAll(outW, repW)
 	if err != nil {
-		if outR != nil {
-			outR.Close()
-		}
+		closeAll(outR, repR)
 		body.wait()
 		return fmt.Errorf("start command: %w", err)
 	}
 	pgid := cmd.Process.Pid
 	e.track(pgid)
-	out := &boundedBuffer{limit: execOutputBytes}
-	outDone := make(chan struct{})
-	if outR != nil {
-		go func() {
-			defer close(outDone)
-			out.readAll(outR)
-		}()
-	} else {
-		close(outDone)
+	logged := &boundedBuffer{limit: execOutputBytes}
+	outDone := readInto(logged, outR)
+	limit := e.ReplyMaxBytes
+	if limit <= 0 {
+		limit = DefaultReplyMaxBytes
 	}
+	// Read to its end past the limit, so that the command never blocks
+	// on a full pipe: what is over is counted.
+	reply := &boundedBuffer{limit: int(limit)}
+	repDone := readInto(reply, repR)
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()
 
@@ -419,25 +457,40 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 	// hold its output or stdin open as long as it lives: give it the
 	// grace to close them, then stop reading and writing.
 	deadline := time.Now().Add(grace)
-	if outR != nil {
-		_ = outR.SetReadDeadline(deadline)
+	for _, r := range []*os.File{outR, repR} {
+		if r != nil {
+			_ = r.SetReadDeadline(deadline)
+		}
 	}
 	body.stop(deadline)
 	<-outDone
-	if outR != nil {
-		outR.Close()
-	}
+	<-repDone
+	closeAll(outR, repR)
 	body.wait()
 
-	if out.Len() > 0 || out.dropped > 0 {
-		logger := e.Logger
-		if logger == nil {
-			logger = zap.NewNop()
-		}
+	logger := e.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	if logged.Len() > 0 || logged.dropped > 0 {
 		logger.Info("command output", zap.String("message_id", m.MessageID), zap.Int("pid", pgid),
-			zap.ByteString("output", out.Bytes()), zap.Int("dropped_bytes", out.dropped))
+			zap.ByteString("output", logged.Bytes()), zap.Int("dropped_bytes", logged.dropped))
+	}
+	if err != nil && reply.Len() > 0 {
+		// A failed attempt sends no reply: what it wrote goes to the log,
+		// as it would without reply_to.
+		kept := reply.Bytes()[:min(reply.Len(), execOutputBytes)]
+		logger.Info("command standard output, not sent as a reply: the command failed", zap.String("message_id", m.MessageID),
+			zap.Int("pid", pgid), zap.ByteString("output", kept), zap.Int("dropped_bytes", reply.Len()-len(kept)+reply.dropped))
 	}
 	if err == nil {
+		if m.ReplyTo == "" {
+			return nil
+		}
+		if reply.dropped > 0 {
+			return replyTooLarge(limit)
+		}
+		m.Reply = &worker.Reply{Body: bytes.Clone(reply.Bytes())}
 		return nil
 	}
 	var exitErr *exec.ExitError
@@ -452,6 +505,30 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		return fmt.Errorf("command exited with code %d", code)
 	}
 	return err
+}
+
+// readInto reads r, if not nil, into b on a goroutine of its own, and
+// returns a channel closed once it is done.
+func readInto(b *boundedBuffer, r *os.File) <-chan struct{} {
+	done := make(chan struct{})
+	if r == nil {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		b.readAll(r)
+	}()
+	return done
+}
+
+// closeAll closes the files that are not nil.
+func closeAll(fs ...*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // bodyPipe returns the read end of a pipe that holds body, for the

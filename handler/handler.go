@@ -7,6 +7,7 @@
 package handler
 
 import (
+	"fmt"
 	"os"
 
 	"go.uber.org/zap"
@@ -30,11 +31,25 @@ func New(cfg *config.Config, logger *zap.Logger) worker.Handler {
 			DeadExitCodes: cfg.Exec.DeadExitCodes,
 			Env:           ExecEnv(os.Environ(), cfg.Exec.Env),
 			Logger:        logger.Named("exec"),
+			ReplyMaxBytes: int64(cfg.Reply.MaxBytes),
 		}
 	case config.HandlerHTTP:
 		h := NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
 		h.DeadStatuses = cfg.HTTP.DeadStatuses
+		h.ReplyMaxBytes = int64(cfg.Reply.MaxBytes)
+		h.ReplyHeaders = cfg.HTTP.ReplyHeaders
 		return h
 	}
 	return Log(logger.Named("message"))
+}
+
+// DefaultReplyMaxBytes bounds a handler's answer to a request with
+// reply_to when nothing else does (WARREN_REPLY_MAX_BYTES).
+const DefaultReplyMaxBytes = 1 << 20
+
+// replyTooLarge is the error of an answer over limit bytes: permanent,
+// since handling the request again gives the same answer, and a
+// truncated one would be wrong.
+func replyTooLarge(limit int64) error {
+	return worker.Permanent(fmt.Errorf("reply over WARREN_REPLY_MAX_BYTES (%d bytes)", limit))
 }

@@ -106,3 +106,32 @@ func TestNewExec(t *testing.T) {
 		t.Error("New().Logger = nil, want the command's output logged")
 	}
 }
+
+// TestNewReplySettings: the reply's size limit and the HTTP headers a
+// reply carries come from the configuration, whose default limit is the
+// library's.
+func TestNewReplySettings(t *testing.T) {
+	for _, tt := range []struct {
+		give        map[string]string
+		wantMax     int64
+		wantHeaders []string
+	}{
+		{give: map[string]string{}, wantMax: handler.DefaultReplyMaxBytes},
+		{give: map[string]string{"WARREN_REPLY_MAX_BYTES": "64Ki", "WARREN_HTTP_REPLY_HEADERS": "X-Request-Id, ETag"},
+			wantMax: 64 << 10, wantHeaders: []string{"X-Request-Id", "ETag"}},
+	} {
+		env := map[string]string{"WARREN_HANDLER": config.HandlerHTTP, "WARREN_HTTP_URL": "http://127.0.0.1:1/"}
+		for k, v := range tt.give {
+			env[k] = v
+		}
+		h := handler.New(load(t, env), zap.NewNop()).(*handler.HTTP)
+		if h.ReplyMaxBytes != tt.wantMax || !slices.Equal(h.ReplyHeaders, tt.wantHeaders) {
+			t.Errorf("New() with %v: HTTP{ReplyMaxBytes: %d, ReplyHeaders: %q}, want %d, %q", tt.give, h.ReplyMaxBytes, h.ReplyHeaders, tt.wantMax, tt.wantHeaders)
+		}
+		env["WARREN_HANDLER"], env["WARREN_EXEC_COMMAND"] = config.HandlerExec, "cat"
+		e := handler.New(load(t, env), zap.NewNop()).(*handler.Exec)
+		if e.ReplyMaxBytes != tt.wantMax {
+			t.Errorf("New() with %v: Exec{ReplyMaxBytes: %d}, want %d", tt.give, e.ReplyMaxBytes, tt.wantMax)
+		}
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/warren-mq/warren/tracing"
 	"github.com/warren-mq/warren/worker"
 )
@@ -30,6 +32,14 @@ type HTTP struct {
 	// is bad: it goes to the dead-letter queue at once. Every other
 	// status but 2xx retries. NewHTTP sets DefaultHTTPDeadStatuses.
 	DeadStatuses []int
+	// ReplyMaxBytes bounds the answer to a request with reply_to: the
+	// body of a 2xx response. A longer one makes the message dead (the
+	// request was handled; a truncated answer would be a wrong one). 0
+	// means DefaultReplyMaxBytes.
+	ReplyMaxBytes int64
+	// ReplyHeaders are the response headers that a reply carries as AMQP
+	// headers, named in lower case.
+	ReplyHeaders []string
 
 	url    string
 	client *http.Client
@@ -85,6 +95,9 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		if m.ReplyTo != "" {
+			return h.reply(resp, m)
+		}
 		// Read what is left so the connection is reused, within reason.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return nil
@@ -101,6 +114,55 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 		return worker.RetryAfter(err, d)
 	}
 	return err
+}
+
+// reply makes the 2xx response resp the answer to m: its body, its
+// Content-Type, and the headers of ReplyHeaders.
+func (h *HTTP) reply(resp *http.Response, m *worker.Message) error {
+	limit := h.ReplyMaxBytes
+	if limit <= 0 {
+		limit = DefaultReplyMaxBytes
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return fmt.Errorf("read the response body: %w", err)
+	}
+	if int64(len(body)) > limit {
+		return replyTooLarge(limit)
+	}
+	r := &worker.Reply{Body: body, ContentType: resp.Header.Get("Content-Type")}
+	if err := h.replyHeaders(r, resp.Header, body); err != nil {
+		return err
+	}
+	m.Reply = r
+	return nil
+}
+
+// replyHeaders sets the content type and AMQP headers of the reply r from
+// the response headers rh and body: the one place where response headers
+// become reply headers. A response that is a CloudEvent keeps its
+// attributes as cloudEvents: properties (CloudEventReplyOf); one that
+// claims to be an event and is not a valid one makes the message dead,
+// as it would be every time. Each header of ReplyHeaders present is one
+// string, its values joined with ", " as HTTP allows, named in lower
+// case.
+func (h *HTTP) replyHeaders(r *worker.Reply, rh http.Header, body []byte) error {
+	ce, ok, err := CloudEventReplyOf(rh, body)
+	if err != nil {
+		return worker.Permanent(fmt.Errorf("reply: %w", err))
+	}
+	if ok {
+		r.ContentType, r.Headers = ce.ContentType, ce.Properties
+	}
+	for _, name := range h.ReplyHeaders {
+		if vs := rh.Values(name); len(vs) > 0 {
+			if r.Headers == nil {
+				r.Headers = make(amqp.Table, len(h.ReplyHeaders))
+			}
+			r.Headers[strings.ToLower(name)] = strings.Join(vs, ", ")
+		}
+	}
+	return nil
 }
 
 // setRequestHeaders sets the Content-Type and the headers that carry m's

@@ -45,6 +45,18 @@ func newCopier(w *Worker) *copier {
 // publish publishes msg to queue through the default exchange and waits
 // for the broker's confirm.
 func (c *copier) publish(ctx context.Context, queue string, msg amqp.Publishing) error {
+	return c.do(ctx, func(p *broker.Publisher) error { return p.Publish(ctx, "", queue, msg) })
+}
+
+// reply publishes msg, a handler's answer, to the requester's replyTo and
+// waits for the broker's confirm (broker.Publisher.PublishReply).
+func (c *copier) reply(ctx context.Context, replyTo string, msg amqp.Publishing) error {
+	return c.do(ctx, func(p *broker.Publisher) error { return p.PublishReply(ctx, replyTo, msg) })
+}
+
+// do runs publish, a publish and the wait for its confirm, on the open
+// publisher, bounded by ctx.
+func (c *copier) do(ctx context.Context, publish func(*broker.Publisher) error) error {
 	p, conn, err := c.publisher(ctx)
 	if err != nil {
 		return err
@@ -53,7 +65,7 @@ func (c *copier) publish(ctx context.Context, queue string, msg amqp.Publishing)
 	// connection the broker no longer reads blocks once the socket's
 	// buffers are full (a large copy). closeTimeout past ctx's deadline,
 	// the connection is closed under it.
-	if !bounded(conn, ctxDeadline(ctx, copyTimeout).Add(closeTimeout), func() { err = p.Publish(ctx, "", queue, msg) }) {
+	if !bounded(conn, ctxDeadline(ctx, copyTimeout).Add(closeTimeout), func() { err = publish(p) }) {
 		return fmt.Errorf("publish the copy: the write did not end %s past its deadline; the copies' connection was closed", closeTimeout)
 	}
 	return err

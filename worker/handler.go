@@ -58,6 +58,22 @@ type Message struct {
 	// Attempt is 1 the first time a message is handled, and one more for
 	// each retry (from the x-warren-attempts header).
 	Attempt int
+
+	// Reply is the handler's answer to a request, one that carries
+	// ReplyTo: set it, and return nil, and the worker publishes it to
+	// ReplyTo through the default exchange with the request's
+	// CorrelationID, and waits for the broker's confirm before it acks
+	// the request. Left nil, no reply is sent (a handler may send its
+	// own). It is ignored without ReplyTo, and when the handler fails.
+	Reply *Reply
+}
+
+// Reply is a handler's answer to a request (Message.Reply).
+type Reply struct {
+	Body        []byte
+	ContentType string
+	// Headers become the reply's AMQP headers.
+	Headers amqp.Table
 }
 
 func newMessage(d *amqp.Delivery) *Message {

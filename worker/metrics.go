@@ -30,6 +30,8 @@ type metrics struct {
 	rateLimitWait prometheus.Counter
 	// copyFailures counts copies the broker did not take, by reason.
 	copyFailures *prometheus.CounterVec
+	// replies counts the answers to requests with reply_to, by outcome.
+	replies *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -105,12 +107,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "warren_copy_failures_total",
 			Help: "Retry and dead copies the broker did not take, by reason: unroutable (one of warren's queues is gone; warren declares them again), refused (nacked: a queue at its length limit), channel_error (the broker closed the publishing channel: 403 ACCESS_REFUSED), unconfirmed (no confirm in time, or the connection went). Each original went back to the queue after a growing delay.",
 		}, []string{"reason"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warren_replies_total",
+			Help: "Replies to requests that carry reply_to, by outcome: confirmed (the broker took it; the request was acked), unroutable (no queue of that name: the requester is gone; dropped, the request acked), invalid (the handler's headers cannot be sent; dropped, the request acked), refused (nacked: the requester's queue at its length limit) and unconfirmed (no confirm in time, or the connection went): the request was handed back.",
+		}, []string{"outcome"}),
 	}
 	for o := Outcome(0); o < numOutcomes; o++ {
 		m.messages[o] = messages.WithLabelValues(o.String())
 		m.duration[o] = duration.WithLabelValues(o.String())
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.rateLimitWait, m.brokerInfo, m.copyFailures} {
+	for _, o := range []string{replyConfirmed, replyUnroutable, replyInvalid, replyRefused, replyUnconfirmed} {
+		m.replies.WithLabelValues(o)
+	}
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.rateLimitWait, m.brokerInfo, m.copyFailures, m.replies} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

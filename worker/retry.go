@@ -74,6 +74,7 @@ type fate struct {
 	why     string        // for Dead: the reason written on the dead copy
 	attempt int           // the attempt that just ended, from 1
 	after   time.Duration // for Retry: the wait the handler asked for, if any
+	reply   *Reply        // for Ack: the handler's answer to a request with reply_to, if any
 }
 
 // verdict returns the fate of d now that its handler returned o and err: a
@@ -116,9 +117,15 @@ func (s *session) finish(ctx context.Context, d *amqp.Delivery, f fate) {
 		if !at.IsZero() {
 			msg.Headers[broker.HeaderRetryAt] = at.UnixMilli()
 		}
-		s.copyThenSettle(ctx, d, queue, msg, Retry)
+		s.copyThenSettle(ctx, d, queue, msg, Retry, nil)
 	case Dead:
 		s.deadLetter(ctx, d, f.why, f.attempt)
+	case Ack:
+		if f.reply != nil {
+			s.replyThenSettle(ctx, d, f.reply)
+			return
+		}
+		s.settle(d, Ack)
 	default:
 		s.settle(d, f.outcome)
 	}
@@ -138,7 +145,12 @@ func (s *session) deadLetter(ctx context.Context, d *amqp.Delivery, why string, 
 	msg.Headers[broker.HeaderDiedAt] = time.Now().UTC().Truncate(time.Second)
 	msg.Headers[broker.HeaderQueue] = w.cfg.Topology.Queue
 	delete(msg.Headers, broker.HeaderRetryAt)
-	if s.copyThenSettle(ctx, d, w.cfg.Topology.DeadQueue(), msg, Dead) {
+	var errReply *amqp.Publishing
+	if w.cfg.ReplyOnDead && d.ReplyTo != "" {
+		r := deadReply(d, why, n)
+		errReply = &r
+	}
+	if s.copyThenSettle(ctx, d, w.cfg.Topology.DeadQueue(), msg, Dead, errReply) {
 		w.log.Warn("dead-lettered", w.traceFields(ctx, []zap.Field{zap.String("message_id", d.MessageId), zap.Int("attempts", n), zap.String("reason", why)})...)
 	}
 }
@@ -160,7 +172,7 @@ func (s *session) deferUntil(ctx context.Context, d *amqp.Delivery, at time.Time
 		return true
 	}
 	queue, _ := w.waitQueue(wait)
-	s.copyThenSettle(ctx, d, queue, broker.CopyOf(d), Deferred)
+	s.copyThenSettle(ctx, d, queue, broker.CopyOf(d), Deferred, nil)
 	return true
 }
 
@@ -168,8 +180,10 @@ func (s *session) deferUntil(ctx context.Context, d *amqp.Delivery, at time.Time
 // confirmed it, counting the outcome o, and reports whether it did. If the
 // copy fails, d goes back to its queue after a delay; if d's channel is
 // gone already, so is d (the broker requeued it), and no copy is made: it
-// would be a duplicate.
-func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue string, msg amqp.Publishing, o Outcome) bool {
+// would be a duplicate. errReply, if any, is the error reply to d's
+// requester (WARREN_REPLY_ON_DEAD), published once the copy is confirmed
+// and confirmed in turn before d is acked.
+func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue string, msg amqp.Publishing, o Outcome, errReply *amqp.Publishing) bool {
 	w := s.w
 	if s.ch.IsClosed() {
 		s.settle(d, Requeue)
@@ -194,6 +208,9 @@ func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue st
 	}
 	kind.confirmed.Inc()
 	w.copyConfirmed()
+	if errReply != nil && !s.sendReply(cctx, d, *errReply) {
+		return false
+	}
 	s.settle(d, o)
 	return true
 }

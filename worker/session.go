@@ -545,12 +545,13 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		if w.tracer != nil {
 			mctx, span = w.startSpan(ctx, &j.d)
 		}
-		o, err := w.handle(mctx, &j.d)
+		o, reply, err := w.handle(mctx, &j.d)
 		slot.Store(0)
 		o = w.circuit.observe(o, err, time.Now())
 		// The outcome logged and measured is the real one: a last failed
 		// attempt is dead, not retried.
 		f := w.verdict(&j.d, o, err)
+		f.reply = reply
 		w.metrics.duration[f.outcome].Observe(time.Since(start).Seconds())
 		if err != nil {
 			w.log.Warn("handler failed", w.messageFields(mctx, &j.d, zap.Stringer("outcome", f.outcome), zap.Error(err))...)
@@ -567,18 +568,24 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 // handle runs the handler for d with its timeout, turning a panic into a
 // retry. A handler cut short by the end of the shutdown timeout hands its
 // message back untried.
-func (w *Worker) handle(ctx context.Context, d *amqp.Delivery) (o Outcome, err error) {
+// The handler's reply is returned for an ack of a request that carries
+// reply_to, nil otherwise.
+func (w *Worker) handle(ctx context.Context, d *amqp.Delivery) (o Outcome, reply *Reply, err error) {
 	hctx := newCallContext(ctx, w.cfg.HandlerTimeout)
 	defer hctx.release()
 	defer func() {
 		if r := recover(); r != nil {
 			w.log.Error("handler panicked", zap.Any("panic", r), zap.Stack("stack"))
-			o, err = Retry, fmt.Errorf("handler panicked: %v", r)
+			o, reply, err = Retry, nil, fmt.Errorf("handler panicked: %v", r)
 		}
 	}()
-	err = w.cfg.Handler.Handle(hctx, newMessage(d))
+	m := newMessage(d)
+	err = w.cfg.Handler.Handle(hctx, m)
 	if err != nil && ctx.Err() != nil {
-		return Requeue, err
+		return Requeue, nil, err
 	}
-	return OutcomeOf(err), err
+	if err == nil && d.ReplyTo != "" {
+		reply = m.Reply
+	}
+	return OutcomeOf(err), reply, err
 }

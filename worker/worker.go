@@ -109,6 +109,12 @@ type Config struct {
 	// Retry-After); a message asking for more is dead-lettered. 0 means
 	// DefaultMaxRetryAfter.
 	MaxRetryAfter time.Duration
+	// ReplyOnDead sends an error reply to the requester of a message that
+	// goes dead, when it carries reply_to: the reason in its body and in
+	// the x-warren-error header, x-warren-outcome "dead". It is
+	// published once the dead copy is confirmed, and confirmed before the
+	// message is acked.
+	ReplyOnDead bool
 	// Circuit sets the circuit breaker; its zero value is off.
 	Circuit CircuitConfig
 	// RateLimit is the most handler calls that start a second, for
@@ -138,7 +144,8 @@ type Worker struct {
 
 	reported string // last failure logged at error level, to log a repeat only at debug
 
-	copyFail *copyFailures // copies the broker did not take, across sessions
+	copyFail  *copyFailures  // copies the broker did not take, across sessions
+	replyFail *replyFailures // replies the broker did not take
 
 	// adaptive sizes the prefetch, across sessions; nil when the
 	// prefetch is fixed. Only the consuming session uses it.
@@ -212,7 +219,8 @@ func New(cfg Config) (*Worker, error) {
 		metrics: m,
 		slots:   make([]atomic.Int64, cfg.Concurrency),
 
-		copyFail: newCopyFailures(),
+		copyFail:  newCopyFailures(),
+		replyFail: newReplyFailures(),
 	}
 	w.circuit = newCircuit(cfg.Circuit, w.log, m)
 	w.limiter = newLimiter(cfg.RateLimit)

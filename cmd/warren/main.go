@@ -154,6 +154,7 @@ func runWorker(stderr io.Writer) int {
 		ShutdownTimeout:  cfg.ShutdownTimeout,
 		MaxAttempts:      cfg.MaxAttempts,
 		MaxRetryAfter:    cfg.MaxRetryAfter,
+		ReplyOnDead:      cfg.Reply.OnDead,
 		Circuit: worker.CircuitConfig{
 			Failures:         cfg.CircuitThreshold(),
 			Window:           cfg.CircuitWindow,

@@ -39,14 +39,20 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	contentType := fs.String("content-type", "text/plain", "content type of the messages")
 	retryFor := fs.Duration("retry-for", time.Minute, "once a connection is lost, how long to keep trying the nodes to send the unconfirmed messages again (0: give up at once)")
 	declare := fs.Bool("declare", false, "declare the topology, as the worker does with the same environment, instead of checking that the queue (or WARREN_EXCHANGE) exists")
+	reply := fs.Bool("reply", false, "send each body as a request (direct reply-to, a correlation id of its own) and print the body of its reply, in turn; exits 1 if a reply does not come within -timeout, or is warren's error reply")
+	timeout := fs.Duration("timeout", 30*time.Second, "with -reply: how long to wait for each reply")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: warren publish [flags] [body ...]\n\nPublishes each body, or each line of stdin when there is none, to\nWARREN_EXCHANGE (or the default exchange, to WARREN_QUEUE), persistent and\nconfirmed. It only checks that the queue (or the exchange) exists, and\nleaves declaring it to the worker; -declare declares it. When its\nconnection is lost, the messages whose confirm was lost are sent again,\nwith the same message id, on another node of WARREN_AMQP_URL. Exits 1 if\nany message was not confirmed, or a line of stdin could not be read.\n\nFlags:")
+		fmt.Fprintln(stderr, "Usage: warren publish [flags] [body ...]\n\nPublishes each body, or each line of stdin when there is none, to\nWARREN_EXCHANGE (or the default exchange, to WARREN_QUEUE), persistent and\nconfirmed. It only checks that the queue (or the exchange) exists, and\nleaves declaring it to the worker; -declare declares it. When its\nconnection is lost, the messages whose confirm was lost are sent again,\nwith the same message id, on another node of WARREN_AMQP_URL. Exits 1 if\nany message was not confirmed, or a line of stdin could not be read.\n\nWith -reply, each body is a request: warren publish waits for its reply\nand prints the reply's body on stdout (and a newline, unless it ends with\none), then sends the next.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
+		return exitConfig
+	}
+	if *timeout <= 0 {
+		fmt.Fprintf(stderr, "warren publish: -timeout=%s: want more than 0\n", *timeout)
 		return exitConfig
 	}
 	if *count < 1 {
@@ -144,6 +150,13 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			}
 		}
 	}
+	if *reply {
+		err := request(ctx, stream, cfg.Exchange, key, *timeout, msgs, stdout)
+		if err == nil && lr != nil {
+			err = lr.err
+		}
+		return failed(ctx, stderr, "warren publish", err)
+	}
 	r, err := stream.Run(ctx, cfg.Exchange, key, msgs)
 	if err == nil || total > 0 {
 		// Nothing was read when no node could be reached at all.
@@ -156,6 +169,20 @@ func runPublish(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = errors.New("not every message was confirmed")
 	}
 	return failed(ctx, stderr, "warren publish", err)
+}
+
+// request sends each message of msgs as a request, on a connection of
+// its own set up as stream's, and prints the replies (runRequests).
+func request(ctx context.Context, stream *broker.Stream, exchange, key string, timeout time.Duration, msgs iter.Seq[amqp.Publishing], stdout io.Writer) error {
+	conn, _, err := stream.Dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := stream.Setup(conn); err != nil {
+		return err
+	}
+	return runRequests(ctx, conn, exchange, key, timeout, msgs, stdout)
 }
 
 // checkTarget checks that what warren publish sends to exists: the

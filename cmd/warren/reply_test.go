@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warren-mq/warren/internal/brokertest"
+)
+
+// runWarrenOut runs the binary to its end and returns its exit code,
+// stdout and stderr apart.
+func runWarrenOut(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = append(baseEnv(), env...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if err := cmd.Run(); err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("run warren %v: %v", args, err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
+}
+
+// TestReplyExec is the RPC of the pika tutorial against the binary with
+// an exec handler: the command's standard output answers the requester
+// of an exclusive callback queue, of direct reply-to, and warren publish
+// -reply, each with its correlation id; standard error stays in the log.
+func TestReplyExec(t *testing.T) {
+	q := brokertest.Queue(t)
+	p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=tr a-z A-Z; echo to-the-log >&2"))
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	for _, tt := range []struct {
+		name   string
+		client func(testing.TB) *brokertest.RPCClient
+	}{
+		{"callback queue", brokertest.NewRPCClient},
+		{"direct reply-to", brokertest.NewDirectRPCClient},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := tt.client(t)
+			id := c.Call(t, q, "hello "+tt.name, amqp.Persistent)
+			r, ok := c.Reply(t, 20*time.Second)
+			if !ok {
+				t.Fatal("no reply within 20s")
+			}
+			if want := strings.ToUpper("hello " + tt.name); string(r.Body) != want || r.CorrelationId != id {
+				t.Errorf("reply = %q, correlation id %q; want %q, %q", r.Body, r.CorrelationId, want, id)
+			}
+		})
+	}
+	t.Run("warren publish -reply", func(t *testing.T) {
+		code, out, errOut := runWarrenOut(t, brokerEnv(q), "publish", "-reply", "one", "two")
+		if code != 0 || out != "ONE\nTWO\n" {
+			t.Errorf("warren publish -reply one two = %d, stdout %q, stderr %q; want 0, \"ONE\\nTWO\\n\"", code, out, errOut)
+		}
+	})
+	if log := p.out.String(); !strings.Contains(log, "to-the-log") {
+		t.Errorf("the command's standard error is not in the log:\n%s", log)
+	}
+}
+
+// TestReplyHTTP: with an HTTP handler, a 2xx response's body, its
+// Content-Type and the headers of WARREN_HTTP_REPLY_HEADERS answer the
+// requester; other response headers do not.
+func TestReplyHTTP(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Request-Id", "req-"+r.Header.Get("X-Warren-Correlation-Id"))
+		w.Header().Set("X-Other", "not copied")
+		_, _ = w.Write([]byte(`{"len":` + strconv.Itoa(len(body)) + `}`))
+	}))
+	defer srv.Close()
+	q := brokertest.Queue(t)
+	p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=http", "WARREN_HTTP_URL="+srv.URL, "WARREN_HTTP_REPLY_HEADERS=X-Request-Id"))
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	c := brokertest.NewRPCClient(t)
+	id := c.Call(t, q, "12345", amqp.Persistent)
+	r, ok := c.Reply(t, 20*time.Second)
+	if !ok {
+		t.Fatal("no reply within 20s")
+	}
+	if string(r.Body) != `{"len":5}` || r.ContentType != "application/json" || r.CorrelationId != id {
+		t.Errorf("reply = %q, %q, correlation id %q; want {\"len\":5}, application/json, %q", r.Body, r.ContentType, r.CorrelationId, id)
+	}
+	if got := r.Headers["x-request-id"]; got != "req-"+id || r.Headers["x-other"] != nil {
+		t.Errorf("reply headers = %v, want x-request-id=req-%s and no x-other", r.Headers, id)
+	}
+}
+
+// TestPublishReplyFailures: warren publish -reply exits 1 with a clear
+// message when no reply comes in time (no worker), and when the reply is
+// warren's error reply (a dead request, WARREN_REPLY_ON_DEAD).
+func TestPublishReplyFailures(t *testing.T) {
+	t.Run("timeout", func(t *testing.T) {
+		q := brokertest.Queue(t)
+		brokertest.DeclareQueue(t, q, nil)
+		start := time.Now()
+		code, out, errOut := runWarrenOut(t, brokerEnv(q), "publish", "-reply", "-timeout", "1s", "anyone?")
+		if code != 1 || out != "" || !strings.Contains(errOut, "no reply within -timeout=1s") {
+			t.Errorf("warren publish -reply -timeout 1s with no worker = %d, stdout %q, stderr %q; want 1, nothing, no reply within -timeout=1s", code, out, errOut)
+		}
+		if d := time.Since(start); d > 15*time.Second {
+			t.Errorf("it took %s, want about 1s", d)
+		}
+	})
+	t.Run("dead", func(t *testing.T) {
+		q := brokertest.Queue(t)
+		p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=exit 65",
+			"WARREN_EXEC_DEAD_EXIT_CODES=65", "WARREN_REPLY_ON_DEAD=true"))
+		p.waitStatus(t, "/readyz", http.StatusOK)
+		code, out, errOut := runWarrenOut(t, brokerEnv(q), "publish", "-reply", "bad")
+		if code != 1 || out != "" || !strings.Contains(errOut, "the request is dead: command exited with dead code 65") {
+			t.Errorf("warren publish -reply to a dead request = %d, stdout %q, stderr %q; want 1, nothing, the request is dead: command exited with dead code 65", code, out, errOut)
+		}
+	})
+}
