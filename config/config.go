@@ -72,6 +72,9 @@ type Config struct {
 		// command, beyond the few every program expects.
 		Env []string `desc:"exec handler: names of more variables passed on to the command, comma-separated (it gets PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR and the message's; never WARREN_*)"`
 	}
+	// Replies answers requests that carry reply_to; off, a command or
+	// endpoint that answers them itself is not answered twice.
+	Replies bool `envconfig:"REPLY" default:"true" desc:"true or false: answer a request that carries reply_to (the http handler's response, the exec command's standard output); false: the command or endpoint answers, if it does, as before warren sent replies"`
 	// Replies to requests that carry reply_to.
 	Reply struct {
 		MaxBytes Bytes `split_words:"true" default:"1Mi" desc:"largest reply to a request with reply_to (the http handler's response body, the exec command's standard output); a larger one makes the request dead"`
@@ -145,6 +148,7 @@ var wants = withBounds(map[string]string{
 	"WARREN_EXEC_COMMAND":       "a shell command",
 	"WARREN_EXEC_ENV":           "names of environment variables, comma-separated, none of them WARREN_* (warren's own settings and secrets)",
 	"WARREN_CIRCUIT":            "on or off",
+	"WARREN_REPLY":              "true or false",
 	"WARREN_REPLY_ON_DEAD":      "true or false",
 	"WARREN_HTTP_REPLY_HEADERS": "names of HTTP headers, comma-separated, such as X-Request-Id,ETag",
 	"WARREN_SHUTDOWN_TIMEOUT":   "a positive duration such as 25s",
@@ -303,6 +307,8 @@ func (c *Config) Validate() error {
 		return bad("WARREN_MAX_ATTEMPTS", strconv.Itoa(c.MaxAttempts))
 	case !within("WARREN_DELIVERY_LIMIT", c.DeliveryLimit) || (c.DeliveryLimit > 0 && c.QueueType != broker.Quorum):
 		return bad("WARREN_DELIVERY_LIMIT", strconv.Itoa(c.DeliveryLimit))
+	case c.Reply.OnDead && !c.Replies:
+		return &Error{Var: "WARREN_REPLY_ON_DEAD", Value: "true", Want: "false while WARREN_REPLY=false: warren sends no replies, error replies included"}
 	case !within("WARREN_REPLY_MAX_BYTES", c.Reply.MaxBytes):
 		return bad("WARREN_REPLY_MAX_BYTES", c.Reply.MaxBytes.String())
 	case c.Circuit != "on" && c.Circuit != "off":

@@ -67,6 +67,10 @@ type Exec struct {
 	// to the log (standard error still does). A longer one makes the
 	// message dead. 0 means DefaultReplyMaxBytes.
 	ReplyMaxBytes int64
+	// NoReply handles a request with reply_to like any message: its
+	// standard output goes to the log, and no answer is sent
+	// (WARREN_REPLY=false: the command answers, if it does).
+	NoReply bool
 
 	mu     sync.Mutex
 	groups map[int]bool // process groups of the commands running
@@ -373,7 +377,7 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 	// a request with reply_to, standard output goes to a pipe of its own,
 	// the reply, and the redirections apply from there as sh would.
 	out := p.out
-	if m.ReplyTo != "" {
+	if e.replies(m) {
 		out = p.replyOut
 	}
 	var outR, outW, repR, repW *os.File
@@ -484,7 +488,7 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 			zap.Int("pid", pgid), zap.ByteString("output", kept), zap.Int("dropped_bytes", reply.Len()-len(kept)+reply.dropped))
 	}
 	if err == nil {
-		if m.ReplyTo == "" {
+		if !e.replies(m) {
 			return nil
 		}
 		if reply.dropped > 0 {
@@ -696,3 +700,6 @@ func (b *boundedBuffer) Len() int { return b.buf.Len() }
 
 // Bytes returns the bytes kept.
 func (b *boundedBuffer) Bytes() []byte { return b.buf.Bytes() }
+
+// replies reports whether the command's standard output answers m.
+func (e *Exec) replies(m *worker.Message) bool { return m.ReplyTo != "" && !e.NoReply }

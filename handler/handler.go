@@ -32,12 +32,14 @@ func New(cfg *config.Config, logger *zap.Logger) worker.Handler {
 			Env:           ExecEnv(os.Environ(), cfg.Exec.Env),
 			Logger:        logger.Named("exec"),
 			ReplyMaxBytes: int64(cfg.Reply.MaxBytes),
+			NoReply:       !cfg.Replies,
 		}
 	case config.HandlerHTTP:
 		h := NewHTTP(cfg.HTTP.URL, cfg.Concurrency)
 		h.DeadStatuses = cfg.HTTP.DeadStatuses
 		h.ReplyMaxBytes = int64(cfg.Reply.MaxBytes)
 		h.ReplyHeaders = cfg.HTTP.ReplyHeaders
+		h.NoReply = !cfg.Replies
 		return h
 	}
 	return Log(logger.Named("message"))

@@ -115,23 +115,28 @@ func TestNewReplySettings(t *testing.T) {
 		give        map[string]string
 		wantMax     int64
 		wantHeaders []string
+		wantNoReply bool
 	}{
 		{give: map[string]string{}, wantMax: handler.DefaultReplyMaxBytes},
 		{give: map[string]string{"WARREN_REPLY_MAX_BYTES": "64Ki", "WARREN_HTTP_REPLY_HEADERS": "X-Request-Id, ETag"},
 			wantMax: 64 << 10, wantHeaders: []string{"X-Request-Id", "ETag"}},
+		{give: map[string]string{"WARREN_REPLY": "false"}, wantMax: handler.DefaultReplyMaxBytes, wantNoReply: true},
 	} {
-		env := map[string]string{"WARREN_HANDLER": config.HandlerHTTP, "WARREN_HTTP_URL": "http://127.0.0.1:1/"}
-		for k, v := range tt.give {
-			env[k] = v
-		}
-		h := handler.New(load(t, env), zap.NewNop()).(*handler.HTTP)
-		if h.ReplyMaxBytes != tt.wantMax || !slices.Equal(h.ReplyHeaders, tt.wantHeaders) {
-			t.Errorf("New() with %v: HTTP{ReplyMaxBytes: %d, ReplyHeaders: %q}, want %d, %q", tt.give, h.ReplyMaxBytes, h.ReplyHeaders, tt.wantMax, tt.wantHeaders)
-		}
-		env["WARREN_HANDLER"], env["WARREN_EXEC_COMMAND"] = config.HandlerExec, "cat"
-		e := handler.New(load(t, env), zap.NewNop()).(*handler.Exec)
-		if e.ReplyMaxBytes != tt.wantMax {
-			t.Errorf("New() with %v: Exec{ReplyMaxBytes: %d}, want %d", tt.give, e.ReplyMaxBytes, tt.wantMax)
-		}
+		// A subtest each: load sets the variables until its test ends.
+		t.Run(fmt.Sprint(tt.give), func(t *testing.T) {
+			env := map[string]string{"WARREN_HANDLER": config.HandlerHTTP, "WARREN_HTTP_URL": "http://127.0.0.1:1/"}
+			for k, v := range tt.give {
+				env[k] = v
+			}
+			h := handler.New(load(t, env), zap.NewNop()).(*handler.HTTP)
+			if h.ReplyMaxBytes != tt.wantMax || !slices.Equal(h.ReplyHeaders, tt.wantHeaders) || h.NoReply != tt.wantNoReply {
+				t.Errorf("New() with %v: HTTP{ReplyMaxBytes: %d, ReplyHeaders: %q, NoReply: %v}, want %d, %q, %v", tt.give, h.ReplyMaxBytes, h.ReplyHeaders, h.NoReply, tt.wantMax, tt.wantHeaders, tt.wantNoReply)
+			}
+			env["WARREN_HANDLER"], env["WARREN_EXEC_COMMAND"] = config.HandlerExec, "cat"
+			e := handler.New(load(t, env), zap.NewNop()).(*handler.Exec)
+			if e.ReplyMaxBytes != tt.wantMax || e.NoReply != tt.wantNoReply {
+				t.Errorf("New() with %v: Exec{ReplyMaxBytes: %d, NoReply: %v}, want %d, %v", tt.give, e.ReplyMaxBytes, e.NoReply, tt.wantMax, tt.wantNoReply)
+			}
+		})
 	}
 }

@@ -40,6 +40,10 @@ type HTTP struct {
 	// ReplyHeaders are the response headers that a reply carries as AMQP
 	// headers, named in lower case.
 	ReplyHeaders []string
+	// NoReply handles a request with reply_to like any message: the
+	// response is not sent as an answer (WARREN_REPLY=false: the endpoint
+	// answers, if it does).
+	NoReply bool
 
 	url    string
 	client *http.Client
@@ -95,7 +99,7 @@ func (h *HTTP) Handle(ctx context.Context, m *worker.Message) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		if m.ReplyTo != "" {
+		if m.ReplyTo != "" && !h.NoReply {
 			return h.reply(resp, m)
 		}
 		// Read what is left so the connection is reused, within reason.

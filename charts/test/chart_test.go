@@ -645,6 +645,8 @@ func TestValuesRejected(t *testing.T) {
 		{give: []string{"rateLimit=-1"}, want: "/rateLimit"},
 		{give: []string{"rateLimit=200000"}, want: "/rateLimit"},
 		{give: []string{"rateLimit=fast"}, want: "/rateLimit"},
+		{give: []string{"reply.enabled=no"}, want: "/reply/enabled"},
+		{give: []string{"reply.enabled=false", "reply.onDead=true"}, want: "reply.onDead needs reply.enabled"},
 		// warren refuses 0: it would not mean "at once".
 		{give: []string{"shutdownTimeout=0s"}, want: "shutdownTimeout must be more than 0s"},
 		{give: []string{"shutdownTimeout=0h0m0s"}, want: "shutdownTimeout must be more than 0s"},

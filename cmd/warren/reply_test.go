@@ -129,3 +129,70 @@ func TestPublishReplyFailures(t *testing.T) {
 		}
 	})
 }
+
+// TestReplyOff: with WARREN_REPLY=false a request is handled like any
+// other message, for commands and endpoints that answered on their own
+// before warren sent replies. An endpoint that answers to its
+// X-Warren-Reply-To is the only one to answer; an exec command's standard
+// output goes to the log, not to the requester. To see that warren sent
+// nothing: a reply is confirmed before the request's ack, so a marker
+// published to the callback queue once the request is acked would come
+// after it.
+func TestReplyOff(t *testing.T) {
+	answers := brokertest.Channel(t)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		// The endpoint's own answer; an error shows as a missing reply.
+		_ = answers.PublishWithContext(ctx, "", r.Header.Get("X-Warren-Reply-To"), false, false,
+			amqp.Publishing{Body: []byte("from-endpoint"), CorrelationId: r.Header.Get("X-Warren-Correlation-Id")})
+		_, _ = w.Write([]byte("from-warren"))
+	}))
+	defer srv.Close()
+	for _, tt := range []struct {
+		name    string
+		env     []string
+		replies []string // the bodies the requester gets, in order
+		logged  string   // what the log must hold
+	}{
+		{"an endpoint that answers itself", []string{"WARREN_HANDLER=http", "WARREN_HTTP_URL=" + srv.URL}, []string{"from-endpoint"}, ""},
+		{"exec", []string{"WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=tr a-z A-Z"}, nil, "HELLO"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := brokertest.Queue(t)
+			p := startWarren(t, append(append(brokerEnv(q), "WARREN_REPLY=false"), tt.env...))
+			p.waitStatus(t, "/readyz", http.StatusOK)
+			c := brokertest.NewRPCClient(t)
+			id := c.Call(t, q, "hello", amqp.Persistent)
+			brokertest.WaitFor(t, 20*time.Second, "the request acked", func() bool {
+				_, m := p.status("/metrics")
+				return metricValue(m, `warren_messages_total{outcome="ack"}`) == 1
+			})
+			brokertest.Publish(t, c.ReplyTo, "marker")
+			var got []string
+			for {
+				r, ok := c.Reply(t, 20*time.Second)
+				if !ok {
+					t.Fatalf("the marker did not come within 20s; replies before it: %q", got)
+				}
+				if string(r.Body) == "marker" {
+					break
+				}
+				if r.CorrelationId != id {
+					t.Errorf("reply %q has correlation id %q, want %q", r.Body, r.CorrelationId, id)
+				}
+				got = append(got, string(r.Body))
+			}
+			if strings.Join(got, ",") != strings.Join(tt.replies, ",") {
+				t.Errorf("the requester got %q, want %q", got, tt.replies)
+			}
+			_, m := p.status("/metrics")
+			if n := metricValue(m, `warren_replies_total{outcome="confirmed"}`); n != 0 {
+				t.Errorf(`warren_replies_total{outcome="confirmed"} = %v, want 0`, n)
+			}
+			if log := p.out.String(); !strings.Contains(log, tt.logged) {
+				t.Errorf("the log lacks %q:\n%s", tt.logged, log)
+			}
+		})
+	}
+}

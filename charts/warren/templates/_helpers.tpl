@@ -210,6 +210,9 @@ say: rules across several values.
 {{- if gt (int .Values.concurrency) (int $limit) }}
 {{- fail (printf "concurrency (%v) must be at most %s (%v)" .Values.concurrency $limitName $limit) }}
 {{- end }}
+{{- if and .Values.reply.onDead (not .Values.reply.enabled) }}
+{{- fail "reply.onDead needs reply.enabled: with replies off warren sends none, error replies included" }}
+{{- end }}
 {{- if and (eq .Values.handler.type "http") (not .Values.handler.httpUrl) }}
 {{- fail "handler.type http needs handler.httpUrl" }}
 {{- end }}
