@@ -175,3 +175,56 @@ func TestCircuitOpenDrainsAtOnce(t *testing.T) {
 		t.Errorf("%s holds %d messages, want 0", q+".dead", n)
 	}
 }
+
+// TestCircuitOutageKeepsTheDeliveryLimit: on a quorum queue with a
+// delivery limit, every message handed back counts a delivery, so a
+// long outage's probes (and the messages held when the circuit opened)
+// would use it up and the broker would dead-letter them: an outage that
+// dead-letters after all. What the circuit hands back goes to the tail of
+// the queue as a confirmed copy, untried, its count of deliveries new:
+// more probes than the limit, and nothing dead.
+func TestCircuitOutageKeepsTheDeliveryLimit(t *testing.T) {
+	q := brokertest.Queue(t)
+	var down atomic.Bool
+	down.Store(true)
+	rec := newRecorder(func(context.Context, *worker.Message, int) error {
+		if down.Load() {
+			return worker.Unavailable(errors.New("connection refused"))
+		}
+		return nil
+	})
+	const limit = 2
+	h := start(t, worker.Config{
+		Topology: broker.Topology{Queue: q, QueueType: broker.Quorum, Declare: true, DeliveryLimit: limit, RetryDelays: []time.Duration{time.Second}},
+		Handler:  rec, Concurrency: 2, Circuit: circuitConfig})
+	h.waitReady(t)
+	bodies := brokertest.Bodies("m", 10)
+	brokertest.Publish(t, q, bodies...)
+	brokertest.WaitFor(t, 10*time.Second, "the circuit open", func() bool { return h.metric(t, "warren_circuit_open") == 1 })
+	// Three times the limit: a message probed again and again from the
+	// head of the queue would be over it.
+	brokertest.WaitFor(t, 20*time.Second, "probes past the delivery limit", func() bool {
+		return h.logs.FilterMessageSnippet("circuit half-open").Len() >= 3*limit
+	})
+	if n := brokertest.Ready(t, q+".dead"); n != 0 {
+		t.Errorf("%s holds %d messages during the outage, want 0", q+".dead", n)
+	}
+	down.Store(false)
+	brokertest.WaitFor(t, 20*time.Second, "every message handled", func() bool {
+		return h.metric(t, "warren_messages_total", "outcome", "ack") == float64(len(bodies))
+	})
+	if m := rec.missing(bodies); len(m) > 0 {
+		t.Errorf("never handled: %v", m)
+	}
+	if n := brokertest.Ready(t, q+".dead"); n != 0 {
+		t.Errorf("%s holds %d messages, want 0: the outage used up their delivery limit", q+".dead", n)
+	}
+	if n := h.metric(t, "warren_messages_total", "outcome", "dead"); n != 0 {
+		t.Errorf("%v messages dead, want 0", n)
+	}
+	// Each failed probe handed its message back as a copy: more of them
+	// than the limit.
+	if n := h.metric(t, "warren_handback_publishes_total", "result", "confirmed"); n <= limit {
+		t.Errorf("warren_handback_publishes_total{result=confirmed} = %v, want more than %d", n, limit)
+	}
+}

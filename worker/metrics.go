@@ -8,18 +8,21 @@ import (
 
 // metrics are the worker's Prometheus series, all prefixed warren_.
 type metrics struct {
-	messages      [numOutcomes]prometheus.Counter
-	duration      [numOutcomes]prometheus.Observer
-	stale         prometheus.Counter
-	retryCopies   copyMetrics
-	deadCopies    copyMetrics
-	inflight      prometheus.Gauge
-	inflightBytes prometheus.Gauge
-	prefetch      prometheus.Gauge
-	connected     prometheus.Gauge
-	reconnects    prometheus.Counter
-	consuming     prometheus.Gauge
-	blocked       prometheus.Gauge
+	messages    [numOutcomes]prometheus.Counter
+	duration    [numOutcomes]prometheus.Observer
+	stale       prometheus.Counter
+	retryCopies copyMetrics
+	deadCopies  copyMetrics
+	// handBackCopies count the copies that hand a message back untried
+	// to a quorum queue while the circuit is open.
+	handBackCopies copyMetrics
+	inflight       prometheus.Gauge
+	inflightBytes  prometheus.Gauge
+	prefetch       prometheus.Gauge
+	connected      prometheus.Gauge
+	reconnects     prometheus.Counter
+	consuming      prometheus.Gauge
+	blocked        prometheus.Gauge
 	// circuitOpen is 1 while the circuit breaker keeps messages in the
 	// queue; circuitOpenings counts the times it opened.
 	circuitOpen     prometheus.Gauge
@@ -48,13 +51,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "warren_retry_publishes_total",
 		Help: "Copies of failed messages published to a retry queue, by result: confirmed by the broker, or failed (the original was handed back).",
 	}, []string{"result"})
+	handBackCopies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "warren_handback_publishes_total",
+		Help: "Copies of messages handed back untried to the tail of a quorum queue while the circuit is open (a nack would count against the queue's delivery limit), by result: confirmed by the broker, or failed (the original was nacked after a delay).",
+	}, []string{"result"})
 	deadCopies := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "warren_dead_publishes_total",
 		Help: "Copies of dead messages published to the dead-letter queue, by result: confirmed by the broker, or failed (the original was handed back).",
 	}, []string{"result"})
 	m := &metrics{
-		retryCopies: newCopyMetrics(retryCopies),
-		deadCopies:  newCopyMetrics(deadCopies),
+		retryCopies:    newCopyMetrics(retryCopies),
+		deadCopies:     newCopyMetrics(deadCopies),
+		handBackCopies: newCopyMetrics(handBackCopies),
 		stale: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warren_stale_settlements_total",
 			Help: "Messages whose channel closed before they could be settled; the broker redelivers them.",
@@ -119,7 +127,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, o := range []string{replyConfirmed, replyUnroutable, replyInvalid, replyRefused, replyUnconfirmed} {
 		m.replies.WithLabelValues(o)
 	}
-	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.rateLimitWait, m.brokerInfo, m.copyFailures, m.replies} {
+	for _, c := range []prometheus.Collector{messages, duration, retryCopies, deadCopies, handBackCopies, m.stale, m.inflight, m.inflightBytes, m.prefetch, m.connected, m.reconnects, m.consuming, m.blocked, m.circuitOpen, m.circuitOpenings, m.rateLimitWait, m.brokerInfo, m.copyFailures, m.replies} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

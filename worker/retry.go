@@ -75,6 +75,9 @@ type fate struct {
 	attempt int           // the attempt that just ended, from 1
 	after   time.Duration // for Retry: the wait the handler asked for, if any
 	reply   *Reply        // for Ack: the handler's answer to a request with reply_to, if any
+	// handBack: for Requeue, the circuit is open: the message goes back
+	// untried by handBack, not by a nack.
+	handBack bool
 }
 
 // verdict returns the fate of d now that its handler returned o and err: a
@@ -126,10 +129,36 @@ func (s *session) finish(ctx context.Context, d *amqp.Delivery, f fate) {
 			return
 		}
 		s.settle(d, Ack)
+	case Requeue:
+		if f.handBack {
+			s.handBack(ctx, d)
+			return
+		}
+		s.settle(d, Requeue)
 	default:
 		s.settle(d, f.outcome)
 	}
 }
+
+// handBack returns d to its queue untried while the circuit is open. On
+// a quorum queue every nack counts a delivery against the queue's
+// delivery limit (x-delivery-limit, or a policy's), and an outage's
+// hand-backs (a probe's message each probe, the messages held each time
+// the circuit opens) would use it up: the broker would dead-letter them,
+// which is what the circuit is there to prevent. There d goes to the
+// tail of the queue as a confirmed copy instead, its attempts unchanged
+// and its deliveries counted anew, and is acked; a classic queue counts
+// nothing, and gets the nack.
+func (s *session) handBack(ctx context.Context, d *amqp.Delivery) {
+	if !s.copiesBack() {
+		s.settle(d, Requeue)
+		return
+	}
+	s.copyThenSettle(ctx, d, s.w.cfg.Topology.Queue, broker.CopyOf(d), Requeue, nil)
+}
+
+// copiesBack reports whether handBack copies: on a quorum queue.
+func (s *session) copiesBack() bool { return s.w.cfg.Topology.QueueType == broker.Quorum }
 
 // deadLetter publishes a copy of d to the dead-letter queue with why and
 // the attempts it had, then acks d.
@@ -192,8 +221,11 @@ func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue st
 	cctx, cancel := context.WithTimeout(ctx, copyTimeout)
 	defer cancel()
 	kind := w.metrics.retryCopies
-	if o == Dead {
+	switch o {
+	case Dead:
 		kind = w.metrics.deadCopies
+	case Requeue:
+		kind = w.metrics.handBackCopies
 	}
 	if w.tracer != nil {
 		// Every attempt of one message shares its trace: a copy of a
@@ -211,6 +243,6 @@ func (s *session) copyThenSettle(ctx context.Context, d *amqp.Delivery, queue st
 	if errReply != nil && !s.sendReply(cctx, d, *errReply) {
 		return false
 	}
-	s.settle(d, o)
+	s.ackAs(d, o)
 	return true
 }

@@ -221,9 +221,10 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 					}
 				}
 				s.acks.received(d.DeliveryTag)
-				if w.circuit.isOpen() {
+				if w.circuit.isOpen() && !s.copiesBack() {
 					// Untried, it counts as no attempt; the consumer is
-					// being cancelled.
+					// being cancelled. (Where a hand-back counts a
+					// delivery, a handler slot hands it back as a copy.)
 					s.acks.nack(d.DeliveryTag)
 					continue
 				}
@@ -442,9 +443,16 @@ func (s *session) call(what string, fn func() error) {
 func (s *session) settle(d *amqp.Delivery, o Outcome) {
 	if o == Requeue {
 		s.acks.nack(d.DeliveryTag)
-	} else {
-		s.acks.ack(d.DeliveryTag, o)
+		s.done(len(d.Body))
+		return
 	}
+	s.ackAs(d, o)
+}
+
+// ackAs acks d, counting the outcome o: also Requeue, for a message
+// handed back as a copy (handBack).
+func (s *session) ackAs(d *amqp.Delivery, o Outcome) {
+	s.acks.ack(d.DeliveryTag, o)
 	s.done(len(d.Body))
 }
 
@@ -525,16 +533,21 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		if !j.probe && w.circuit.isOpen() {
 			// Held but not started when the circuit opened: back to the
 			// queue untried.
-			j.s.settle(&j.d, Requeue)
+			j.s.handBack(ctx, &j.d)
 			continue
 		}
 		if at, ok := broker.RetryAt(j.d.Headers); ok && j.s.deferUntil(ctx, &j.d, at) {
 			continue
 		}
-		if !w.awaitToken(&j) || (!j.probe && w.circuit.isOpen()) {
-			// The drain began, the channel closed or the circuit opened
-			// while it waited for its turn: back to the queue untried.
+		if !w.awaitToken(&j) {
+			// The drain began or the channel closed while it waited for its
+			// turn: back to the queue untried.
 			j.s.settle(&j.d, Requeue)
+			continue
+		}
+		if !j.probe && w.circuit.isOpen() {
+			// The circuit opened while it waited for its turn.
+			j.s.handBack(ctx, &j.d)
 			continue
 		}
 		start := time.Now()
@@ -547,11 +560,15 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		}
 		o, reply, err := w.handle(mctx, &j.d)
 		slot.Store(0)
+		tried := o
 		o = w.circuit.observe(o, err, time.Now())
 		// The outcome logged and measured is the real one: a last failed
 		// attempt is dead, not retried.
 		f := w.verdict(&j.d, o, err)
 		f.reply = reply
+		// The downstream is down and the circuit open: this attempt
+		// does not count.
+		f.handBack = o == Requeue && tried != Requeue
 		w.metrics.duration[f.outcome].Observe(time.Since(start).Seconds())
 		if err != nil {
 			w.log.Warn("handler failed", w.messageFields(mctx, &j.d, zap.Stringer("outcome", f.outcome), zap.Error(err))...)
