@@ -18,6 +18,19 @@ import (
 // at 100 ms, then at most every 400 ms.
 var circuitConfig = worker.CircuitConfig{Failures: 3, Window: 10 * time.Second, MaxProbeInterval: 400 * time.Millisecond}
 
+// downstream returns a recorder whose handler fails with
+// worker.Unavailable while down is set, as it is at first.
+func downstream() (*recorder, *atomic.Bool) {
+	down := new(atomic.Bool)
+	down.Store(true)
+	return newRecorder(func(context.Context, *worker.Message, int) error {
+		if down.Load() {
+			return worker.Unavailable(errors.New("connection refused"))
+		}
+		return nil
+	}), down
+}
+
 // TestCircuitOpensAndCloses: a Go handler whose downstream is down
 // (worker.Unavailable) opens the circuit after the threshold: the handler
 // is called no more than the threshold, the messages that were in flight
@@ -185,14 +198,7 @@ func TestCircuitOpenDrainsAtOnce(t *testing.T) {
 // more probes than the limit, and nothing dead.
 func TestCircuitOutageKeepsTheDeliveryLimit(t *testing.T) {
 	q := brokertest.Queue(t)
-	var down atomic.Bool
-	down.Store(true)
-	rec := newRecorder(func(context.Context, *worker.Message, int) error {
-		if down.Load() {
-			return worker.Unavailable(errors.New("connection refused"))
-		}
-		return nil
-	})
+	rec, down := downstream()
 	const limit = 2
 	h := start(t, worker.Config{
 		Topology: broker.Topology{Queue: q, QueueType: broker.Quorum, Declare: true, DeliveryLimit: limit, RetryDelays: []time.Duration{time.Second}},

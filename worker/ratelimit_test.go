@@ -194,14 +194,7 @@ func TestRateLimitLeavesWorkForOtherReplicas(t *testing.T) {
 // is back; then every message is handled.
 func TestRateLimitCircuitProbes(t *testing.T) {
 	q := brokertest.Queue(t)
-	var down atomic.Bool
-	down.Store(true)
-	rec := newRecorder(func(context.Context, *worker.Message, int) error {
-		if down.Load() {
-			return worker.Unavailable(errors.New("connection refused"))
-		}
-		return nil
-	})
+	rec, down := downstream()
 	h := start(t, worker.Config{Topology: broker.Topology{Queue: q, Declare: true, RetryDelays: []time.Duration{time.Second}},
 		Handler: rec, Concurrency: 2, Circuit: circuitConfig, RateLimit: 5})
 	h.waitReady(t)
