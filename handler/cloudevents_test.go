@@ -271,21 +271,29 @@ func sdkServer(t *testing.T) (url string, events <-chan sdkEvent) {
 	t.Helper()
 	ch := make(chan sdkEvent, 100)
 	srv := serve(t, func(w http.ResponseWriter, r *http.Request) {
-		e, err := cehttp.NewEventFromHTTPRequest(r)
-		if err == nil {
-			err = e.Validate()
+		if readSDKEvent(w, r, ch) {
+			w.WriteHeader(http.StatusAccepted)
 		}
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		ch <- sdkEvent{
-			id: e.ID(), source: e.Source(), typ: e.Type(), subject: e.Subject(), time: e.Time(),
-			dataContentType: e.DataContentType(), data: string(e.Data()), extensions: e.Extensions(),
-		}
-		w.WriteHeader(http.StatusAccepted)
 	})
 	return srv.URL, ch
+}
+
+// readSDKEvent reads r with the CloudEvents Go SDK and sends the event to
+// events if it is a valid one; otherwise it answers 400 and reports false.
+func readSDKEvent(w http.ResponseWriter, r *http.Request, events chan<- sdkEvent) bool {
+	e, err := cehttp.NewEventFromHTTPRequest(r)
+	if err == nil {
+		err = e.Validate()
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return false
+	}
+	events <- sdkEvent{
+		id: e.ID(), source: e.Source(), typ: e.Type(), subject: e.Subject(), time: e.Time(),
+		dataContentType: e.DataContentType(), data: string(e.Data()), extensions: e.Extensions(),
+	}
+	return true
 }
 
 // sdkEvent is what the SDK read.
@@ -560,18 +568,7 @@ func TestCloudEventThroughBroker(t *testing.T) {
 			plain <- request{method: r.Method, header: r.Header.Clone(), body: body}
 			return
 		}
-		e, err := cehttp.NewEventFromHTTPRequest(r)
-		if err == nil {
-			err = e.Validate()
-		}
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		events <- sdkEvent{
-			id: e.ID(), source: e.Source(), typ: e.Type(), subject: e.Subject(), time: e.Time(),
-			dataContentType: e.DataContentType(), data: string(e.Data()), extensions: e.Extensions(),
-		}
+		readSDKEvent(w, r, events)
 	})
 	q := brokertest.Queue(t)
 	h := NewHTTP(srv.URL, 4)

@@ -34,26 +34,64 @@ const (
 	copyUnconfirmed = "unconfirmed"   // no confirm came: timeout, or the connection went
 )
 
-// copyFailures is what the worker remembers of failed copies, shared by
-// its handler goroutines: how long the next hand-back waits, what was
-// logged at error level already, why the worker is not ready, and when the
-// topology may be declared again. A confirmed copy clears it all.
+// handBacks is what the worker remembers of one kind of its publishes
+// (copies, replies) that the broker did not take, shared by its handler
+// goroutines: how long the next hand-back of an original waits, and which
+// failures were logged at error level already. A confirmed publish clears
+// it.
+type handBacks struct {
+	mu       sync.Mutex
+	wait     backoff             // hand-back delays
+	reported map[string]struct{} // failures logged at error level
+}
+
+func newHandBacks() *handBacks {
+	return &handBacks{
+		wait:     backoff{min: minCopyBackoff, max: maxCopyBackoff},
+		reported: make(map[string]struct{}),
+	}
+}
+
+// failed records a failure of the kind key. It returns how long the
+// original waits before it is handed back, and where to log the failure:
+// at error level the first time, at debug level after that.
+func (h *handBacks) failed(key string, log *zap.Logger) (time.Duration, func(string, ...zap.Field)) {
+	h.mu.Lock()
+	_, again := h.reported[key]
+	h.reported[key] = struct{}{}
+	delay := h.wait.next()
+	h.mu.Unlock()
+	if again {
+		return delay, log.Debug
+	}
+	return delay, log.Error
+}
+
+// confirmed clears what failed remembered.
+func (h *handBacks) confirmed() {
+	h.mu.Lock()
+	h.wait.reset()
+	clear(h.reported)
+	h.mu.Unlock()
+}
+
+// copyFailures is what the worker remembers of failed copies: their
+// hand-backs, why the worker is not ready, and when the topology may be
+// declared again. A confirmed copy clears it all.
 type copyFailures struct {
 	failing atomic.Bool            // some copy failed since the last confirmed one
 	trouble atomic.Pointer[string] // the readiness reason while copies fail
 
-	mu       sync.Mutex
-	wait     backoff             // hand-back delays
-	declare  backoff             // delays between declarations
-	nextDecl time.Time           // no declaration before this
-	reported map[string]struct{} // failures logged at error level
+	*handBacks
+	// Guarded by handBacks.mu.
+	declare  backoff   // delays between declarations
+	nextDecl time.Time // no declaration before this
 }
 
 func newCopyFailures() *copyFailures {
 	return &copyFailures{
-		wait:     backoff{min: minCopyBackoff, max: maxCopyBackoff},
-		declare:  backoff{min: minDeclareBackoff, max: maxBackoff},
-		reported: make(map[string]struct{}),
+		handBacks: newHandBacks(),
+		declare:   backoff{min: minDeclareBackoff, max: maxBackoff},
 	}
 }
 
@@ -98,15 +136,7 @@ func (s *session) copyFailed(ctx context.Context, d *amqp.Delivery, queue string
 	if errors.As(err, &aerr) {
 		key += fmt.Sprint(" ", aerr.Code)
 	}
-	f.mu.Lock()
-	_, again := f.reported[key]
-	f.reported[key] = struct{}{}
-	delay := f.wait.next()
-	f.mu.Unlock()
-	log := w.log.Error
-	if again {
-		log = w.log.Debug
-	}
+	delay, log := f.failed(key, w.log)
 	log("copy not confirmed; handing the message back", zap.String("to", queue), zap.String("reason", reason),
 		zap.Stringer("outcome", o), zap.String("message_id", d.MessageId), zap.Duration("hand_back_in", delay), zap.Error(err))
 	if reason == copyUnroutable {
@@ -122,11 +152,10 @@ func (w *Worker) copyConfirmed() {
 	if !f.failing.Swap(false) {
 		return
 	}
+	f.confirmed()
 	f.mu.Lock()
-	f.wait.reset()
 	f.declare.reset()
 	f.nextDecl = time.Time{}
-	clear(f.reported)
 	f.mu.Unlock()
 	if f.trouble.Swap(nil) != nil {
 		w.log.Info("copies confirmed again")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"maps"
-	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -31,24 +30,6 @@ const (
 	replyRefused     = "refused"     // nacked: the request was handed back
 	replyUnconfirmed = "unconfirmed" // no confirm: the request was handed back
 )
-
-// replyFailures is what the worker remembers of replies the broker did
-// not take: how long the next hand-back waits, and what was logged at
-// error level. A confirmed reply clears it. Unlike failed copies, a
-// failed reply does not make the worker not ready: it is one requester's
-// queue that refuses, not warren's.
-type replyFailures struct {
-	mu       sync.Mutex
-	wait     backoff
-	reported map[string]struct{}
-}
-
-func newReplyFailures() *replyFailures {
-	return &replyFailures{
-		wait:     backoff{min: minCopyBackoff, max: maxCopyBackoff},
-		reported: make(map[string]struct{}),
-	}
-}
 
 // replyThenSettle publishes the handler's reply to d's requester and acks
 // d once the broker confirmed it; if the reply fails, d goes back to its
@@ -84,11 +65,7 @@ func (s *session) sendReply(ctx context.Context, d *amqp.Delivery, msg amqp.Publ
 	switch {
 	case err == nil:
 		w.metrics.replies.WithLabelValues(replyConfirmed).Inc()
-		f := w.replyFail
-		f.mu.Lock()
-		f.wait.reset()
-		clear(f.reported)
-		f.mu.Unlock()
+		w.replyFail.confirmed()
 		return true
 	case errors.Is(err, broker.ErrUnroutable):
 		w.metrics.replies.WithLabelValues(replyUnroutable).Inc()
@@ -106,16 +83,9 @@ func (s *session) sendReply(ctx context.Context, d *amqp.Delivery, msg amqp.Publ
 		s.settle(d, Requeue)
 		return false
 	}
-	f := w.replyFail
-	f.mu.Lock()
-	_, again := f.reported[reason]
-	f.reported[reason] = struct{}{}
-	delay := f.wait.next()
-	f.mu.Unlock()
-	log := w.log.Error
-	if again {
-		log = w.log.Debug
-	}
+	// Unlike failed copies, a failed reply does not make the worker not
+	// ready: it is one requester's queue that refuses, not warren's.
+	delay, log := w.replyFail.failed(reason, w.log)
 	log("reply not confirmed; handing the request back", zap.String("reply_to", d.ReplyTo), zap.String("reason", reason),
 		zap.String("message_id", d.MessageId), zap.Duration("hand_back_in", delay), zap.Error(err))
 	s.wait(ctx, delay)

@@ -144,8 +144,8 @@ type Worker struct {
 
 	reported string // last failure logged at error level, to log a repeat only at debug
 
-	copyFail  *copyFailures  // copies the broker did not take, across sessions
-	replyFail *replyFailures // replies the broker did not take
+	copyFail  *copyFailures // copies the broker did not take, across sessions
+	replyFail *handBacks    // replies the broker did not take
 
 	// adaptive sizes the prefetch, across sessions; nil when the
 	// prefetch is fixed. Only the consuming session uses it.
@@ -220,7 +220,7 @@ func New(cfg Config) (*Worker, error) {
 		slots:   make([]atomic.Int64, cfg.Concurrency),
 
 		copyFail:  newCopyFailures(),
-		replyFail: newReplyFailures(),
+		replyFail: newHandBacks(),
 	}
 	w.circuit = newCircuit(cfg.Circuit, w.log, m)
 	w.limiter = newLimiter(cfg.RateLimit)
