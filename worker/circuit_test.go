@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -196,13 +197,23 @@ func TestCircuitOpenDrainsAtOnce(t *testing.T) {
 // dead-letters after all. What the circuit hands back goes to the tail of
 // the queue as a confirmed copy, untried, its count of deliveries new:
 // more probes than the limit, and nothing dead.
+// With a rate limit, a slot waiting for its turn when the circuit opens
+// hands its message back the same way.
 func TestCircuitOutageKeepsTheDeliveryLimit(t *testing.T) {
+	for _, rateLimit := range []float64{0, 5} {
+		t.Run(fmt.Sprint("rate limit ", rateLimit), func(t *testing.T) {
+			testOutageKeepsTheDeliveryLimit(t, rateLimit)
+		})
+	}
+}
+
+func testOutageKeepsTheDeliveryLimit(t *testing.T, rateLimit float64) {
 	q := brokertest.Queue(t)
 	rec, down := downstream()
 	const limit = 2
 	h := start(t, worker.Config{
 		Topology: broker.Topology{Queue: q, QueueType: broker.Quorum, Declare: true, DeliveryLimit: limit, RetryDelays: []time.Duration{time.Second}},
-		Handler:  rec, Concurrency: 2, Circuit: circuitConfig})
+		Handler:  rec, Concurrency: 2, Circuit: circuitConfig, RateLimit: rateLimit})
 	h.waitReady(t)
 	bodies := brokertest.Bodies("m", 10)
 	brokertest.Publish(t, q, bodies...)
@@ -232,5 +243,9 @@ func TestCircuitOutageKeepsTheDeliveryLimit(t *testing.T) {
 	// than the limit.
 	if n := h.metric(t, "warren_handback_publishes_total", "result", "confirmed"); n <= limit {
 		t.Errorf("warren_handback_publishes_total{result=confirmed} = %v, want more than %d", n, limit)
+	}
+	// And nothing went back by a nack, which would count a delivery.
+	if n, c := h.metric(t, "warren_messages_total", "outcome", "requeue"), h.metric(t, "warren_handback_publishes_total", "result", "confirmed"); n != c {
+		t.Errorf("%v messages handed back, %v of them as copies: want all", n, c)
 	}
 }

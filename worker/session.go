@@ -539,15 +539,17 @@ func (w *Worker) dispatch(ctx context.Context, jobs <-chan job, slot *atomic.Int
 		if at, ok := broker.RetryAt(j.d.Headers); ok && j.s.deferUntil(ctx, &j.d, at) {
 			continue
 		}
-		if !w.awaitToken(&j) {
+		turn := w.awaitToken(&j)
+		if !j.probe && w.circuit.isOpen() {
+			// The circuit opened while it waited for its turn (which
+			// cuts the wait short).
+			j.s.handBack(ctx, &j.d)
+			continue
+		}
+		if !turn {
 			// The drain began or the channel closed while it waited for its
 			// turn: back to the queue untried.
 			j.s.settle(&j.d, Requeue)
-			continue
-		}
-		if !j.probe && w.circuit.isOpen() {
-			// The circuit opened while it waited for its turn.
-			j.s.handBack(ctx, &j.d)
 			continue
 		}
 		start := time.Now()
