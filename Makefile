@@ -75,6 +75,10 @@ bench: build ## measure warren against reference consumers on the local broker; 
 	@command -v amqp-consume >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q amqp-tools >/dev/null; } || \
 		echo 'amqp-consume (Debian amqp-tools) missing: the exec comparison is skipped'
+	@{ /usr/bin/python3 -c 'import pika' || python3 -c 'import pika'; } 2>/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-pika >/dev/null; } || \
+		echo 'python3-pika missing: the comparison with the pika tutorial is skipped'
 	$(GO) run ./cmd/warren-bench -warren $(BIN) $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench BenchmarkDrain -benchtime 100000x ./worker/
 

@@ -25,7 +25,7 @@ func run() int {
 	types := flag.String("queue-types", "classic,quorum", "queue types to drain")
 	verbose := flag.Bool("v", false, "log each run")
 	rounds := flag.Int("rounds", 3, "rounds of reference, warren, warren, reference per drain setting and for exec")
-	only := flag.String("only", "", "parts to run, comma-separated: drains, defaults (the drains at warren's defaults and at prefetch 200, concurrency 4, only), trace (the drain at defaults with tracing off and on), http, exec, fair, publish, latency; empty: all")
+	only := flag.String("only", "", "parts to run, comma-separated: drains, defaults (the drains at warren's defaults and at prefetch 200, concurrency 4, only), link (the drain at defaults against the tutorial's over a link that delays each direction, a round trip of a few ms), trace (the drain at defaults with tracing off and on), http, exec, fair, publish, latency; empty: all")
 	flag.Parse()
 
 	url := os.Getenv("WARREN_TEST_AMQP_URL")

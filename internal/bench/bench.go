@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	_ "embed"
 	"errors"
 	"fmt"
 	"io"
@@ -589,6 +590,38 @@ func (e Env) AMQPConsume(q string, n int, argv ...string) (Result, error) {
 	}
 	took := time.Since(start)
 	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, nil
+}
+
+// tutorialWorker is the pika tutorial's consumer, made to stop after n.
+//
+//go:embed tutorial_worker.py
+var tutorialWorker string
+
+// PikaPython returns a Python interpreter that has pika (Debian's
+// python3-pika), or "" if there is none.
+func PikaPython() string {
+	for _, p := range []string{"/usr/bin/python3", "python3"} {
+		if exec.Command(p, "-c", "import pika").Run() == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// PikaTutorial drains n messages from q with the pika tutorial's consumer
+// run by python, the interpreter PikaPython found. Its rate counts from
+// its start_consuming, as warren's counts from its readiness.
+func (e Env) PikaTutorial(python, q string, n int) (Result, error) {
+	out, err := exec.Command(python, "-c", tutorialWorker, e.URL, q, strconv.Itoa(n)).CombinedOutput()
+	if err != nil {
+		return Result{}, fmt.Errorf("pika tutorial: %w: %s", err, out)
+	}
+	secs, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	if err != nil || secs <= 0 {
+		return Result{}, fmt.Errorf("pika tutorial: no time in %q", out)
+	}
+	took := time.Duration(secs * float64(time.Second))
+	return Result{Rate: float64(n) / secs, Duration: took}, nil
 }
 
 // Publish runs warren publish -count n and times it.

@@ -65,12 +65,25 @@ func TestRunPrintsEveryRow(t *testing.T) {
 		"exec handler (cat >/dev/null) at defaults, vs amqp-consume running cat",
 		"fair share at adaptive prefetch: 3 replicas x concurrency 4, 24 messages of 500ms: all done in",
 		"fair share: a replica more started once they are queued: its first message after",
+		"the plain consumer itself, vs the tutorial, the same run",
+		"noop drain, at defaults (adaptive prefetch, default concurrency), vs the tutorial (prefetch 1, ack each), over a link of",
+		"the plain consumer (prefetch 200, ack every 50), vs the tutorial, the same link",
 		"warren publish -count, confirmed",
 		"warren (http handler, prefetch 200, concurrency 16)",
 		"plain consumer (prefetch 200, ack each)",
 	} {
 		if !strings.Contains(table, row) {
 			t.Errorf("no row %q in:\n%s", row, table)
+		}
+	}
+	if PikaPython() != "" {
+		for _, row := range []string{
+			"noop drain, at defaults (adaptive prefetch, default concurrency), vs the pika tutorial's worker.py",
+			"the same loop in Go (the tutorial row's reference), vs the pika tutorial's worker.py",
+		} {
+			if !strings.Contains(table, row) {
+				t.Errorf("no row %q in:\n%s", row, table)
+			}
 		}
 	}
 	ratios := regexp.MustCompile(`\s(\d+\.\d+)x`).FindAllStringSubmatch(table, -1)

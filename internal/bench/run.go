@@ -79,6 +79,7 @@ func rounds(n int, ref, w func() (Result, error)) (refs, ws []Result, ratios []f
 const (
 	PartDrains   = "drains"   // the noop drains against the plain consumer and the tutorial's
 	PartDefaults = "defaults" // of those, only at warren's defaults and at prefetch 200, concurrency 4, against the plain consumer
+	PartLink     = "link"     // the drain at defaults against the tutorial's, over a link with a round trip like a network's
 	PartHTTP     = "http"
 	PartExec     = "exec"
 	PartFair     = "fair"
@@ -86,7 +87,7 @@ const (
 	PartLatency  = "latency"
 )
 
-var parts = []string{PartDrains, PartDefaults, PartTrace, PartHTTP, PartExec, PartFair, PartPublish, PartLatency}
+var parts = []string{PartDrains, PartDefaults, PartLink, PartTrace, PartHTTP, PartExec, PartFair, PartPublish, PartLatency}
 
 // Run measures the parts of o and writes the table to out.
 func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
@@ -109,6 +110,8 @@ func Run(ctx context.Context, e Env, o Options, out io.Writer) error {
 			if !o.runs(PartDrains) {
 				err = e.drains(t, o, settings[:2], false)
 			}
+		case PartLink:
+			err = e.linkRows(t, o)
 		case PartTrace:
 			err = e.traceRows(t, o)
 		case PartHTTP:
@@ -168,6 +171,7 @@ func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error
 		// acking multiple every 50. Each round runs plain, warren, warren,
 		// plain, so that drift in the broker hits both alike.
 		var atDefaults []Result
+		plainOf := map[setting][]Result{}
 		for _, s := range settings {
 			plain, warren, ratios, err := rounds(o.Rounds,
 				func() (Result, error) { return e.drain(qt, o.Messages, "plain", s) },
@@ -178,6 +182,7 @@ func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error
 			if s == defaults {
 				atDefaults = warren
 			}
+			plainOf[s] = plain
 			t.ratioRow("noop drain, "+s.name()+", vs plain (prefetch 200, ack every 50)",
 				qt, Median(warren), Median(plain), ratios, MaxRSS(warren))
 		}
@@ -208,6 +213,82 @@ func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error
 		}
 		t.row("noop drain, prefetch 200, concurrency 16, vs the tutorial (prefetch 1, ack each)", qt, Median(wr), Median(tut), MaxRSS(wr))
 		t.row("noop drain, "+defaults.name()+", vs the tutorial", qt, Median(atDefaults), Median(tut), MaxRSS(atDefaults))
+		t.row("the plain consumer itself, vs the tutorial, the same run", qt, Median(plainOf[defaults]), Median(tut), 0)
+		// The same loop as its users run it: the tutorial's worker.py,
+		// in Python with pika.
+		python := PikaPython()
+		if python == "" {
+			fmt.Fprintln(t.tw, "noop drain vs the pika tutorial's worker.py\t"+qt+"\tskipped: python3 with pika not installed (Debian python3-pika)\t\t\t\t")
+			continue
+		}
+		var pika []Result
+		for range 2 {
+			q, err := e.Fill("tutorial", qt, o.Tutorial, 100)
+			if err != nil {
+				return err
+			}
+			r, err := e.PikaTutorial(python, q, o.Tutorial)
+			e.Delete(q)
+			if err != nil {
+				return err
+			}
+			pika = append(pika, r)
+		}
+		t.row("noop drain, "+defaults.name()+", vs the pika tutorial's worker.py (Python, prefetch 1, ack each)", qt, Median(atDefaults), Median(pika), MaxRSS(atDefaults))
+		t.row("the same loop in Go (the tutorial row's reference), vs the pika tutorial's worker.py", qt, Median(tut), Median(pika), 0)
+		if err := t.tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// linkDelay is the least the link delays each way. A sleep that short
+// takes about a millisecond when the process is idle (Go's timers wait
+// in epoll, in milliseconds), so the tutorial's round trip is about
+// 3 ms, as between zones; the row reports the one measured. On loopback
+// it is about 0.1 ms.
+const linkDelay = 200 * time.Microsecond
+
+// linkRows writes the rows of the drains through a Link: warren at its
+// defaults and the plain consumer against the tutorial's consumer, all
+// three paying the same round trip. Rounds run tutorial, warren, warren,
+// tutorial; the tutorial drains a quarter as many messages, at a round
+// trip each.
+func (e Env) linkRows(t table, o Options) error {
+	link, err := e.StartLink(linkDelay)
+	if err != nil {
+		return err
+	}
+	defer link.Close()
+	le := link.Env(e)
+	n := max(o.Tutorial/4, 1)
+	for _, qt := range o.QueueTypes {
+		tut, wr, ratios, err := rounds(o.Rounds,
+			func() (Result, error) {
+				q, err := le.Fill("link-tutorial", qt, n, 100)
+				if err != nil {
+					return Result{}, err
+				}
+				defer le.Delete(q)
+				return le.PlainDrain(q, n, 1, 1)
+			},
+			func() (Result, error) { return le.drain(qt, o.Messages, "warren", defaults) })
+		if err != nil {
+			return err
+		}
+		var plain []Result
+		for range 2 {
+			r, err := le.drain(qt, o.Messages, "plain", defaults)
+			if err != nil {
+				return err
+			}
+			plain = append(plain, r)
+		}
+		rtt := time.Duration(float64(time.Second) / Median(tut))
+		name := fmt.Sprintf("over a link of %v each way (the tutorial's round trip: %v)", linkDelay, rtt.Round(10*time.Microsecond))
+		t.ratioRow("noop drain, "+defaults.name()+", vs the tutorial (prefetch 1, ack each), "+name, qt, Median(wr), Median(tut), ratios, MaxRSS(wr))
+		t.row("the plain consumer (prefetch 200, ack every 50), vs the tutorial, the same link", qt, Median(plain), Median(tut), 0)
 		if err := t.tw.Flush(); err != nil {
 			return err
 		}

@@ -1,0 +1,130 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// Link is a network between consumers and the broker on one machine: a
+// TCP proxy that delays every byte by a fixed time in each direction, and
+// limits nothing else. On loopback a consumer's round trip to the broker
+// is about 0.1 ms; between pods it is several times that, and a consumer
+// that waits for it per message (the tutorial's) pays it per message.
+type Link struct {
+	ln     net.Listener
+	target string
+	delay  time.Duration
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+// StartLink starts a link to the broker at e.URL that delays each
+// direction by delay.
+func (e Env) StartLink(delay time.Duration) (*Link, error) {
+	u, err := url.Parse(e.URL)
+	if err != nil {
+		return nil, fmt.Errorf("parse broker url: %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	l := &Link{ln: ln, target: u.Host, delay: delay}
+	l.wg.Add(1)
+	go l.accept()
+	return l, nil
+}
+
+// Env returns e with its broker reached through the link.
+func (l *Link) Env(e Env) Env {
+	u, _ := url.Parse(e.URL) // parsed by StartLink already
+	u.Host = l.ln.Addr().String()
+	e.URL = u.String()
+	return e
+}
+
+// Close closes the link and every connection through it.
+func (l *Link) Close() {
+	l.ln.Close()
+	l.mu.Lock()
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+func (l *Link) accept() {
+	defer l.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		b, err := net.Dial("tcp", l.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		l.mu.Lock()
+		l.conns = append(l.conns, c, b)
+		l.mu.Unlock()
+		l.wg.Add(2)
+		go l.pipe(b, c)
+		go l.pipe(c, b)
+	}
+}
+
+// chunk is what one read took from a side, and when it may reach the
+// other.
+type chunk struct {
+	b  []byte
+	at time.Time
+}
+
+// pipe copies src to dst, each read delivered delay after it was made, in
+// order: a reader stamps chunks, a writer holds each until its time.
+func (l *Link) pipe(dst, src net.Conn) {
+	defer l.wg.Done()
+	chunks := make(chan chunk, 4096)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for c := range chunks {
+			if wait := time.Until(c.at); wait > 0 {
+				time.Sleep(wait)
+			}
+			if _, err := dst.Write(c.b); err != nil {
+				src.Close()
+				for range chunks { // let the reader finish
+				}
+				return
+			}
+		}
+		if tc, ok := dst.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			chunks <- chunk{b: append([]byte(nil), buf[:n]...), at: time.Now().Add(l.delay)}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				dst.Close()
+			}
+			break
+		}
+	}
+	close(chunks)
+	<-done
+}
