@@ -190,18 +190,9 @@ func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error
 			continue
 		}
 		// The consumer users switch from: the pika tutorial's.
-		var tut []Result
-		for range 2 {
-			q, err := e.Fill("tutorial", qt, o.Tutorial, 100)
-			if err != nil {
-				return err
-			}
-			r, err := e.PlainDrain(q, o.Tutorial, 1, 1)
-			e.Delete(q)
-			if err != nil {
-				return err
-			}
-			tut = append(tut, r)
+		tut, err := e.tutorialRuns(qt, o.Tutorial, func(q string) (Result, error) { return e.PlainDrain(q, o.Tutorial, 1, 1) })
+		if err != nil {
+			return err
 		}
 		var wr []Result
 		for range 2 {
@@ -221,18 +212,9 @@ func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error
 			fmt.Fprintln(t.tw, "noop drain vs the pika tutorial's worker.py\t"+qt+"\tskipped: python3 with pika not installed (Debian python3-pika)\t\t\t\t")
 			continue
 		}
-		var pika []Result
-		for range 2 {
-			q, err := e.Fill("tutorial", qt, o.Tutorial, 100)
-			if err != nil {
-				return err
-			}
-			r, err := e.PikaTutorial(python, q, o.Tutorial)
-			e.Delete(q)
-			if err != nil {
-				return err
-			}
-			pika = append(pika, r)
+		pika, err := e.tutorialRuns(qt, o.Tutorial, func(q string) (Result, error) { return e.PikaTutorial(python, q, o.Tutorial) })
+		if err != nil {
+			return err
 		}
 		t.row("noop drain, "+defaults.name()+", vs the pika tutorial's worker.py (Python, prefetch 1, ack each)", qt, Median(atDefaults), Median(pika), MaxRSS(atDefaults))
 		t.row("the same loop in Go (the tutorial row's reference), vs the pika tutorial's worker.py", qt, Median(tut), Median(pika), 0)
@@ -294,6 +276,26 @@ func (e Env) linkRows(t table, o Options) error {
 		}
 	}
 	return nil
+}
+
+// tutorialRuns runs consume twice, each time on a queue of type qt filled
+// with n messages: the tutorial's consumers are slow, and two runs of
+// them are what a row has.
+func (e Env) tutorialRuns(qt string, n int, consume func(q string) (Result, error)) ([]Result, error) {
+	var rs []Result
+	for range 2 {
+		q, err := e.Fill("tutorial", qt, n, 100)
+		if err != nil {
+			return nil, err
+		}
+		r, err := consume(q)
+		e.Delete(q)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	return rs, nil
 }
 
 // httpRows writes the rows of the HTTP handler.
