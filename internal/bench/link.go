@@ -11,8 +11,8 @@ import (
 )
 
 // Link is a network between consumers and the broker on one machine: a
-// TCP proxy that delays every byte by a fixed time in each direction, and
-// limits nothing else. On loopback a consumer's round trip to the broker
+// TCP proxy that delays every byte by at least a fixed time in each
+// direction, and limits nothing else. On loopback a consumer's round trip to the broker
 // is about 0.1 ms; between pods it is several times that, and a consumer
 // that waits for it per message (the tutorial's) pays it per message.
 type Link struct {
@@ -20,9 +20,10 @@ type Link struct {
 	target string
 	delay  time.Duration
 
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+	closed bool
+	wg     sync.WaitGroup
 }
 
 // StartLink starts a link to the broker at e.URL that delays each
@@ -54,6 +55,7 @@ func (l *Link) Env(e Env) Env {
 func (l *Link) Close() {
 	l.ln.Close()
 	l.mu.Lock()
+	l.closed = true
 	for _, c := range l.conns {
 		c.Close()
 	}
@@ -74,9 +76,16 @@ func (l *Link) accept() {
 			continue
 		}
 		l.mu.Lock()
+		if l.closed {
+			// Accepted as Close ran: nobody would close these.
+			l.mu.Unlock()
+			c.Close()
+			b.Close()
+			return
+		}
 		l.conns = append(l.conns, c, b)
-		l.mu.Unlock()
 		l.wg.Add(2)
+		l.mu.Unlock()
 		go l.pipe(b, c)
 		go l.pipe(c, b)
 	}
