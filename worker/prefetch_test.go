@@ -48,13 +48,13 @@ func TestPrefetchControllerStartsAtConcurrency(t *testing.T) {
 }
 
 func TestPrefetchControllerSwitches(t *testing.T) {
-	const q = sampleEvery // 50 ms
+	const q = sampleEvery // 25 ms
 	var (
-		// 200 completions in 50 ms: 4000/s; with the default round
+		// 100 completions in 25 ms: 4000/s; with the default round
 		// trip, 1 ms, the target is 4 + round(2 x 4000 x 6 ms) = 52.
-		fast = sample{elapsed: q, completed: 200}
+		fast = sample{elapsed: q, completed: 100}
 		// 6000/s: target 76.
-		faster = sample{elapsed: q, completed: 300}
+		faster = sample{elapsed: q, completed: 150}
 		// 8/s: target 4.
 		slow = sample{elapsed: 250 * time.Millisecond, completed: 2, rtts: 2, rttSum: 2 * time.Millisecond}
 		idle = sample{elapsed: 250 * time.Millisecond}
@@ -67,8 +67,8 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 		give  []sample
 		want  []string // "i:window": the switch due after sample i
 	}{
-		{name: "grows after 100 ms at twice the window or more", give: repeat(8, fast), want: []string{"1:52"}},
-		{name: "a burst shorter than 100 ms does not move it", give: append(repeat(1, fast), repeat(20, idle)...)},
+		{name: "grows after 50 ms at twice the window or more", give: repeat(8, fast), want: []string{"1:52"}},
+		{name: "a burst shorter than 50 ms does not move it", give: append(repeat(1, fast), repeat(20, idle)...)},
 		{name: "an interval within the hysteresis restarts the hold",
 			give: slices.Concat(repeat(1, fast), repeat(1, idle), repeat(3, fast)), want: []string{"3:52"}},
 		{name: "grows to the smallest target of the hold", give: []sample{faster, fast, faster}, want: []string{"1:52"}},
@@ -76,20 +76,20 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 		{name: "shrinks to the largest target of the hold", start: 100,
 			give: slices.Concat(repeat(19, slow), []sample{{elapsed: 250 * time.Millisecond, completed: 400}}), want: []string{"19:23"}},
 		{name: "idle shrinks to concurrency", start: 100, give: repeat(20, idle), want: []string{"19:4"}},
-		// 3820/s: target 50.
-		{name: "a target within 2x either way keeps the window", start: 40, give: repeat(100, sample{elapsed: q, completed: 191})},
+		// 3840/s: target 50.
+		{name: "a target within 2x either way keeps the window", start: 40, give: repeat(200, sample{elapsed: q, completed: 96})},
 		{name: "grows to max and no further", max: 20, give: repeat(12, fast), want: []string{"1:20"}},
 		{name: "stays at concurrency when idle", start: 4, give: repeat(40, idle)},
 		// A quorum queue's turn-around: 4 ms. 4 + round(2 x 4000 x 9 ms) = 76.
-		{name: "a longer round trip asks for more", give: repeat(3, sample{elapsed: q, completed: 200, rtts: 100, rttSum: 400 * time.Millisecond}),
+		{name: "a longer round trip asks for more", give: repeat(3, sample{elapsed: q, completed: 100, rtts: 100, rttSum: 400 * time.Millisecond}),
 			want: []string{"1:76"}},
 		{name: "no time, no sample", give: repeat(10, sample{completed: 200})},
 		// A window that limits the rate makes the target understate the
 		// need: a window of 40 full at 4000/s (target 52, 1.3x) holds;
 		// at 6000/s (target 76, 1.9x) too; at 8000/s (target 100, 2.5x)
 		// it grows 8x, to 320, not to 100.
-		{name: "a target far above grows the window 8x", start: 40, give: repeat(3, sample{elapsed: q, completed: 400}), want: []string{"1:320"}},
-		{name: "8x no further than max", start: 40, max: 120, give: repeat(3, sample{elapsed: q, completed: 400}), want: []string{"1:120"}},
+		{name: "a target far above grows the window 8x", start: 40, give: repeat(3, sample{elapsed: q, completed: 200}), want: []string{"1:320"}},
+		{name: "8x no further than max", start: 40, max: 120, give: repeat(3, sample{elapsed: q, completed: 200}), want: []string{"1:120"}},
 		{name: "a target above 8x is the step", start: 5, give: repeat(3, faster), want: []string{"1:76"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,7 +161,7 @@ func TestPrefetchBytes(t *testing.T) {
 		budget = 64 * mi
 	)
 	var (
-		fast = sample{elapsed: q, completed: 200} // target 52, as above
+		fast = sample{elapsed: q, completed: 100} // target 52, as above
 		idle = sample{elapsed: q}
 	)
 	big := func(n int) sample { return sample{elapsed: q, completed: 1, largest: n} }
@@ -178,10 +178,10 @@ func TestPrefetchBytes(t *testing.T) {
 		{name: "small bodies do not limit it", give: slices.Concat([]sample{big(1024)}, repeat(3, fast)), want: []string{"2:52"}},
 		{name: "a fast rate grows only to the ceiling", start: 4, give: slices.Concat([]sample{big(8 * mi)}, repeat(3, fast)), want: []string{"2:8"}},
 		// 32 MiB seen: ceiling 2. The size halves every 10 s: after 10 s
-		// the ceiling is 4, the target of idle handlers, and after 20 s
-		// it is 8, where a fast rate then takes the window.
+		// (400 samples) the ceiling is 4, the target of idle handlers,
+		// and after 20 s it is 8, where a fast rate then takes the window.
 		{name: "the ceiling lifts as large bodies are forgotten",
-			give: slices.Concat([]sample{big(32 * mi)}, repeat(400, idle), repeat(5, fast)), want: []string{"0:2", "201:4", "402:8"}},
+			give: slices.Concat([]sample{big(32 * mi)}, repeat(800, idle), repeat(5, fast)), want: []string{"0:2", "402:4", "802:8"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newPrefetchController(4, 1000, budget)
