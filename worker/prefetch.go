@@ -31,6 +31,15 @@ import (
 // published, which says nothing of the broker: a sample counts for at most
 // maxRTTSample, and among rttSamples others.
 //
+// Over a slow link the round trip is at least the time a basic.qos call
+// takes (link): before the window is full, nothing else measures it. A
+// window far below the link's bandwidth-delay product arrives in bursts a
+// round trip apart, so a sample of sampleEvery holds either a burst or
+// nothing, and neither says the rate: samples add up until they span two
+// round trips before a rate is judged from them (over one, five samples
+// hold one burst or two, and the rate read swings by half; over two, by a
+// third). On a link faster than 12.5 ms every sample is judged.
+//
 // RabbitMQ applies a new basic.qos only to consumers started after it, so
 // a new window means consuming anew; the controller asks for that rarely:
 // when the target stays at 2x the window in force or more (growHold), or
@@ -109,6 +118,8 @@ type prefetchController struct {
 	rate     float64       // completions per second in the last interval
 	rtt      time.Duration // the estimate: the mean of about the last rttSamples
 	rttN     int           // how many samples rtt averages, at most rttSamples
+	link     time.Duration // how long the latest basic.qos call took: a round trip at least
+	acc      sample        // the samples since the last rate judged, until they span two round trips
 	held     time.Duration // how long the target has been beyond the hysteresis
 	grow     bool          // in which direction held counts
 	bound    int           // the window to switch to once held is long enough
@@ -140,6 +151,12 @@ func (c *prefetchController) ceiling() int {
 func (c *prefetchController) clamp(n int) int {
 	hi := c.ceiling()
 	return min(max(n, min(c.min, hi)), hi)
+}
+
+// turnaround returns the round trip the window must cover: the one
+// measured, or the link's if that is longer.
+func (c *prefetchController) turnaround() time.Duration {
+	return max(c.rtt, c.link)
 }
 
 // target returns the window for a completion rate (per second) and a
@@ -178,13 +195,21 @@ func (c *prefetchController) observe(s sample) (int, bool) {
 		c.rtt = (c.rtt*time.Duration(keep) + s.rttSum) / time.Duration(keep+s.rtts)
 		c.rttN = min(keep+s.rtts, rttSamples)
 	}
-	c.rate = float64(s.completed) / s.elapsed.Seconds()
-	t := c.target(c.rate, c.rtt)
+	c.acc.elapsed += s.elapsed
+	c.acc.completed += s.completed
+	rtt := c.turnaround()
+	if c.acc.elapsed < 2*rtt {
+		return c.window, false
+	}
+	elapsed := c.acc.elapsed
+	c.rate = float64(c.acc.completed) / elapsed.Seconds()
+	c.acc = sample{}
+	t := c.target(c.rate, rtt)
 	switch {
 	case t >= 2*c.window && c.window < c.max:
-		c.hold(true, t, s.elapsed)
+		c.hold(true, t, elapsed)
 	case 2*t <= c.window && c.window > c.min:
-		c.hold(false, t, s.elapsed)
+		c.hold(false, t, elapsed)
 	default:
 		c.held = 0
 		return c.window, false
@@ -240,6 +265,7 @@ func (c *prefetchController) tooLarge(size int) (int, bool) {
 func (c *prefetchController) switched(window int) {
 	c.window = window
 	c.held = 0
+	c.acc = sample{}
 }
 
 // sample returns what s measured since the last sample, and starts anew.
@@ -258,8 +284,10 @@ func (s *session) resize(window int) {
 	s.w.adaptive.switched(window)
 	s.mu.Lock()
 	s.window = window
-	// The gap of the switch is not a round trip.
+	// The gap of the switch is not a round trip, and the old window's
+	// last completions, spread over it, do not say the new one's rate.
 	s.freedAt = time.Time{}
+	s.completed, s.rtts, s.rttSum, s.sampledAt = 0, 0, 0, time.Now()
 	s.mu.Unlock()
 	s.acks.setPrefetch(window)
 }

@@ -62,8 +62,9 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 	repeat := func(n int, s sample) []sample { return slices.Repeat([]sample{s}, n) }
 	for _, tt := range []struct {
 		name  string
-		start int // the window in force at first; 0: the controller's own
-		max   int // 0: 1000
+		start int           // the window in force at first; 0: the controller's own
+		max   int           // 0: 1000
+		link  time.Duration // how long basic.qos took; 0: not measured
 		give  []sample
 		want  []string // "i:window": the switch due after sample i
 	}{
@@ -91,6 +92,14 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 		{name: "a target far above grows the window 8x", start: 40, give: repeat(3, sample{elapsed: q, completed: 200}), want: []string{"1:320"}},
 		{name: "8x no further than max", start: 40, max: 120, give: repeat(3, sample{elapsed: q, completed: 200}), want: []string{"1:120"}},
 		{name: "a target above 8x is the step", start: 5, give: repeat(3, faster), want: []string{"1:76"}},
+		// Over a 100 ms link a window of 4 arrives in bursts a round trip
+		// apart: a burst, then three idle samples. Judged over two round
+		// trips, 40/s: 4 + round(2 x 40/s x 105 ms) = 12, 3x the window.
+		{name: "bursts a round trip apart grow the window over a slow link", link: 100 * time.Millisecond,
+			give: slices.Repeat([]sample{{elapsed: q, completed: 4}, {elapsed: q}, {elapsed: q}, {elapsed: q}}, 3), want: []string{"7:32"}},
+		{name: "a link faster than the round trip changes nothing", link: 300 * time.Microsecond, give: repeat(8, fast), want: []string{"1:52"}},
+		// 8/s over 100 ms: 4 + round(2 x 8/s x 105 ms) = 6, under 2x.
+		{name: "slow handlers over a slow link stay at concurrency", link: 100 * time.Millisecond, give: repeat(40, slow)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			max := tt.max
@@ -98,6 +107,7 @@ func TestPrefetchControllerSwitches(t *testing.T) {
 				max = 1000
 			}
 			c := newPrefetchController(4, max, DefaultMaxInflightBytes)
+			c.link = tt.link
 			if got := switches(c, tt.start, tt.give); !slices.Equal(got, tt.want) {
 				t.Errorf("switches = %q, want %q", got, tt.want)
 			}

@@ -107,8 +107,12 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 			}
 		}
 		// A new basic.qos applies to the consumers started after it.
+		called := time.Now()
 		if err := ch.Qos(s.window, 0, false); err != nil {
 			return fmt.Errorf("set prefetch: %w", err)
+		}
+		if w.adaptive != nil {
+			w.adaptive.link = min(time.Since(called), maxRTTSample)
 		}
 		tag := w.consumerTag(n)
 		deliveries, err := ch.Consume(w.cfg.Topology.Queue, tag,
@@ -150,7 +154,7 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		// memory. Only once they are all settled does the new window start.
 		changeWindow := func(next int) {
 			w.log.Info("changing prefetch", zap.Int("from", s.window), zap.Int("to", next), zap.String("why", w.adaptive.why),
-				zap.Float64("completion_rate", w.adaptive.rate), zap.Duration("round_trip", w.adaptive.rtt),
+				zap.Float64("completion_rate", w.adaptive.rate), zap.Duration("round_trip", w.adaptive.turnaround()),
 				zap.Int64("largest_body", int64(w.adaptive.size)))
 			resize = next
 			stopConsumer()
