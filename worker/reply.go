@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/warren-mq/warren/broker"
+	"github.com/warren-mq/warren/tracing"
 )
 
 // Headers of an error reply (WARREN_REPLY_ON_DEAD).
@@ -60,6 +61,11 @@ func (s *session) sendReply(ctx context.Context, d *amqp.Delivery, msg amqp.Publ
 		w.log.Error("reply dropped: its headers cannot be sent", zap.String("reply_to", d.ReplyTo),
 			zap.String("message_id", d.MessageId), zap.Error(err))
 		return true
+	}
+	if w.tracer != nil {
+		// The requester's trace goes on through the answer, whose parent
+		// is the attempt that made it; one the handler set is its own.
+		tracing.InjectIfAbsent(ctx, msg.Headers)
 	}
 	err := s.copies.reply(ctx, d.ReplyTo, msg)
 	switch {

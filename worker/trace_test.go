@@ -257,3 +257,72 @@ func TestTraceHandledLine(t *testing.T) {
 		t.Errorf("span outcome %q, status %v; want ack, not error", got, spans[0].StatusCode)
 	}
 }
+
+// TestTraceReply: a reply carries the trace context and baggage of the
+// attempt that answered (its process span the parent), so that the
+// requester's trace goes on through the answer; a trace context the
+// handler put in its reply's headers is kept; with tracing off a reply
+// carries none.
+func TestTraceReply(t *testing.T) {
+	const handlerParent = "00-" + producerTrace + "-b7ad6b7169203331-01"
+	for _, tt := range []struct {
+		name        string
+		traced      bool
+		handler     worker.HandlerFunc
+		replyOnDead bool
+		want        string // the reply's traceparent: "span" for the attempt's span
+	}{
+		{name: "an answer", traced: true, handler: upper, want: "span"},
+		{name: "the handler's own trace context kept", traced: true, want: handlerParent,
+			handler: func(_ context.Context, m *worker.Message) error {
+				m.Reply = &worker.Reply{Body: []byte("ok"), Headers: amqp.Table{"traceparent": handlerParent}}
+				return nil
+			}},
+		{name: "an error reply", traced: true, replyOnDead: true, want: "span",
+			handler: func(context.Context, *worker.Message) error { return worker.Permanent(errors.New("no")) }},
+		{name: "tracing off", handler: upper},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			q := brokertest.Queue(t)
+			cfg := worker.Config{Topology: broker.Topology{Queue: q, Declare: true}, Handler: tt.handler, ReplyOnDead: tt.replyOnDead}
+			var (
+				p *otlp.Provider
+				r *otlptest.Receiver
+			)
+			if tt.traced {
+				p, r = otlpProvider(t)
+				cfg.TracerProvider = p.TracerProvider()
+			}
+			h := start(t, cfg)
+			h.waitReady(t)
+			c := brokertest.NewRPCClient(t)
+			publishOn(t, brokertest.URL(), q, amqp.Publishing{MessageId: "m-1", ReplyTo: c.ReplyTo, CorrelationId: "c-1",
+				Headers: amqp.Table{"traceparent": traceparent, "baggage": "tenant=acme"}, Body: []byte("x")})
+			reply, ok := c.Reply(t, 20*time.Second)
+			if !ok {
+				t.Fatal("no reply within 20 s")
+			}
+			if err := h.stop(t); err != nil {
+				t.Fatalf("Run = %v", err)
+			}
+			got, _ := reply.Headers["traceparent"].(string)
+			want := tt.want
+			if want == "span" {
+				if err := p.Shutdown(context.Background()); err != nil {
+					t.Fatalf("flush spans: %v", err)
+				}
+				spans := r.Named("process " + q)
+				if len(spans) != 1 {
+					t.Fatalf("received %+v, want one process span", r.Spans())
+				}
+				want = "00-" + producerTrace + "-" + spans[0].SpanID + "-01"
+				if b, _ := reply.Headers["baggage"].(string); b != "tenant=acme" {
+					t.Errorf("reply baggage %q, want the request's, tenant=acme", b)
+				}
+			}
+			if got != want {
+				t.Errorf("reply traceparent %q, want %q", got, want)
+			}
+		})
+	}
+}
