@@ -200,8 +200,11 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 							s.resize(min(resize, w.adaptive.ceiling()))
 						}
 						select {
-						case <-cancels: // the broker cancelled it too: its queue may be gone
-							declare = true
+						case _, ok := <-cancels:
+							if !ok {
+								return closeError(<-closed)
+							}
+							declare = true // the broker cancelled it too: its queue may be gone
 						default:
 						}
 						break consume
@@ -212,7 +215,13 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 						return s.drain(dctx, "", nil, closed)
 					case e := <-closed:
 						return closeError(e)
-					case t := <-cancels:
+					case t, ok := <-cancels:
+						if !ok {
+							// The library closes the cancel notifications too
+							// when the channel dies, maybe before this select
+							// sees the error.
+							return closeError(<-closed)
+						}
 						w.setNotReady("consumer cancelled by the broker")
 						w.log.Info("consumer cancelled by the broker; declaring and consuming again once its deliveries are settled",
 							zap.String("consumer", t), zap.Int("inflight", s.pending()))

@@ -292,6 +292,52 @@ func TestReconnectsWhenBrokerClosesConnection(t *testing.T) {
 		rec.calls(), len(bodies), redelivered, h.metric(t, "warren_stale_settlements_total"))
 }
 
+// TestChannelErrorUnderLoadIsNotACancel fails the worker's channel
+// while deliveries flow, again and again: each is reported as the channel
+// error it is, never as a consumer the broker cancelled (the library
+// closes the cancel notifications too when a channel dies, and a closed
+// one read as a cancel of consumer "": a second reconnect counted, the
+// queue declared again on a dead channel). A channel error under load may
+// cost the connection too: RabbitMQ still sends deliveries after its
+// channel.close, and amqp091-go closes the connection on a frame for a
+// channel it has closed; warren dials again, and counts that once more.
+func TestChannelErrorUnderLoadIsNotACancel(t *testing.T) {
+	brokertest.NeedCtl(t)
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, nil)
+	rec := newRecorder(nil)
+	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Concurrency: 4})
+	// Each channel that dies at once backs the next one off further: six
+	// faults in a row wait some 3 s at most.
+	const faults = 6
+	batch := 0
+	for i := 1; i <= faults; {
+		before := h.metric(t, "warren_reconnects_total")
+		brokertest.WaitFor(t, 30*time.Second, "consuming, messages flowing", func() bool {
+			ready, unacked, _ := brokertest.Counts(t, q)
+			if ready < 10000 {
+				batch++
+				brokertest.Publish(t, q, brokertest.Bodies(fmt.Sprintf("b%d-", batch), 20000)...)
+			}
+			return h.w.Ready() == nil && unacked > 0
+		})
+		if brokertest.FailChannels(t, h.name) == 0 {
+			continue // the connection was being replaced
+		}
+		brokertest.WaitFor(t, 20*time.Second, "a reconnect counted", func() bool { return h.metric(t, "warren_reconnects_total") > before })
+		i++
+	}
+	brokertest.WaitFor(t, 30*time.Second, "consuming again", func() bool { return h.w.Ready() == nil })
+	if n := h.logs.FilterMessageSnippet("consumer cancelled by the broker").Len(); n != 0 {
+		t.Errorf("%d channel errors reported as consumers cancelled by the broker, want none", n)
+	}
+	channels, conns := h.logs.FilterMessage("channel closed, opening a new one").Len(), h.logs.FilterMessage("connection lost").Len()
+	if got := h.metric(t, "warren_reconnects_total"); got != float64(channels+conns) {
+		t.Errorf("warren_reconnects_total = %v for %d channels and %d connections lost, want each counted once", got, channels, conns)
+	}
+	t.Logf("%d channel errors: %d channels reopened, %d connections dialled again", faults, channels, conns)
+}
+
 // TestRecoversOnTheSameConnection injects the faults that cost a channel or
 // a consumer but not the connection: warren must recover without dialling.
 func TestRecoversOnTheSameConnection(t *testing.T) {
