@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -23,6 +22,8 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // TestKubeletContract runs the warren binary, built as the Dockerfile
@@ -164,14 +165,15 @@ func testBroker(t *testing.T) string {
 	return u
 }
 
+// freePort returns a port nothing listens on, out of the kernel's range
+// for outgoing connections (warrentest.FreePort).
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := warrentest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // pod is warren started the way the kubelet starts the container.

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // rabbitBin holds the scripts of the installed RabbitMQ. Those in /usr/sbin
@@ -369,24 +370,14 @@ func cleanEnv() []string {
 	return env
 }
 
-// freePort returns a loopback port nobody listens on, below the range the
-// kernel hands out to outgoing connections (so that none takes it while a
-// node is down) and outside the ports RabbitMQ's defaults use (5672,
-// 25672, and 35672-35682 of rabbitmqctl's own distribution).
+// freePort returns a port nobody listens on, below the range the kernel
+// hands out to outgoing connections, so that none takes it while a node
+// is down (warrentest.FreePort).
 func freePort(t testing.TB) int {
 	t.Helper()
-	for range 1000 {
-		p := 20000 + mrand.IntN(12000)
-		if p >= 25672 && p <= 25700 {
-			continue
-		}
-		ln, err := net.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(p)))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return p
+	p, err := warrentest.FreePort()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port found for the node")
-	return 0
+	return p
 }

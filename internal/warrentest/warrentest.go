@@ -8,11 +8,14 @@ package warrentest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -49,14 +52,36 @@ func Env(gorace string) []string {
 }
 
 // FreeAddr returns a loopback address, host:port, with a port nobody
-// listens on.
+// listens on (FreePort).
 func FreeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := FreePort()
 	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
+		return "", err
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
+}
+
+// FreePort returns a port nobody listens on, for a process to listen on
+// later. It is below the range the kernel hands out to outgoing
+// connections (32768 and up): a port from that range, free when it is
+// picked, may be a new connection's own by the time the process binds it
+// ("address already in use": make test's packages connect by the
+// thousand meanwhile). It leaves out RabbitMQ's defaults (5672, and 25672
+// on of its distribution).
+func FreePort() (int, error) {
+	for range 1000 {
+		p := 20000 + rand.IntN(12000)
+		if p >= 25672 && p <= 25700 {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return p, nil
+	}
+	return 0, errors.New("find a free port: none free of 1000 tried")
 }
 
 // Buffer collects a process's output while it runs: an io.Writer that is

@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,6 +32,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // Cluster is a running etcd and kube-apiserver.
@@ -183,15 +184,15 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Skipf("skipped, no control plane: "+format+" (CI=true makes this a failure)", args...)
 }
 
-// freePort returns a loopback port nothing listens on right now.
+// freePort returns a port nothing listens on, out of the kernel's range
+// for outgoing connections (warrentest.FreePort).
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := warrentest.FreePort()
 	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // process is a started command whose exit is awaited by one goroutine.
