@@ -71,7 +71,7 @@ func TestKubeletContract(t *testing.T) {
 			sets := []string{
 				"queue.name=" + queue,
 				"broker.url=" + amqpURL,
-				fmt.Sprintf("health.port=%d", freePort(t)),
+				fmt.Sprintf("health.port=%d", warrentest.FreePort(t)),
 			}
 			var exchange string
 			if strings.Contains(tt.scenario.name, "quorum") {
@@ -163,17 +163,6 @@ func testBroker(t *testing.T) string {
 	}
 	conn.Close()
 	return u
-}
-
-// freePort returns a port nothing listens on, out of the kernel's range
-// for outgoing connections (warrentest.FreePort).
-func freePort(t testing.TB) int {
-	t.Helper()
-	p, err := warrentest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // pod is warren started the way the kubelet starts the container.

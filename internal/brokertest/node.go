@@ -81,7 +81,7 @@ func NewNodes(t testing.TB) *Nodes {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	ns := &Nodes{dir: dir, epmdPort: freePort(t), epmdDone: make(chan struct{})}
+	ns := &Nodes{dir: dir, epmdPort: warrentest.FreePort(t), epmdDone: make(chan struct{})}
 	// epmd runs in the foreground, a child of the test, so that it is
 	// stopped by its pid and dies with the test.
 	ns.epmd = exec.Command("epmd", "-port", strconv.Itoa(ns.epmdPort))
@@ -153,7 +153,7 @@ func (ns *Nodes) Start(t testing.TB, name string, conf ...string) *Node {
 	if err := os.WriteFile(filepath.Join(dir, "advanced.config"), []byte("[].\n"), 0o600); err != nil {
 		t.Fatalf("write advanced.config: %v", err)
 	}
-	n := &Node{Name: name + "@localhost", Port: freePort(t), dir: dir}
+	n := &Node{Name: name + "@localhost", Port: warrentest.FreePort(t), dir: dir}
 	n.env = append(cleanEnv(),
 		"HOME="+ns.dir,
 		"ERL_EPMD_PORT="+strconv.Itoa(ns.epmdPort),
@@ -161,7 +161,7 @@ func (ns *Nodes) Start(t testing.TB, name string, conf ...string) *Node {
 		"RABBITMQ_USE_LONGNAME=false",
 		"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
 		"RABBITMQ_NODE_PORT="+strconv.Itoa(n.Port),
-		"RABBITMQ_DIST_PORT="+strconv.Itoa(freePort(t)),
+		"RABBITMQ_DIST_PORT="+strconv.Itoa(warrentest.FreePort(t)),
 		"RABBITMQ_MNESIA_BASE="+filepath.Join(dir, "mnesia"),
 		"RABBITMQ_LOG_BASE="+filepath.Join(dir, "log"),
 		"RABBITMQ_PID_FILE="+filepath.Join(dir, "pid"),
@@ -368,16 +368,4 @@ func cleanEnv() []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-// freePort returns a port nobody listens on, below the range the kernel
-// hands out to outgoing connections, so that none takes it while a node
-// is down (warrentest.FreePort).
-func freePort(t testing.TB) int {
-	t.Helper()
-	p, err := warrentest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
 }

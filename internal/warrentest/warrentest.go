@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 )
 
 // Build builds the warren command at pkg (a directory, as go build takes
@@ -54,7 +55,7 @@ func Env(gorace string) []string {
 // FreeAddr returns a loopback address, host:port, with a port nobody
 // listens on (FreePort).
 func FreeAddr() (string, error) {
-	p, err := FreePort()
+	p, err := freePort()
 	if err != nil {
 		return "", err
 	}
@@ -68,7 +69,16 @@ func FreeAddr() (string, error) {
 // ("address already in use": make test's packages connect by the
 // thousand meanwhile). It leaves out RabbitMQ's defaults (5672, and 25672
 // on of its distribution).
-func FreePort() (int, error) {
+func FreePort(t testing.TB) int {
+	t.Helper()
+	p, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func freePort() (int, error) {
 	for range 1000 {
 		p := 20000 + rand.IntN(12000)
 		if p >= 25672 && p <= 25700 {

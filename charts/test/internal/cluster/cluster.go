@@ -184,17 +184,6 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Skipf("skipped, no control plane: "+format+" (CI=true makes this a failure)", args...)
 }
 
-// freePort returns a port nothing listens on, out of the kernel's range
-// for outgoing connections (warrentest.FreePort).
-func freePort(t testing.TB) int {
-	t.Helper()
-	p, err := warrentest.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // process is a started command whose exit is awaited by one goroutine.
 type process struct {
 	name string
@@ -288,8 +277,8 @@ func waitFor(p *process, timeout time.Duration, check func() error) error {
 
 func startEtcd(t testing.TB, etcd, dir string) string {
 	t.Helper()
-	client := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	client := fmt.Sprintf("http://127.0.0.1:%d", warrentest.FreePort(t))
+	peer := fmt.Sprintf("http://127.0.0.1:%d", warrentest.FreePort(t))
 	p := run(t, dir, "etcd", nil, etcd,
 		"--name=test",
 		"--data-dir="+filepath.Join(dir, "etcd"),
@@ -328,7 +317,7 @@ func startAPIServer(t testing.TB, apiserver, dir, etcdURL string, flags ...strin
 	// token,user,uid,"group1,group2"
 	writeFile(t, tokenFile, fmt.Sprintf("%s,warren-test,warren-test,\"system:masters\"\n", token))
 
-	port := freePort(t)
+	port := warrentest.FreePort(t)
 	args := []string{apiserver,
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",

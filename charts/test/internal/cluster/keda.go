@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/warrentest"
 )
 
 // KEDANamespace holds KEDA's own objects: the Service behind the external
@@ -107,7 +108,7 @@ func startKEDA(t testing.TB, c *Cluster, operator, adapter string) {
 	p := newPKI(t, certDir)
 	p.issue(t, "tls", "localhost")
 
-	grpcAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	grpcAddr := fmt.Sprintf("127.0.0.1:%d", warrentest.FreePort(t))
 	env := []string{
 		"KUBECONFIG=" + c.Kubeconfig,
 		"WATCH_NAMESPACE=", // all
@@ -121,11 +122,11 @@ func startKEDA(t testing.TB, c *Cluster, operator, adapter string) {
 		"--enable-apiservice-patching=false",
 		"--cert-dir="+certDir,
 		"--metrics-bind-address=0",
-		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", freePort(t)),
+		fmt.Sprintf("--health-probe-bind-address=127.0.0.1:%d", warrentest.FreePort(t)),
 		"--metrics-service-bind-address="+grpcAddr,
 		"--zap-log-level=info",
 	)
-	port := freePort(t)
+	port := warrentest.FreePort(t)
 	ad := run(t, c.dir, KEDAAdapter, env, adapter,
 		"--lister-kubeconfig="+c.Kubeconfig,
 		"--authentication-kubeconfig="+c.Kubeconfig,
@@ -133,7 +134,7 @@ func startKEDA(t testing.TB, c *Cluster, operator, adapter string) {
 		"--metrics-service-address="+grpcAddr,
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", port),
-		fmt.Sprintf("--port=%d", freePort(t)), // its own /metrics
+		fmt.Sprintf("--port=%d", warrentest.FreePort(t)), // its own /metrics
 		"--cert-dir="+certDir,
 		"--tls-cert-file="+filepath.Join(certDir, "tls.crt"),
 		"--tls-private-key-file="+filepath.Join(certDir, "tls.key"),
