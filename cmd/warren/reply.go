@@ -86,10 +86,14 @@ func (r *requester) call(ctx context.Context, exchange, key string, msg amqp.Pub
 	case !acked:
 		return amqp.Delivery{}, broker.ErrNacked
 	}
-	// The broker sends basic.return before basic.ack.
+	// The broker sends basic.return before basic.ack. The library closes
+	// the returns with the channel: closed, they say nothing of this
+	// request, and waiting for the answer below reports the channel gone.
 	select {
-	case <-r.returns:
-		return amqp.Delivery{}, broker.ErrUnroutable
+	case _, ok := <-r.returns:
+		if ok {
+			return amqp.Delivery{}, broker.ErrUnroutable
+		}
 	default:
 	}
 	for {

@@ -196,3 +196,27 @@ func TestReplyOff(t *testing.T) {
 		})
 	}
 }
+
+// TestRequesterClosedReturnsAreNotUnroutable: amqp091-go closes the
+// channel of returns when the requester's channel shuts down, which can
+// happen between the broker's confirm of a request and the look at the
+// returns. A closed channel of returns says nothing of the request: a
+// routed request is not reported unroutable, and the call reports what
+// did happen (here the answer, which came; on a channel gone, that).
+func TestRequesterClosedReturnsAreNotUnroutable(t *testing.T) {
+	q := brokertest.Queue(t)
+	p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=cat"))
+	p.waitStatus(t, "/readyz", http.StatusOK)
+	r, err := newRequester(brokertest.Dial(t), 20*time.Second)
+	if err != nil {
+		t.Fatalf("newRequester: %v", err)
+	}
+	defer r.close()
+	closed := make(chan amqp.Return)
+	close(closed)
+	r.returns = closed // as the library leaves them once the channel shuts
+	d, err := r.call(context.Background(), "", q, amqp.Publishing{Body: []byte("ping")})
+	if err != nil || string(d.Body) != "ping" {
+		t.Fatalf("call with the returns closed = %q, %v; want the answer ping (the request was routed)", d.Body, err)
+	}
+}
