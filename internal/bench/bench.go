@@ -148,18 +148,25 @@ func (e Env) PlainDrain(q string, n, prefetch, ackEvery int) (Result, error) {
 	defer func() { <-watched }()
 	stop := make(chan struct{})
 	defer close(stop)
+	start := time.Now()
+	// The same reads of the broker as during warren's runs, at the same
+	// pace, so that their cost weighs on both alike.
 	go func() {
 		defer close(watched)
+		wait := pollEvery
 		for {
 			select {
 			case <-stop:
 				return
-			case <-time.After(pollEvery):
-				_, _ = depth.ready()
+			case <-time.After(wait):
+				r, err := depth.ready()
+				if err != nil {
+					r = n
+				}
+				wait = nextPoll(n-r, r, time.Since(start))
 			}
 		}
 	}()
-	start := time.Now()
 	ds, err := ch.Consume(q, "", false, false, false, false, nil)
 	if err != nil {
 		return Result{}, fmt.Errorf("consume: %w", err)
@@ -180,8 +187,29 @@ func (e Env) PlainDrain(q string, n, prefetch, ackEvery int) (Result, error) {
 	return Result{Rate: float64(n) / took.Seconds(), Duration: took}, nil
 }
 
-// pollEvery is how often a run's progress is looked at.
+// pollEvery is how often a run's progress is looked at near its end:
+// its end is known to within that.
 const pollEvery = 5 * time.Millisecond
+
+// maxPollEvery is the longest wait between two looks at a run's
+// progress.
+const maxPollEvery = 100 * time.Millisecond
+
+// nextPoll returns how long to wait before the next look at a run that
+// has done done messages in elapsed, with left to go: a quarter of the
+// time the rest should take at the rate so far, between pollEvery and
+// maxPollEvery. Each look costs the broker a call into the queue and
+// the benchmark CPU on the cores the run shares: every 5 ms, that was a
+// tenth of a core through a 2,000-message drain of the exec handler,
+// which needs them all. Looking more often as the end nears keeps the end
+// known to within pollEvery.
+func nextPoll(done, left int, elapsed time.Duration) time.Duration {
+	if done <= 0 || left <= 0 {
+		return pollEvery
+	}
+	rest := time.Duration(float64(elapsed) * float64(left) / float64(done))
+	return min(max(rest/4, pollEvery), maxPollEvery)
+}
 
 // depthWatch reads a queue's count of ready messages from the broker, on a
 // connection of its own.
@@ -243,7 +271,7 @@ func (e Env) Drained(q string, n int) (progress func() (int, error), stop func()
 // Warren runs the warren binary on queue q with env until progress says n
 // messages are handled and its metrics confirm that n are settled; the
 // rate counts from the moment it was ready, and its peak resident memory
-// is read at the end. progress is polled every pollEvery and must cost
+// is read at the end. progress is polled as nextPoll says and must cost
 // warren nothing: a scrape of /metrics costs it about 1.6 ms of CPU, which
 // at that pace would take a sixth of a core from the run measured, so
 // /metrics is read only at the start and the end.
@@ -256,6 +284,7 @@ func (e Env) Warren(q string, env []string, n int, progress func() (int, error))
 	deadline := time.Now().Add(10 * time.Minute)
 	var start time.Time
 	var startCount float64
+	wait := pollEvery
 	for {
 		if time.Now().After(deadline) {
 			return Result{}, errors.New("warren did not finish in 10 minutes")
@@ -275,14 +304,16 @@ func (e Env) Warren(q string, env []string, n int, progress func() (int, error))
 				return Result{}, err
 			}
 			if done < n {
+				wait = nextPoll(done, n-done, time.Since(start))
 				break
 			}
 			if c, err := settled(w.base); err == nil && c >= float64(n) {
 				took := time.Since(start)
 				return Result{Rate: (float64(n) - startCount) / took.Seconds(), Duration: took, PeakRSS: peakRSS(w.cmd.Process.Pid)}, nil
 			}
+			wait = pollEvery
 		}
-		time.Sleep(pollEvery)
+		time.Sleep(wait)
 	}
 }
 

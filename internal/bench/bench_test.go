@@ -99,3 +99,25 @@ func TestRunPrintsEveryRow(t *testing.T) {
 		t.Errorf("no peak RSS in:\n%s", table)
 	}
 }
+
+func TestNextPoll(t *testing.T) {
+	tests := []struct {
+		name       string
+		done, left int
+		elapsed    time.Duration
+		want       time.Duration
+	}{
+		{"nothing done yet", 0, 2000, 50 * time.Millisecond, pollEvery},
+		{"nothing left", 2000, 0, time.Second, pollEvery},
+		{"far from the end: at most maxPollEvery", 100, 1900, 100 * time.Millisecond, maxPollEvery},
+		{"a quarter of the rest", 1000, 1000, 200 * time.Millisecond, 50 * time.Millisecond},
+		{"near the end: pollEvery", 1990, 10, time.Second, pollEvery},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := nextPoll(tt.done, tt.left, tt.elapsed); got != tt.want {
+				t.Errorf("nextPoll(%d, %d, %v) = %v, want %v", tt.done, tt.left, tt.elapsed, got, tt.want)
+			}
+		})
+	}
+}
