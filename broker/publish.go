@@ -166,6 +166,24 @@ func IsDirectReplyTo(replyTo string) bool {
 	return strings.HasPrefix(replyTo, DirectReplyTo+".")
 }
 
+// ConsumeReplies consumes the answers to the requests the publisher sends
+// with reply_to DirectReplyTo: RabbitMQ hands an answer to the channel
+// that published its request, the publisher's own. Call it once, before
+// the first request; the answers come unacked (direct reply-to has no
+// acks), and the channel of them closes with the publisher.
+func (p *Publisher) ConsumeReplies() (<-chan amqp.Delivery, error) {
+	answers, err := p.ch.Consume(DirectReplyTo, "",
+		true,  // autoAck: direct reply-to requires it
+		false, // exclusive
+		false, // noLocal
+		false, // noWait
+		nil)
+	if err != nil {
+		return nil, fmt.Errorf("consume %s: %w", DirectReplyTo, err)
+	}
+	return answers, nil
+}
+
 // PublishReply publishes msg, a reply, to the queue replyTo through the
 // default exchange and waits for its confirm. Unlike Send it keeps msg's
 // delivery mode (a reply is as persistent as its request). It is

@@ -42,3 +42,35 @@ func TestPublisherKeepsNoReturnsOfAbandonedWaits(t *testing.T) {
 		t.Errorf("publisher keeps %d entries after every wait ended, want 0", n)
 	}
 }
+
+// TestPublisherClosedAfterConfirm closes the publisher's channel between
+// the broker's confirm of a routed publish and the Wait for it: amqp091-go
+// then closes the returns, and a closed channel of returns says nothing of
+// the publish. It was confirmed and not returned: Wait says so, where
+// warren publish -reply's own reading of the returns (before it used the
+// Publisher) called such a request unroutable.
+func TestPublisherClosedAfterConfirm(t *testing.T) {
+	q := brokertest.Queue(t)
+	brokertest.DeclareQueue(t, q, nil)
+	p, err := NewPublisher(brokertest.Dial(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stop()
+	m, err := p.Send(ctx, "", q, amqp.Publishing{Body: []byte("x")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.dc.Done():
+	case <-ctx.Done():
+		t.Fatal("no confirm within 30s")
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := p.Wait(ctx, m); err != nil {
+		t.Fatalf("Wait for a routed publish confirmed before its channel closed = %v, want nil", err)
+	}
+}

@@ -21,37 +21,27 @@ import (
 // -reply: it publishes each request with RabbitMQ's direct reply-to and a
 // correlation id of its own, and waits for the matching answer. Direct
 // reply-to needs no queue of the requester's: the broker hands the answer
-// to the channel that published the request, which consumes
-// amq.rabbitmq.reply-to without acks.
+// to the channel that published the request, the publisher's, which
+// consumes amq.rabbitmq.reply-to without acks.
 type requester struct {
-	ch      *amqp.Channel
+	pub     *broker.Publisher
 	answers <-chan amqp.Delivery
-	returns <-chan amqp.Return
 	timeout time.Duration
 }
 
-// newRequester opens a channel on conn, in confirm mode, that consumes
-// the answers to the requests it publishes.
+// newRequester opens a publisher on conn that consumes the answers to the
+// requests it publishes.
 func newRequester(conn *amqp.Connection, timeout time.Duration) (*requester, error) {
-	ch, err := conn.Channel()
+	pub, err := broker.NewPublisher(conn)
 	if err != nil {
-		return nil, fmt.Errorf("open channel: %w", err)
+		return nil, err
 	}
-	if err := ch.Confirm(false); err != nil {
-		ch.Close()
-		return nil, fmt.Errorf("enable publisher confirms: %w", err)
-	}
-	answers, err := ch.Consume(broker.DirectReplyTo, "",
-		true,  // autoAck: direct reply-to requires it
-		false, // exclusive
-		false, // noLocal
-		false, // noWait
-		nil)
+	answers, err := pub.ConsumeReplies()
 	if err != nil {
-		ch.Close()
-		return nil, fmt.Errorf("consume %s: %w", broker.DirectReplyTo, err)
+		pub.Close()
+		return nil, err
 	}
-	return &requester{ch: ch, answers: answers, returns: ch.NotifyReturn(make(chan amqp.Return, 1)), timeout: timeout}, nil
+	return &requester{pub: pub, answers: answers, timeout: timeout}, nil
 }
 
 // errDeadRequest is the error of a request whose answer is warren's
@@ -67,34 +57,15 @@ func (r *requester) call(ctx context.Context, exchange, key string, msg amqp.Pub
 	id := hex.EncodeToString(b[:])
 	msg.ReplyTo, msg.CorrelationId = broker.DirectReplyTo, id
 	msg.MessageId = id
-	msg.DeliveryMode = amqp.Persistent
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key,
-		true,  // mandatory: a request no queue takes is returned
-		false, // immediate
-		msg)
-	if err != nil {
-		return amqp.Delivery{}, fmt.Errorf("publish: %w", err)
-	}
-	acked, err := dc.WaitContext(ctx)
-	switch {
-	case err != nil && ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded):
-		return amqp.Delivery{}, fmt.Errorf("the broker did not confirm the request within -timeout=%s", r.timeout)
-	case err != nil:
-		return amqp.Delivery{}, fmt.Errorf("wait for confirm: %w", err)
-	case !acked:
-		return amqp.Delivery{}, broker.ErrNacked
-	}
-	// The broker sends basic.return before basic.ack. The library closes
-	// the returns with the channel: closed, they say nothing of this
-	// request, and waiting for the answer below reports the channel gone.
-	select {
-	case _, ok := <-r.returns:
-		if ok {
-			return amqp.Delivery{}, broker.ErrUnroutable
+	// Persistent and mandatory: a request no queue takes ends with
+	// broker.ErrUnroutable, one the broker refuses with broker.ErrNacked.
+	if err := r.pub.Publish(ctx, exchange, key, msg); err != nil {
+		if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			return amqp.Delivery{}, fmt.Errorf("the broker did not confirm the request within -timeout=%s", r.timeout)
 		}
-	default:
+		return amqp.Delivery{}, err
 	}
 	for {
 		select {
@@ -119,7 +90,7 @@ func (r *requester) call(ctx context.Context, exchange, key string, msg amqp.Pub
 }
 
 // close closes the requester's channel.
-func (r *requester) close() { r.ch.Close() }
+func (r *requester) close() { r.pub.Close() }
 
 // runRequests publishes each message of msgs as a request and writes the
 // body of its answer to stdout, followed by a newline unless it ends with

@@ -118,6 +118,20 @@ func TestPublishReplyFailures(t *testing.T) {
 			t.Errorf("it took %s, want about 1s", d)
 		}
 	})
+	t.Run("unroutable", func(t *testing.T) {
+		q := brokertest.Queue(t)
+		ex := q + ".ex"
+		if err := brokertest.Channel(t).ExchangeDeclare(ex, "direct", true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { brokertest.Channel(t).ExchangeDelete(ex, false, false) })
+		// The exchange exists and nothing is bound with this key.
+		env := append(brokerEnv(q), "WARREN_DECLARE=false", "WARREN_EXCHANGE="+ex)
+		code, out, errOut := runWarrenOut(t, env, "publish", "-reply", "-routing-key", "nobody", "-timeout", "20s", "anyone?")
+		if code != 1 || out != "" || !strings.Contains(errOut, "message unroutable") {
+			t.Errorf("warren publish -reply to no queue = %d, stdout %q, stderr %q; want 1, nothing, message unroutable", code, out, errOut)
+		}
+	})
 	t.Run("dead", func(t *testing.T) {
 		q := brokertest.Queue(t)
 		p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=exit 65",
@@ -194,29 +208,5 @@ func TestReplyOff(t *testing.T) {
 				t.Errorf("the log lacks %q:\n%s", tt.logged, log)
 			}
 		})
-	}
-}
-
-// TestRequesterClosedReturnsAreNotUnroutable: amqp091-go closes the
-// channel of returns when the requester's channel shuts down, which can
-// happen between the broker's confirm of a request and the look at the
-// returns. A closed channel of returns says nothing of the request: a
-// routed request is not reported unroutable, and the call reports what
-// did happen (here the answer, which came; on a channel gone, that).
-func TestRequesterClosedReturnsAreNotUnroutable(t *testing.T) {
-	q := brokertest.Queue(t)
-	p := startWarren(t, append(brokerEnv(q), "WARREN_HANDLER=exec", "WARREN_EXEC_COMMAND=cat"))
-	p.waitStatus(t, "/readyz", http.StatusOK)
-	r, err := newRequester(brokertest.Dial(t), 20*time.Second)
-	if err != nil {
-		t.Fatalf("newRequester: %v", err)
-	}
-	defer r.close()
-	closed := make(chan amqp.Return)
-	close(closed)
-	r.returns = closed // as the library leaves them once the channel shuts
-	d, err := r.call(context.Background(), "", q, amqp.Publishing{Body: []byte("ping")})
-	if err != nil || string(d.Body) != "ping" {
-		t.Fatalf("call with the returns closed = %q, %v; want the answer ping (the request was routed)", d.Body, err)
 	}
 }
