@@ -89,6 +89,10 @@ type execProgram struct {
 	// replyOut is where the outputs go for a request with reply_to:
 	// standard output, before the redirections, is the reply.
 	replyOut execOutputs
+	// null is the null device, opened once for every command whose
+	// output goes there; nil if none does (or it could not be opened:
+	// os/exec then opens it for each command, and says why it cannot).
+	null *os.File
 }
 
 // execSink is where one of a command's outputs goes.
@@ -160,6 +164,11 @@ func (e *Exec) program() execProgram {
 		if f, err := lookPath(words[0], path); err == nil && kernelRuns(f) {
 			_, rs := splitRedirections(e.Command)
 			p.file, p.argv, p.out, p.replyOut = f, words, out, applyRedirections(rs, sinkReply)
+		}
+	}
+	if p.out.to(sinkNull) || p.replyOut.to(sinkNull) {
+		if p.null = e.prog.null; p.null == nil {
+			p.null, _ = os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 		}
 	}
 	e.prog = p
@@ -382,21 +391,21 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 	}
 	var outR, outW, repR, repW *os.File
 	if out.to(sinkReply) {
-		if repR, repW, err = os.Pipe(); err != nil {
+		if repR, repW, err = outputPipe(); err != nil {
 			stdin.Close() // the writer, if any, ends with EPIPE
 			body.wait()
 			return fmt.Errorf("start command: %w", err)
 		}
 	}
 	if out.to(sinkLog) {
-		if outR, outW, err = os.Pipe(); err != nil {
+		if outR, outW, err = outputPipe(); err != nil {
 			stdin.Close()
 			closeAll(repR, repW)
 			body.wait()
 			return fmt.Errorf("start command: %w", err)
 		}
 	}
-	pipe := map[execSink]*os.File{sinkLog: outW, sinkReply: repW}
+	pipe := map[execSink]*os.File{sinkLog: outW, sinkReply: repW, sinkNull: p.null}
 	cmd := &exec.Cmd{
 		Path:  p.file,
 		Args:  p.argv,
@@ -408,7 +417,7 @@ func (e *Exec) Handle(ctx context.Context, m *worker.Message) error {
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
 	// An *os.File, never a nil one in an interface: os/exec opens the
-	// null device only for a nil interface.
+	// null device, for this command alone, only for a nil interface.
 	if f := pipe[out.stdout]; f != nil {
 		cmd.Stdout = f
 	}
@@ -540,7 +549,7 @@ func closeAll(fs ...*os.File) {
 // once, and the pipe closed; the rest, if any, by w while the command
 // runs (nil: none), and w closes the pipe when done.
 func bodyPipe(body []byte) (stdin *os.File, w *bodyWriter, err error) {
-	r, pw, err := os.Pipe()
+	pw, r, err := commandPipe(false)
 	if err != nil {
 		return nil, nil, fmt.Errorf("stdin pipe: %w", err)
 	}
@@ -563,6 +572,35 @@ func bodyPipe(body []byte) (stdin *os.File, w *bodyWriter, err error) {
 		pw.Close()
 	}()
 	return r, w, nil
+}
+
+// outputPipe returns a pipe for one of the command's outputs: r for
+// warren to read, w for the command.
+func outputPipe() (r, w *os.File, err error) { return commandPipe(true) }
+
+// commandPipe returns a pipe between warren and a command: warren's end,
+// which reads when warrenReads, and the command's. Only warren's end is
+// in Go's poller, and in non-blocking mode: os.Pipe would put both there,
+// and starting the command take its end back out (a registration, its
+// removal and four fcntl calls per end, for every message).
+func commandPipe(warrenReads bool) (warren, command *os.File, err error) {
+	var fd [2]int // read, write
+	if err := syscall.Pipe2(fd[:], syscall.O_CLOEXEC); err != nil {
+		return nil, nil, os.NewSyscallError("pipe2", err)
+	}
+	mine, theirs := fd[1], fd[0]
+	if warrenReads {
+		mine, theirs = fd[0], fd[1]
+	}
+	// A new pipe end has no status flags to keep: set the one it needs.
+	if _, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(mine), syscall.F_SETFL, syscall.O_NONBLOCK); errno != 0 {
+		syscall.Close(fd[0])
+		syscall.Close(fd[1])
+		return nil, nil, os.NewSyscallError("fcntl", errno)
+	}
+	// os.NewFile puts a non-blocking descriptor in the poller, and leaves
+	// a blocking one out of it.
+	return os.NewFile(uintptr(mine), "|warren"), os.NewFile(uintptr(theirs), "|command"), nil
 }
 
 // writeNow writes what of p fits in the pipe w without waiting.

@@ -863,3 +863,53 @@ func TestExecPlainCommandIsStopped(t *testing.T) {
 		}
 	}
 }
+
+// TestExecCommandGetsBlockingFiles: the command's standard input, output
+// and error are in blocking mode whatever they are (the body's pipe, the
+// log's, the reply's, the null device), as a shell would give them: a
+// command that reads or writes one in non-blocking mode would fail with
+// EAGAIN where it should wait. warren's own ends of the pipes are
+// non-blocking; the command's never are.
+func TestExecCommandGetsBlockingFiles(t *testing.T) {
+	verifyNoLeaks(t)
+	const show = "cat /proc/self/fdinfo/0 /proc/self/fdinfo/1 /proc/self/fdinfo/2"
+	for _, tt := range []struct {
+		name, command, replyTo string
+	}{
+		{"pipes to the log", show, ""},
+		{"standard error to /dev/null", show + " 2>/dev/null", ""},
+		{"standard output the reply", show, "cb"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e, logs := newExec(t, tt.command, "PATH="+os.Getenv("PATH"))
+			m := &worker.Message{MessageID: "m-1", Body: []byte("body"), ReplyTo: tt.replyTo}
+			if err := e.Handle(context.Background(), m); err != nil {
+				t.Fatalf("Handle(%q) = %v, want nil", tt.command, err)
+			}
+			var out string
+			if tt.replyTo != "" {
+				out = string(m.Reply.Body)
+			} else {
+				out = outputOf(t, logs)
+			}
+			var flags []string
+			for line := range strings.Lines(out) {
+				if v, ok := strings.CutPrefix(line, "flags:"); ok {
+					flags = append(flags, strings.TrimSpace(v))
+				}
+			}
+			if len(flags) != 3 {
+				t.Fatalf("the command printed %d flags lines, want 3:\n%s", len(flags), out)
+			}
+			for fd, f := range flags {
+				v, err := strconv.ParseUint(f, 8, 32)
+				if err != nil {
+					t.Fatalf("flags of fd %d: %q: %v", fd, f, err)
+				}
+				if v&syscall.O_NONBLOCK != 0 {
+					t.Errorf("the command's fd %d is non-blocking (flags %s)", fd, f)
+				}
+			}
+		})
+	}
+}
