@@ -5,8 +5,8 @@ import (
 	"time"
 
 	"github.com/warren-mq/warren/broker"
-	"github.com/warren-mq/warren/internal/bench"
 	"github.com/warren-mq/warren/internal/brokertest"
+	"github.com/warren-mq/warren/internal/slowlink"
 	"github.com/warren-mq/warren/worker"
 )
 
@@ -17,7 +17,7 @@ import (
 // few round trips of consuming, with every message handled once.
 func TestAdaptivePrefetchOverASlowLink(t *testing.T) {
 	const oneWay = 50 * time.Millisecond
-	link, err := bench.Env{URL: brokertest.URL()}.StartLink(oneWay)
+	link, err := slowlink.Start(brokertest.URL(), oneWay)
 	if err != nil {
 		t.Fatalf("start link: %v", err)
 	}
@@ -29,7 +29,7 @@ func TestAdaptivePrefetchOverASlowLink(t *testing.T) {
 
 	rec := newRecorder(nil)
 	h := start(t, worker.Config{
-		Dialer:      &broker.Dialer{URLs: []string{link.Env(bench.Env{URL: brokertest.URL()}).URL}, Name: brokertest.Name(t)},
+		Dialer:      &broker.Dialer{URLs: []string{link.URL()}, Name: brokertest.Name(t)},
 		Topology:    broker.Topology{Queue: q, Declare: true},
 		Handler:     rec,
 		Concurrency: 4,

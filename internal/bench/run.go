@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"text/tabwriter"
 	"time"
+
+	"github.com/warren-mq/warren/internal/slowlink"
 )
 
 // Options size a run.
@@ -232,18 +234,19 @@ func (e Env) drains(t table, o Options, settings []setting, tutorial bool) error
 // it is about 0.1 ms.
 const linkDelay = 200 * time.Microsecond
 
-// linkRows writes the rows of the drains through a Link: warren at its
+// linkRows writes the rows of the drains through a slow link: warren at its
 // defaults and the plain consumer against the tutorial's consumer, all
 // three paying the same round trip. Rounds run tutorial, warren, warren,
 // tutorial; the tutorial drains a quarter as many messages, at a round
 // trip each.
 func (e Env) linkRows(t table, o Options) error {
-	link, err := e.StartLink(linkDelay)
+	link, err := slowlink.Start(e.URL, linkDelay)
 	if err != nil {
 		return err
 	}
 	defer link.Close()
-	le := link.Env(e)
+	le := e
+	le.URL = link.URL()
 	n := max(o.Tutorial/4, 1)
 	for _, qt := range o.QueueTypes {
 		tut, wr, ratios, err := rounds(o.Rounds,

@@ -1,4 +1,6 @@
-package bench
+// Package slowlink is a network with a round trip of its own between
+// clients and a broker on one machine, for benchmarks and tests.
+package slowlink
 
 import (
 	"errors"
@@ -17,7 +19,7 @@ import (
 // that waits for it per message (the tutorial's) pays it per message.
 type Link struct {
 	ln     net.Listener
-	target string
+	broker *url.URL // the broker's URL, its host the target
 	delay  time.Duration
 
 	mu     sync.Mutex
@@ -26,10 +28,10 @@ type Link struct {
 	wg     sync.WaitGroup
 }
 
-// StartLink starts a link to the broker at e.URL that delays each
+// Start starts a link to the broker at brokerURL that delays each
 // direction by delay.
-func (e Env) StartLink(delay time.Duration) (*Link, error) {
-	u, err := url.Parse(e.URL)
+func Start(brokerURL string, delay time.Duration) (*Link, error) {
+	u, err := url.Parse(brokerURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse broker url: %w", err)
 	}
@@ -37,18 +39,18 @@ func (e Env) StartLink(delay time.Duration) (*Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	l := &Link{ln: ln, target: u.Host, delay: delay}
+	l := &Link{ln: ln, broker: u, delay: delay}
 	l.wg.Add(1)
 	go l.accept()
 	return l, nil
 }
 
-// Env returns e with its broker reached through the link.
-func (l *Link) Env(e Env) Env {
-	u, _ := url.Parse(e.URL) // parsed by StartLink already
+// URL is the broker's URL with its host the link's: a client that dials
+// it reaches the broker through the link.
+func (l *Link) URL() string {
+	u := *l.broker
 	u.Host = l.ln.Addr().String()
-	e.URL = u.String()
-	return e
+	return u.String()
 }
 
 // Close closes the link and every connection through it.
@@ -70,7 +72,7 @@ func (l *Link) accept() {
 		if err != nil {
 			return
 		}
-		b, err := net.Dial("tcp", l.target)
+		b, err := net.Dial("tcp", l.broker.Host)
 		if err != nil {
 			c.Close()
 			continue

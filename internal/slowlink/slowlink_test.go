@@ -1,4 +1,4 @@
-package bench
+package slowlink
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ func TestLinkDelaysBothWays(t *testing.T) {
 		_, _ = io.Copy(c, c)
 	}()
 	const delay = 20 * time.Millisecond
-	l, err := Env{URL: "amqp://guest:guest@" + echo.Addr().String() + "/"}.StartLink(delay)
+	l, err := Start("amqp://guest:guest@"+echo.Addr().String()+"/", delay)
 	if err != nil {
 		t.Fatal(err)
 	}
