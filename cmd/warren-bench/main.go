@@ -45,8 +45,8 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("warren-bench %s: %d CPUs, %s, %d messages of 100 B per drain\n\n",
-		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), runtime.Version(), o.Messages)
+	fmt.Printf("warren-bench %s: %d CPUs (CPU-bound loops on all of them at once: %.2fx one alone), %s, %d messages of 100 B per drain\n\n",
+		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), bench.CPUScaling(time.Second), runtime.Version(), o.Messages)
 	if err := bench.Run(ctx, e, o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "warren-bench:", err)
 		return 1

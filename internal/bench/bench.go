@@ -529,6 +529,31 @@ func BareHTTP(url string, n, size, concurrency int) (Result, error) {
 	t.MaxIdleConnsPerHost = concurrency
 	client := &http.Client{Transport: t}
 	body := make([]byte, size)
+	return parallel(n, concurrency, func() error {
+		resp, err := client.Post(url, "application/octet-stream", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Body.Close()
+	})
+}
+
+// BareExec runs argv n times, concurrency at a time, each with a body of
+// size bytes on its stdin and its output discarded, from a bare Go loop
+// with no broker: what the machine gives commands run side by side.
+func BareExec(n, size, concurrency int, argv ...string) (Result, error) {
+	body := make([]byte, size)
+	return parallel(n, concurrency, func() error {
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Stdin = bytes.NewReader(body)
+		return cmd.Run()
+	})
+}
+
+// parallel calls do n times from concurrency goroutines, and stops at
+// the first error.
+func parallel(n, concurrency int, do func() error) (Result, error) {
 	var next atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -539,13 +564,11 @@ func BareHTTP(url string, n, size, concurrency int) (Result, error) {
 		go func() {
 			defer wg.Done()
 			for next.Add(1) <= int64(n) {
-				resp, err := client.Post(url, "application/octet-stream", bytes.NewReader(body))
-				if err != nil {
+				if err := do(); err != nil {
 					once.Do(func() { firstErr = err })
+					next.Store(int64(n))
 					return
 				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
 			}
 		}()
 	}

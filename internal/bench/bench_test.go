@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -63,6 +64,7 @@ func TestRunPrintsEveryRow(t *testing.T) {
 		"http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop",
 		"http handler, concurrency 16, vs a plain consumer posting each message",
 		"exec handler (cat >/dev/null) at defaults, vs amqp-consume running cat",
+		"cat started by a bare Go loop (no broker), 4 at a time, vs one at a time: the ceiling side by side",
 		"fair share at adaptive prefetch: 3 replicas x concurrency 4, 24 messages of 500ms: all done in",
 		"fair share: a replica more started once they are queued: its first message after",
 		"the plain consumer itself, vs the tutorial, the same run",
@@ -97,6 +99,44 @@ func TestRunPrintsEveryRow(t *testing.T) {
 	}
 	if !strings.Contains(table, "MiB") {
 		t.Errorf("no peak RSS in:\n%s", table)
+	}
+}
+
+// TestBareExec runs a command n times from a bare loop and stops at
+// the first that fails, saying why.
+func TestBareExec(t *testing.T) {
+	tests := []struct {
+		name    string
+		argv    []string
+		wantErr string
+	}{
+		{"cat", []string{"cat"}, ""},
+		{"a failing command", []string{"false"}, "exit status 1"},
+		{"no such program", []string{"/nonexistent/warren-bench"}, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, err := BareExec(8, 100, 2, tt.argv...)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("BareExec: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("BareExec: %v, want an error saying %q", err, tt.wantErr)
+			case tt.wantErr == "" && (r.Rate <= 0 || r.Duration <= 0):
+				t.Errorf("BareExec = %+v, want a rate and a duration", r)
+			}
+		})
+	}
+}
+
+// TestCPUScaling: all the CPUs at once do about what one does alone or
+// more, and no more than one each. The bounds are wide: other tests on
+// the machine load one phase of the measure and not the other.
+func TestCPUScaling(t *testing.T) {
+	got := CPUScaling(100 * time.Millisecond)
+	t.Logf("CPU-bound loops on all the CPUs at once: %.2fx one alone", got)
+	if n := float64(runtime.GOMAXPROCS(0)); got < 0.25 || got > 2*n {
+		t.Errorf("CPUScaling = %.2f, want between 0.25 and %.0f (%v CPUs)", got, 2*n, n)
 	}
 }
 

@@ -362,8 +362,22 @@ func (e Env) execRows(t table, o Options) error {
 		return err
 	}
 	t.ratioRow("exec handler ("+command+") at defaults, vs amqp-consume running cat", "classic", Median(we), Median(ac), ratios, MaxRSS(we))
+	// What the machine allows: amqp-consume starts one command at a time,
+	// warren as many as its concurrency; side by side they gain only what
+	// the cores do in parallel.
+	one, side, ratios, err := rounds(o.Rounds,
+		func() (Result, error) { return BareExec(o.ExecN, 100, 1, "cat") },
+		func() (Result, error) { return BareExec(o.ExecN, 100, execConcurrency, "cat") })
+	if err != nil {
+		return fmt.Errorf("bare exec: %w", err)
+	}
+	t.ratioRow(fmt.Sprintf("cat started by a bare Go loop (no broker), %d at a time, vs one at a time: the ceiling side by side", execConcurrency), "-", Median(side), Median(one), ratios, 0)
 	return nil
 }
+
+// execConcurrency is warren's default WARREN_CONCURRENCY, at which the
+// exec handler is measured.
+const execConcurrency = 4
 
 // fairRows writes the rows of the fairness scenario: replicas share a
 // backlog of slow work, and one started late takes its part.
