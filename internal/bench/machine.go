@@ -8,10 +8,12 @@ import (
 
 // CPUScaling measures how much CPU-bound work the machine does with a
 // loop on every CPU at once, as a multiple of what one loop does alone,
-// for d in all. A virtual machine's CPUs may share the host's cores: on
-// 2026-12-03 the development machine's two did 1.24x what one did, and
-// every figure that needs both cores (the exec handler's commands side by
-// side, against amqp-consume's one at a time) moves with that.
+// for d in all. A virtual machine's CPUs may share the host's cores,
+// and every figure that needs both (the drains, where the broker and the
+// consumer share them) moves with that. What they give process starts
+// may differ again (BareExec says): on 2026-12-03 the development
+// machine's two did 1.99x what one did, but started cat four at a time
+// only 1.09x as fast as one at a time.
 func CPUScaling(d time.Duration) float64 {
 	// Alternated, so that a change in the host's load weighs on both.
 	const pairs = 4
