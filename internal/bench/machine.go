@@ -8,7 +8,7 @@ import (
 
 // CPUScaling measures how much CPU-bound work the machine does with a
 // loop on every CPU at once, as a multiple of what one loop does alone,
-// for d in all. A virtual machine's CPUs may share the host's cores,
+// each for d. A virtual machine's CPUs may share the host's cores,
 // and every figure that needs both (the drains, where the broker and the
 // consumer share them) moves with that. What they give process starts
 // may differ again (BareExec says): on 2026-12-03 the development
