@@ -64,7 +64,7 @@ func TestRunPrintsEveryRow(t *testing.T) {
 		"http handler (local server, 204 at once), concurrency 16, vs a bare Go client loop",
 		"http handler, concurrency 16, vs a plain consumer posting each message",
 		"exec handler (cat >/dev/null) at defaults, vs amqp-consume running cat",
-		"cat started by a bare Go loop (no broker), 4 at a time, vs one at a time: the ceiling side by side",
+		"cat started by a bare Go loop (no broker), 4 at a time, vs one at a time: what commands side by side gain here",
 		"fair share at adaptive prefetch: 3 replicas x concurrency 4, 24 messages of 500ms: all done in",
 		"fair share: a replica more started once they are queued: its first message after",
 		"the plain consumer itself, vs the tutorial, the same run",
