@@ -448,17 +448,22 @@ func (w *Worker) supervise(ctx, dctx context.Context, copies *copier, jobs chan<
 		w.watchBlocked(conn, "consume", &watchers)
 		w.conn.Store(conn)
 		err = w.serveConnection(ctx, dctx, conn, copies, jobs, &bo)
+		lost := ctx.Err() == nil
+		if lost {
+			// Not ready from now, not once the close below is done; the
+			// count comes last, so that whoever sees it sees why.
+			w.setNotReady("connection lost: " + err.Error())
+			w.log.Info("connection lost", zap.String("node", node), zap.String("broker_node", addr), zap.Error(err))
+		}
 		w.metrics.connected.Set(0)
 		w.metrics.setNode(addr, false)
 		w.closeConn(conn, time.Now().Add(closeTimeout))
 		w.conn.Store(nil)
 		watchers.Wait()
-		if ctx.Err() != nil {
+		if !lost {
 			return
 		}
 		w.metrics.reconnects.Inc()
-		w.setNotReady("connection lost: " + err.Error())
-		w.log.Info("connection lost", zap.String("node", node), zap.String("broker_node", addr), zap.Error(err))
 		if !w.sleep(ctx, bo.next()) {
 			return
 		}
@@ -489,9 +494,9 @@ func (w *Worker) serveConnection(ctx, dctx context.Context, conn *amqp.Connectio
 		if conn.IsClosed() {
 			return err
 		}
-		w.metrics.reconnects.Inc()
 		w.setNotReady("channel closed: " + err.Error())
 		w.report("channel closed, opening a new one", err)
+		w.metrics.reconnects.Inc()
 		if !w.sleep(ctx, bo.next()) {
 			return nil
 		}
