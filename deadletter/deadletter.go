@@ -201,6 +201,17 @@ func diedIn(h amqp.Table, queue string) (string, string, bool) {
 // does: each call moves on to the next node after a failure.
 type Dial func(ctx context.Context) (*amqp.Connection, string, error)
 
+// Replayed says what ReplayAcross did.
+type Replayed struct {
+	// Moved counts the copies confirmed whose dead message was then
+	// acked: a message moved again after a lost connection counts twice.
+	Moved int
+	// Lost counts the connections lost on the way. Each may leave one
+	// message in the queue twice: the one whose copy was confirmed and
+	// whose ack was lost with the connection.
+	Lost int
+}
+
 // ReplayAcross replays as Replay does, and rides through the loss of its
 // connection: it dials again, with backoff for at most retryFor, and goes
 // on from where it was, on whichever node answers. The limit (0: all the
@@ -210,50 +221,49 @@ type Dial func(ctx context.Context) (*amqp.Connection, string, error)
 // again, counted twice. After a loss, a queue found empty before the limit
 // is watched for up to 30 s for the messages the lost connection held to
 // come back. A duplicate is possible, a loss is not.
-func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, retryFor time.Duration) (int, error) {
+func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, retryFor time.Duration) (Replayed, error) {
+	var r Replayed
 	conn, closeConn, err := dialBounded(ctx, dial)
 	if err != nil {
-		return 0, err
+		return r, err
 	}
 	if limit <= 0 {
 		n, _, err := List(ctx, conn, t, 0)
 		if err != nil {
 			_ = closeConn()
-			return 0, err
+			return r, err
 		}
 		limit = n
 	}
-	moved := 0
 	wait := 100 * time.Millisecond
-	hadLoss := false
 	for {
 		lostWatch := broker.LostWatch(conn)
-		n, err := Replay(ctx, conn, t, limit-moved)
-		moved += n
+		n, err := Replay(ctx, conn, t, limit-r.Moved)
+		r.Moved += n
 		lost := err != nil && ctx.Err() == nil && lostWatch()
-		if err == nil && hadLoss && moved < limit && reappears(ctx, conn, t) {
+		if err == nil && r.Lost > 0 && r.Moved < limit && reappears(ctx, conn, t) {
 			// A message the lost connection held is back in the queue.
 			_ = closeConn()
 			conn, closeConn, err = dialBounded(ctx, dial)
 			if err != nil {
-				return moved, err
+				return r, err
 			}
 			continue
 		}
 		_ = closeConn()
 		if err == nil || !lost || ctx.Err() != nil {
-			return moved, err
+			return r, err
 		}
-		hadLoss = true
-		if moved > 0 {
+		r.Lost++
+		if r.Moved > 0 {
 			// The ack of the last message moved may have been lost with
 			// the connection: the broker then hands it back and it is
 			// replayed again, counted twice. One more keeps the oldest
 			// message still there from being left behind.
 			limit++
 		}
-		if moved >= limit {
-			return moved, err
+		if r.Moved >= limit {
+			return r, err
 		}
 		deadline := time.Now().Add(retryFor)
 		for {
@@ -262,11 +272,11 @@ func ReplayAcross(ctx context.Context, dial Dial, t broker.Topology, limit int, 
 				break
 			}
 			if time.Now().Add(wait).After(deadline) {
-				return moved, fmt.Errorf("connection lost, no node reached within %s: %w", retryFor, err)
+				return r, fmt.Errorf("connection lost, no node reached within %s: %w", retryFor, err)
 			}
 			select {
 			case <-ctx.Done():
-				return moved, ctx.Err()
+				return r, ctx.Err()
 			case <-time.After(wait):
 			}
 			wait = min(2*wait, 5*time.Second)

@@ -65,8 +65,12 @@ func runDead(args []string, stdout, stderr io.Writer) int {
 	dial := dialer(cfg, connectionName(cfg)+"-dead").Dial
 	topo := cfg.Topology()
 	if limit != nil {
-		moved, err := deadletter.ReplayAcross(ctx, dial, topo, *limit, *retryFor)
-		summary := fmt.Sprintf("replayed %d messages from %s to %s", moved, topo.DeadQueue(), topo.Queue)
+		r, err := deadletter.ReplayAcross(ctx, dial, topo, *limit, *retryFor)
+		summary := fmt.Sprintf("replayed %d messages from %s to %s", r.Moved, topo.DeadQueue(), topo.Queue)
+		if r.Lost > 0 {
+			summary += fmt.Sprintf("; %s lost on the way: up to %s may be in %s twice",
+				plural(r.Lost, "connection"), plural(r.Lost, "message"), topo.Queue)
+		}
 		if errors.Is(err, deadletter.ErrUnconfirmed) {
 			summary += fmt.Sprintf(" (1 unconfirmed: its copy may or may not have reached %s; the message stays in %s)", topo.Queue, topo.DeadQueue())
 		}
@@ -106,6 +110,14 @@ func printEntries(w io.Writer, queue string, count int, entries []deadletter.Ent
 			strconv.Quote(truncate(e.Reason, 120)), preview(e.Body))
 	}
 	tw.Flush()
+}
+
+// plural returns "1 thing" or "n things".
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
 }
 
 func orDash(s string) string {
