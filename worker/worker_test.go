@@ -110,9 +110,19 @@ func (h *harness) waitReady(t *testing.T) {
 // that carry the given label values.
 func (h *harness) metric(t *testing.T, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := h.reg.Gather()
+	v, err := h.gather(name, labels...)
 	if err != nil {
 		t.Fatalf("gather: %v", err)
+	}
+	return v
+}
+
+// gather is metric without the test: for goroutines other than the test's,
+// which must not end it.
+func (h *harness) gather(name string, labels ...string) (float64, error) {
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		return 0, err
 	}
 	var sum float64
 	for _, mf := range mfs {
@@ -131,7 +141,7 @@ func (h *harness) metric(t *testing.T, name string, labels ...string) float64 {
 			}
 		}
 	}
-	return sum
+	return sum, nil
 }
 
 func hasLabels(m *dto.Metric, kv []string) bool {
@@ -391,15 +401,9 @@ func TestReconnectIsSaidBeforeItIsCounted(t *testing.T) {
 				if e.Message != tt.message || h == nil {
 					return nil
 				}
-				mfs, err := h.reg.Gather()
+				counted, err := h.gather("warren_reconnects_total")
 				if err != nil {
 					return err
-				}
-				var counted float64
-				for _, mf := range mfs {
-					if mf.GetName() == "warren_reconnects_total" {
-						counted = mf.GetMetric()[0].GetCounter().GetValue()
-					}
 				}
 				mu.Lock()
 				defer mu.Unlock()
