@@ -319,7 +319,14 @@ func TestChannelErrorUnderLoadIsNotACancel(t *testing.T) {
 	brokertest.NeedCtl(t)
 	q := brokertest.Queue(t)
 	brokertest.DeclareQueue(t, q, nil)
-	rec := newRecorder(nil)
+	// Each message takes a little while, so that the test's publisher
+	// stays ahead of the worker (the adaptive window drains a noop
+	// handler faster than a publisher under the race detector fills the
+	// queue): a backlog stays queued and deliveries stay in flight.
+	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+		time.Sleep(2 * time.Millisecond)
+		return nil
+	})
 	h := start(t, worker.Config{Topology: topology(q), Handler: rec, Concurrency: 4})
 	// Each channel that dies at once backs the next one off further: six
 	// faults in a row wait some 3 s at most.
