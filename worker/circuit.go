@@ -161,8 +161,9 @@ func (c *circuit) observe(o Outcome, err error, now time.Time) Outcome {
 		c.opened.Store(false)
 		c.mu.Unlock()
 		if wasOpen {
-			c.gauge.Set(0)
+			// Said before the gauge moves, so that whoever sees it sees why.
 			c.log.Info("circuit closed: the downstream answers; consuming again")
+			c.gauge.Set(0)
 		}
 		return o
 	case o != Retry || !IsUnavailable(err):
@@ -195,10 +196,10 @@ func (c *circuit) observe(o Outcome, err error, now time.Time) Outcome {
 	c.failures = c.failures[:0]
 	c.counting.Store(false)
 	c.interval = min(firstProbe, c.cfg.MaxProbeInterval)
-	c.gauge.Set(1)
-	c.opening.Inc()
 	c.log.Warn("circuit open: the downstream is down; messages wait in the queue, probing with one",
 		zap.Int("failures", c.cfg.Failures), zap.Duration("window", c.cfg.Window), zap.Error(err))
+	c.gauge.Set(1)
+	c.opening.Inc()
 	select {
 	case c.trips <- struct{}{}:
 	default:

@@ -2,11 +2,16 @@ package worker
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func newTestCircuit(t *testing.T, cfg CircuitConfig) *circuit {
@@ -106,5 +111,53 @@ func TestCircuitOpenedChan(t *testing.T) {
 	var off *circuit
 	if off.openedChan() != nil {
 		t.Error("an off breaker's openedChan is not nil")
+	}
+}
+
+// TestCircuitIsSaidBeforeItIsCounted: when warren_circuit_open and
+// warren_circuit_openings_total move, the line that says why is already
+// in the log, so that an operator (or an alert's runbook) who sees them
+// finds it.
+func TestCircuitIsSaidBeforeItIsCounted(t *testing.T) {
+	m, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type seen struct{ gauge, openings float64 }
+	lines := make(map[string][]seen)
+	hook := func(e zapcore.Entry) error {
+		lines[e.Message] = append(lines[e.Message], seen{testutil.ToFloat64(m.circuitOpen), testutil.ToFloat64(m.circuitOpenings)})
+		return nil
+	}
+	core, _ := observer.New(zapcore.InfoLevel)
+	c := newCircuit(CircuitConfig{Failures: 2, Window: time.Minute}, zap.New(zapcore.RegisterHooks(core, hook)), m)
+	now := time.Unix(1000, 0)
+	down := Unavailable(errors.New("503"))
+	for _, o := range []Outcome{Retry, Retry, Ack} {
+		var err error
+		if o == Retry {
+			err = down
+		}
+		c.observe(o, err, now)
+	}
+	for _, tt := range []struct {
+		prefix string
+		want   seen
+	}{
+		{"circuit open:", seen{gauge: 0, openings: 0}},
+		{"circuit closed:", seen{gauge: 1, openings: 1}},
+	} {
+		var got []seen
+		for msg, s := range lines {
+			if strings.HasPrefix(msg, tt.prefix) {
+				got = append(got, s...)
+			}
+		}
+		if len(got) != 1 || got[0] != tt.want {
+			t.Errorf("metrics when %q was logged: %+v, want once %+v", tt.prefix, got, tt.want)
+		}
+	}
+	if g, o := testutil.ToFloat64(m.circuitOpen), testutil.ToFloat64(m.circuitOpenings); g != 0 || o != 1 {
+		t.Errorf("after opening and closing: warren_circuit_open %v, openings %v, want 0 and 1", g, o)
 	}
 }
