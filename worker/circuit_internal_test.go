@@ -119,18 +119,15 @@ func TestCircuitOpenedChan(t *testing.T) {
 // in the log, so that an operator (or an alert's runbook) who sees them
 // finds it.
 func TestCircuitIsSaidBeforeItIsCounted(t *testing.T) {
-	m, err := newMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := newTestCircuit(t, CircuitConfig{Failures: 2, Window: time.Minute})
 	type seen struct{ gauge, openings float64 }
 	lines := make(map[string][]seen)
 	hook := func(e zapcore.Entry) error {
-		lines[e.Message] = append(lines[e.Message], seen{testutil.ToFloat64(m.circuitOpen), testutil.ToFloat64(m.circuitOpenings)})
+		lines[e.Message] = append(lines[e.Message], seen{testutil.ToFloat64(c.gauge), testutil.ToFloat64(c.opening)})
 		return nil
 	}
 	core, _ := observer.New(zapcore.InfoLevel)
-	c := newCircuit(CircuitConfig{Failures: 2, Window: time.Minute}, zap.New(zapcore.RegisterHooks(core, hook)), m)
+	c.log = zap.New(zapcore.RegisterHooks(core, hook))
 	now := time.Unix(1000, 0)
 	down := Unavailable(errors.New("503"))
 	for _, o := range []Outcome{Retry, Retry, Ack} {
@@ -157,7 +154,7 @@ func TestCircuitIsSaidBeforeItIsCounted(t *testing.T) {
 			t.Errorf("metrics when %q was logged: %+v, want once %+v", tt.prefix, got, tt.want)
 		}
 	}
-	if g, o := testutil.ToFloat64(m.circuitOpen), testutil.ToFloat64(m.circuitOpenings); g != 0 || o != 1 {
+	if g, o := testutil.ToFloat64(c.gauge), testutil.ToFloat64(c.opening); g != 0 || o != 1 {
 		t.Errorf("after opening and closing: warren_circuit_open %v, openings %v, want 0 and 1", g, o)
 	}
 }

@@ -323,7 +323,7 @@ func TestChannelErrorUnderLoadIsNotACancel(t *testing.T) {
 	// stays ahead of the worker (the adaptive window drains a noop
 	// handler faster than a publisher under the race detector fills the
 	// queue): a backlog stays queued and deliveries stay in flight.
-	rec := newRecorder(func(ctx context.Context, _ *worker.Message, _ int) error {
+	rec := newRecorder(func(context.Context, *worker.Message, int) error {
 		time.Sleep(2 * time.Millisecond)
 		return nil
 	})
