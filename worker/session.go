@@ -124,11 +124,11 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		if err != nil {
 			return fmt.Errorf("consume queue %q: %w", w.cfg.Topology.Queue, err)
 		}
-		w.setReady()
-		w.recovered()
-		w.metrics.prefetch.Set(float64(s.window))
 		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency),
 			zap.Int64("max_inflight_bytes", w.cfg.MaxInflightBytes), zap.Float64("rate_limit", w.cfg.RateLimit))
+		w.metrics.prefetch.Set(float64(s.window))
+		w.setReady()
+		w.recovered()
 		resize := 0 // the window asked for once tag is cancelled to change it; 0 when none is
 		// cancelled receives the result of the cancel of tag that warren
 		// asked for (to change the window, or because the circuit

@@ -435,9 +435,11 @@ func (w *Worker) supervise(ctx, dctx context.Context, copies *copier, jobs chan<
 			continue
 		}
 		addr := nodeAddr(node)
+		// Said before shown, as for a loss: whoever sees the gauge turn
+		// finds the line.
+		w.log.Info("connected", zap.String("node", node), zap.String("broker_node", addr))
 		w.metrics.connected.Set(1)
 		w.metrics.setNode(addr, true)
-		w.log.Info("connected", zap.String("node", node), zap.String("broker_node", addr))
 		// The copies' connection opens with the first consuming one, so
 		// that the first copy does not wait for a dial; it stays open
 		// across reconnections of the consuming one.

@@ -106,6 +106,32 @@ func (h *harness) waitReady(t *testing.T) {
 	brokertest.WaitFor(t, 20*time.Second, "worker ready", func() bool { return h.w.Ready() == nil })
 }
 
+// startLogged is start with hook called, with the harness, at each line
+// the worker logs at info level or above once start has returned.
+func startLogged(t *testing.T, cfg worker.Config, hook func(*harness, zapcore.Entry) error) *harness {
+	t.Helper()
+	var hp atomic.Pointer[harness]
+	own, _ := observer.New(zapcore.InfoLevel)
+	cfg.Logger = zap.New(zapcore.RegisterHooks(own, func(e zapcore.Entry) error {
+		if h := hp.Load(); h != nil {
+			return hook(h, e)
+		}
+		return nil
+	}))
+	h := start(t, cfg)
+	hp.Store(h)
+	return h
+}
+
+// waitReconnected waits for the worker to consume again after its first
+// reconnect.
+func (h *harness) waitReconnected(t *testing.T) {
+	t.Helper()
+	brokertest.WaitFor(t, 20*time.Second, "consuming again", func() bool {
+		return h.metric(t, "warren_reconnects_total") == 1 && h.w.Ready() == nil
+	})
+}
+
 // metric returns the value of a counter or gauge, summed over its series
 // that carry the given label values.
 func (h *harness) metric(t *testing.T, name string, labels ...string) float64 {
@@ -401,11 +427,9 @@ func TestReconnectIsSaidBeforeItIsCounted(t *testing.T) {
 			var (
 				mu    sync.Mutex
 				lines []seen
-				hp    atomic.Pointer[harness]
 			)
-			hook := func(e zapcore.Entry) error {
-				h := hp.Load()
-				if e.Message != tt.message || h == nil {
+			h := startLogged(t, worker.Config{Topology: topology(q), Handler: newRecorder(nil)}, func(h *harness, e zapcore.Entry) error {
+				if e.Message != tt.message {
 					return nil
 				}
 				counted, err := h.gather("warren_reconnects_total")
@@ -416,18 +440,12 @@ func TestReconnectIsSaidBeforeItIsCounted(t *testing.T) {
 				defer mu.Unlock()
 				lines = append(lines, seen{counted, h.w.Ready()})
 				return nil
-			}
-			own, _ := observer.New(zapcore.InfoLevel)
-			h := start(t, worker.Config{Topology: topology(q), Handler: newRecorder(nil),
-				Logger: zap.New(zapcore.RegisterHooks(own, hook))})
-			hp.Store(h)
+			})
 			h.waitReady(t)
 			if n := tt.fault(t, h, q); n != 1 {
 				t.Fatalf("fault hit %d of %q, want 1", n, h.name)
 			}
-			brokertest.WaitFor(t, 20*time.Second, "consuming again", func() bool {
-				return h.metric(t, "warren_reconnects_total") == 1 && h.w.Ready() == nil
-			})
+			h.waitReconnected(t)
 			mu.Lock()
 			defer mu.Unlock()
 			if len(lines) != 1 {
@@ -440,6 +458,66 @@ func TestReconnectIsSaidBeforeItIsCounted(t *testing.T) {
 				t.Errorf("ready when the loss was logged, want not ready")
 			}
 		})
+	}
+}
+
+// TestReconnectedIsSaidBeforeItIsShown checks the other half of a
+// reconnect: warren logs "connected" before warren_connected turns 1, and
+// "consuming" before it reports ready and warren_consuming turns 1, so that
+// whoever sees the gauge or the probe turn finds the line that says why.
+func TestReconnectedIsSaidBeforeItIsShown(t *testing.T) {
+	brokertest.NeedCtl(t)
+	q := brokertest.Queue(t)
+	// What the worker showed at the moment it logged each line, once the
+	// connection was lost.
+	type seen struct {
+		line                 string
+		connected, consuming float64
+		ready                error
+	}
+	var (
+		mu    sync.Mutex
+		lines []seen
+		lost  atomic.Bool
+	)
+	h := startLogged(t, worker.Config{Topology: topology(q), Handler: newRecorder(nil)}, func(h *harness, e zapcore.Entry) error {
+		if !lost.Load() || (e.Message != "connected" && e.Message != "consuming") {
+			return nil
+		}
+		connected, err := h.gather("warren_connected")
+		if err != nil {
+			return err
+		}
+		consuming, err := h.gather("warren_consuming")
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, seen{e.Message, connected, consuming, h.w.Ready()})
+		return nil
+	})
+	h.waitReady(t)
+	lost.Store(true)
+	if n := brokertest.CloseConnections(t, h.name); n != 1 {
+		t.Fatalf("closed %d connections of %q, want 1", n, h.name)
+	}
+	h.waitReconnected(t)
+	mu.Lock()
+	defer mu.Unlock()
+	want := []seen{{line: "connected"}, {line: "consuming", connected: 1}}
+	if len(lines) != len(want) {
+		t.Fatalf("lines after the loss: %+v, want %+v", lines, want)
+	}
+	for i, got := range lines {
+		w := want[i]
+		if got.line != w.line || got.connected != w.connected || got.consuming != w.consuming {
+			t.Errorf("when %q was logged: warren_connected %v, warren_consuming %v; want %v, %v: shown before it was said",
+				got.line, got.connected, got.consuming, w.connected, w.consuming)
+		}
+		if got.ready == nil {
+			t.Errorf("ready when %q was logged, want not yet", got.line)
+		}
 	}
 }
 
@@ -471,9 +549,7 @@ func TestRecoversOnTheSameConnection(t *testing.T) {
 			brokertest.WaitFor(t, 10*time.Second, "first message", func() bool { return rec.count("before") == 1 })
 
 			tt.fault(t, h, q)
-			brokertest.WaitFor(t, 20*time.Second, "consuming again", func() bool {
-				return h.metric(t, "warren_reconnects_total") == 1 && h.w.Ready() == nil
-			})
+			h.waitReconnected(t)
 			brokertest.Publish(t, q, "after")
 			brokertest.WaitFor(t, 10*time.Second, "message after the fault", func() bool { return rec.count("after") == 1 })
 			if got := h.dialer.dials.Load(); got != 1 {
