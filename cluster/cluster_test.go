@@ -523,7 +523,7 @@ func (s *suite) replayFailsOver(t *testing.T) {
 	// node is moved again, counted twice, and the replay says it may be.
 	var said int
 	if _, err := fmt.Sscanf(out.String(), "replayed %d messages", &said); err != nil || said < s.p.replayed || said > len(got) {
-		t.Errorf("warren dead replay said %q, want between %d and %d messages replayed (%d in %s)", out, s.p.replayed, len(got), len(got), q)
+		t.Errorf("warren dead replay said %q, want between %d messages replayed and the %d copies in %s", out, s.p.replayed, len(got), q)
 	}
 	if want := "1 connection lost on the way: up to 1 message may be in " + q + " twice"; !strings.Contains(out.String(), want) {
 		t.Errorf("warren dead replay said %q, want it to say %q", out, want)
