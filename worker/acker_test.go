@@ -524,10 +524,28 @@ func TestAckerKeepsTheAckDelayBehindASlowMessage(t *testing.T) {
 	// handler of tag 1 takes 120 ms, and no multiple ack can be sent
 	// before it is done.
 	l := ackLoad{prefetch: 1000, workers: 4, pace: 50 * time.Microsecond, slow: 120 * time.Millisecond, length: 250 * time.Millisecond}
-	b := l.run(t)
 	// A loaded machine of two cores delays a timer, or a goroutine, by a
-	// few milliseconds; not by tens.
+	// few milliseconds; not by tens. CI's (the race detector, other
+	// packages' tests beside this one) once held a message 30 ms, in one
+	// run of hundreds: so up to three runs, and an acker that keeps
+	// finished messages waiting fails all three.
 	const tolerance = 20 * time.Millisecond
+	var faults []string
+	for run := range 3 {
+		fault := ackDelayBehindASlowMessage(t, l, tolerance)
+		if fault == "" {
+			return
+		}
+		faults = append(faults, fmt.Sprintf("run %d: %s", run+1, fault))
+	}
+	t.Errorf("in every run:\n%s", strings.Join(faults, "\n"))
+}
+
+// ackDelayBehindASlowMessage plays l, whose tag 1 is slow, and returns what
+// broke the ack delay's promise in it, or "".
+func ackDelayBehindASlowMessage(t *testing.T, l ackLoad, tolerance time.Duration) string {
+	t.Helper()
+	b := l.run(t)
 	worst, tag := b.worstWait()
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -540,7 +558,7 @@ func TestAckerKeepsTheAckDelayBehindASlowMessage(t *testing.T) {
 	t.Logf("%d messages, %d frames (%d single acks); the longest wait for an ack %v (tag %d)",
 		b.delivered, len(b.frames), singles, worst, tag)
 	if worst > ackDelay+tolerance {
-		t.Errorf("tag %d waited %v for its ack once finished, want at most %v (ackDelay) + %v",
+		return fmt.Sprintf("tag %d waited %v for its ack once finished, want at most %v (ackDelay) + %v",
 			tag, worst, ackDelay, tolerance)
 	}
 	// While tag 1 runs, the rest can only be acked one by one; once it is
@@ -555,9 +573,10 @@ func TestAckerKeepsTheAckDelayBehindASlowMessage(t *testing.T) {
 	batch := min(l.prefetch/4, maxAckBatch)
 	ticks := int(b.frames[len(b.frames)-1].at / ackDelay)
 	if want := behind + int(b.delivered)/batch + 4*ticks + 8; len(b.frames) > want {
-		t.Errorf("%d frames for %d messages, %d of them behind the slow one; want at most %d",
+		return fmt.Sprintf("%d frames for %d messages, %d of them behind the slow one; want at most %d",
 			len(b.frames), b.delivered, behind, want)
 	}
+	return ""
 }
 
 func TestAckerFramesPer1000Messages(t *testing.T) {
