@@ -124,6 +124,8 @@ func (w *Worker) serveChannel(ctx, dctx context.Context, conn *amqp.Connection, 
 		if err != nil {
 			return fmt.Errorf("consume queue %q: %w", w.cfg.Topology.Queue, err)
 		}
+		// Said before shown, as "connected" is: the probe and the
+		// gauges turn once the line is there to say why.
 		w.log.Info("consuming", zap.Int("prefetch", s.window), zap.Bool("adaptive", w.adaptive != nil), zap.Int("concurrency", w.cfg.Concurrency),
 			zap.Int64("max_inflight_bytes", w.cfg.MaxInflightBytes), zap.Float64("rate_limit", w.cfg.RateLimit))
 		w.metrics.prefetch.Set(float64(s.window))
