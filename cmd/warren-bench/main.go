@@ -14,11 +14,15 @@ import (
 	"time"
 
 	"github.com/warren-mq/warren/internal/bench"
+	"github.com/warren-mq/warren/internal/slowlink"
 )
 
 func main() { os.Exit(run()) }
 
 func run() int {
+	if len(os.Args) > 1 && os.Args[1] == "link" {
+		return serveLink(os.Args[2:])
+	}
 	binary := flag.String("warren", "bin/warren", "the warren binary to measure")
 	n := flag.Int("n", 100_000, "messages per drain")
 	quick := flag.Bool("quick", false, "a short run, to check that the benchmark works")
@@ -33,6 +37,9 @@ func run() int {
 		url = "amqp://guest:guest@localhost:5672/"
 	}
 	e := bench.Env{URL: url, Binary: *binary}
+	if self, err := os.Executable(); err == nil {
+		e.LinkCommand = []string{self, "link"}
+	}
 	if *verbose {
 		e.Log = os.Stderr
 	}
@@ -49,6 +56,23 @@ func run() int {
 		time.Now().UTC().Format("2006-01-02"), runtime.NumCPU(), bench.CPUScaling(time.Second), runtime.Version(), o.Messages)
 	if err := bench.Run(ctx, e, o, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "warren-bench:", err)
+		return 1
+	}
+	return 0
+}
+
+// serveLink runs the link of the link part, started by the benchmark as
+// "warren-bench link -broker URL -delay D": it prints its URL and serves
+// until its standard input ends.
+func serveLink(args []string) int {
+	fs := flag.NewFlagSet("link", flag.ContinueOnError)
+	broker := fs.String("broker", "", "the broker's URL")
+	delay := fs.Duration("delay", 0, "the least delay in each direction")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := slowlink.Serve(*broker, *delay, os.Stdin, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "warren-bench link:", err)
 		return 1
 	}
 	return 0

@@ -35,6 +35,10 @@ type Env struct {
 	URL    string // the broker
 	Binary string // the warren binary
 	Log    io.Writer
+	// LinkCommand runs a link in a process of its own (slowlink.Serve)
+	// for the link part; empty, the link runs in the benchmark's
+	// process, beside the reference consumers it serves.
+	LinkCommand []string
 }
 
 // Result is one measured run.

@@ -46,11 +46,17 @@ func TestRunPrintsEveryRow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The link part's link runs as warren-bench runs it: "warren-bench
+	// link", a process of its own.
+	self, err := warrentest.Build(t.TempDir(), "../../cmd/warren-bench", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out strings.Builder
 	o := Options{Messages: 1000, Tutorial: 200, Handler: 500, ExecN: 20, FairN: 24, QueueTypes: []string{"classic"}, Rounds: 1}
-	if err := Run(ctx, Env{URL: brokertest.URL(), Binary: bin}, o, &out); err != nil {
+	if err := Run(ctx, Env{URL: brokertest.URL(), Binary: bin, LinkCommand: []string{self, "link"}}, o, &out); err != nil {
 		t.Fatalf("Run: %v\n%s", err, out.String())
 	}
 	table := out.String()

@@ -241,13 +241,13 @@ const linkDelay = 200 * time.Microsecond
 // tutorial; the tutorial drains a quarter as many messages, at a round
 // trip each.
 func (e Env) linkRows(t table, o Options) error {
-	link, err := slowlink.Start(e.URL, linkDelay)
+	linkURL, closeLink, err := e.startLink()
 	if err != nil {
 		return err
 	}
-	defer link.Close()
+	defer closeLink()
 	le := e
-	le.URL = link.URL()
+	le.URL = linkURL
 	n := max(o.Tutorial/4, 1)
 	for _, qt := range o.QueueTypes {
 		tut, wr, ratios, err := rounds(o.Rounds,
@@ -280,6 +280,27 @@ func (e Env) linkRows(t table, o Options) error {
 		}
 	}
 	return nil
+}
+
+// startLink starts the link of the link part, in a process of its own
+// when e.LinkCommand says how: in the benchmark's process the link
+// would hand the plain consumer and the tutorial their bytes on the
+// scheduler they run on, and warren, a process apart, its bytes through
+// the kernel.
+func (e Env) startLink() (url string, closeLink func(), err error) {
+	if len(e.LinkCommand) == 0 {
+		l, err := slowlink.Start(e.URL, linkDelay)
+		if err != nil {
+			return "", nil, err
+		}
+		return l.URL(), l.Close, nil
+	}
+	args := append(e.LinkCommand[1:len(e.LinkCommand):len(e.LinkCommand)], "-broker", e.URL, "-delay", linkDelay.String())
+	p, err := slowlink.StartProcess(e.LinkCommand[0], args...)
+	if err != nil {
+		return "", nil, err
+	}
+	return p.URL(), p.Close, nil
 }
 
 // tutorialRuns runs consume twice, each time on a queue of type qt filled
