@@ -257,7 +257,7 @@ func (st *streamState) take() (amqp.Publishing, bool) {
 	}
 	m, ok := st.next()
 	if ok && m.MessageId == "" {
-		m.MessageId = newID()
+		m.MessageId = NewID()
 	}
 	return m, ok
 }

@@ -202,9 +202,9 @@ func (p *Publisher) PublishReply(ctx context.Context, replyTo string, msg amqp.P
 // send publishes msg with a message id and a publish token of its own.
 func (p *Publisher) send(ctx context.Context, exchange, key string, msg amqp.Publishing, mandatory bool) (*Pending, error) {
 	if msg.MessageId == "" {
-		msg.MessageId = newID()
+		msg.MessageId = NewID()
 	}
-	token := newID()
+	token := NewID()
 	h := make(amqp.Table, len(msg.Headers)+1)
 	maps.Copy(h, msg.Headers)
 	h[HeaderPublishID] = token
@@ -304,7 +304,9 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 	return p.Wait(ctx, m)
 }
 
-func newID() string {
+// NewID returns a new random id, 32 hex digits: what warren gives a
+// message without a message id, and a request its correlation id.
+func NewID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux
 	return hex.EncodeToString(b[:])

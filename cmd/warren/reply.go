@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -52,9 +50,7 @@ var errDeadRequest = errors.New("the request is dead")
 // correlation id, and returns the answer whose correlation id is that
 // one. Answers to earlier requests, come late, are skipped.
 func (r *requester) call(ctx context.Context, exchange, key string, msg amqp.Publishing) (amqp.Delivery, error) {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	id := hex.EncodeToString(b[:])
+	id := broker.NewID()
 	msg.ReplyTo, msg.CorrelationId = broker.DirectReplyTo, id
 	msg.MessageId = id
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
